@@ -210,4 +210,14 @@ def load_model(
                 "(a CUDA GPU, or its CPU backend), or use --quantization none."
             ) from err
         raise
+    if quantization == "nf4" and not torch.cuda.is_available():
+        _keep_cpu_nf4_trainable(model)
     return model
+
+
+def _keep_cpu_nf4_trainable(model) -> None:
+    """bitsandbytes repacks CPU NF4 weights for its AVX512-BF16 kernel at the first no-grad forward
+    (an eval pass), and that packed path breaks autograd when training resumes. Keep the plain layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

@@ -1,0 +1,90 @@
+"""Batched generation and reference perplexity for one model, timed honestly.
+
+One copy of the weights serves both sides of the comparison: the fine-tuned answers come from the
+peft model, the base answers from the same model inside `disable_adapter()`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .prompts import IGNORE_INDEX, encode_example
+from .tokenizer import stop_token_ids
+from .training import PadCollator
+
+
+@dataclass
+class Generated:
+    text: str
+    new_tokens: int
+    latency_s: float  # wall time of the generate() call that produced this answer
+
+
+@dataclass
+class Decoding:
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 0.8
+    top_p: float = 0.8
+    seed: int = 42
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decoding, batch_size: int,
+                     desc: str = "generate") -> list[Generated]:
+    """Answers for prompt id lists, in their order. Prompts are batched by length (less left padding)."""
+    stops = stop_token_ids(tokenizer)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generated | None] = [None] * len(prompts)
+    sampling = dict(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p) \
+        if decoding.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            torch.manual_seed(decoding.seed)  # same draws for base and fine-tuned in sampling mode
+            _sync()
+            began = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(**batch, max_new_tokens=decoding.max_new_tokens, eos_token_id=stops,
+                                     pad_token_id=tokenizer.pad_token_id, **sampling)
+            _sync()
+            elapsed = time.perf_counter() - began
+            width = batch["input_ids"].shape[1]
+            for row, index in enumerate(chunk):
+                new = out[row, width:].tolist()
+                end = next((j for j, t in enumerate(new) if t in stops), len(new))
+                text = tokenizer.decode(new[:end], skip_special_tokens=True).strip()
+                results[index] = Generated(text, min(end + 1, len(new)), elapsed)
+            bar.update(len(chunk))
+    return results  # type: ignore[return-value]
+
+
+def reference_perplexity(model, tokenizer, pairs: list[tuple[str, str]], prompt_format: str, max_length: int,
+                         batch_size: int) -> list[float]:
+    """exp(mean token NLL) of each reference answer (and its eos) given its prompt."""
+    collator = PadCollator(tokenizer.pad_token_id)
+    rows = [vars(encode_example(tokenizer, q, a, prompt_format, max_length)) for q, a in pairs]
+    values: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        batch = collator(rows[start:start + batch_size])
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                              reduction="none")
+        counts = (labels != IGNORE_INDEX).sum(-1).clamp(min=1)
+        values += [math.exp(v) for v in (nll.sum(-1) / counts).tolist()]
+    return values
