@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 import glmtune
 from glmtune.checkpoint import DEFAULT_MODEL
@@ -28,6 +28,7 @@ from glmtune.data import DataError, read_dataset, write_seed_format
 from glmtune.prompts import PROMPT_FORMATS
 from glmtune.runs import file_sha256, prepare_output_dir, write_run_config
 from glmtune.training import (
+    GroupedTrainer,
     PadCollator,
     StopOnNonFiniteLoss,
     count_parameters,
@@ -200,7 +201,7 @@ def print_summary(args, dataset, train, held_out, stats, model, targets, micro, 
     print("\n".join(["=" * 80, *lines, "=" * 80]), flush=True)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace):
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     set_seed(args.seed)
     prepare_output_dir(args.output_dir, settings, args.resume, args.overwrite)
@@ -236,13 +237,12 @@ def main(args: argparse.Namespace) -> None:
         per_device_train_batch_size=micro, per_device_eval_batch_size=micro, gradient_accumulation_steps=accum,
         learning_rate=args.learning_rate, warmup_steps=args.warmup_ratio, lr_scheduler_type="linear",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
-        train_sampling_strategy="group_by_length", length_column_name="length",
         eval_strategy="epoch" if len(eval_ds) else "no", save_strategy="steps", save_steps=args.save_steps,
         save_total_limit=2, logging_steps=args.logging_steps, logging_nan_inf_filter=False,
         report_to="none", seed=args.seed, data_seed=args.seed, remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(), optim="adamw_torch",
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds,
+    trainer = GroupedTrainer(model=model, args=training_args, train_dataset=train_ds,
                       eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator,
                       callbacks=[guard])
     result = trainer.train(resume_from_checkpoint=True if args.resume else None)
@@ -263,6 +263,7 @@ def main(args: argparse.Namespace) -> None:
     (args.output_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     plot_losses(trainer.state.log_history, args.output_dir / "loss.png")
     print(f"saved adapter, tokenizer, run_config.json, eval.txt, train_metrics.json and loss.png to {args.output_dir}")
+    return model
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset as HFDataset
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from .prompts import IGNORE_INDEX, encode_example
 
@@ -142,6 +143,38 @@ def fit_micro_batch(model, dataset, collator, effective_batch: int, memory_fract
         return 1
     finally:
         model.train(was_training)
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length grouping whose shuffle is seeded per epoch. The Trainer's own sampler draws from the
+    global RNG, so a run resumed from a checkpoint shuffled every later epoch differently."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class GroupedTrainer(Trainer):
+    """The HF Trainer with rows of similar length batched together (little padding), reproducibly."""
+
+    def evaluate(self, *args, **kwargs):
+        # Creating the eval DataLoader draws from the global RNG. An epoch-end evaluation that runs
+        # after a checkpoint would then shift every later dropout mask, and a run resumed from that
+        # checkpoint would train differently from an uninterrupted one.
+        with torch.random.fork_rng(devices=[]):
+            return super().evaluate(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return SeededLengthGroupedSampler(group, dataset["length"], self.args.data_seed or self.args.seed)
 
 
 class StopOnNonFiniteLoss(TrainerCallback):

@@ -1,0 +1,510 @@
+"""Read medical Q&A data into (question, answer) examples.
+
+The seed format is one record per line, ``title？ ask,answer``: a short question
+up to its question mark, one space, a longer description, an ASCII comma and
+the answer. The question used for training is title + ask. Scraped data bends
+every part of that, so the separators are found by cues measured on real rows
+(``bench/split_accuracy.py``):
+
+* The title ends at the first ``？``/``?`` followed by whitespace, else at the
+  first whitespace. Titles are short and rarely contain a space, while asks
+  often contain ``？``.
+* The ask/answer separator is one of the ASCII commas after that whitespace;
+  commas also occur inside asks and answers, so each is scored:
+  the ask side ends in ``？``/``?`` (+3), in ``。.！!；;``, a question particle
+  or 谢谢 (+2); the answer side opens by addressing the asker (你/您/根据, +1)
+  or in the asker's voice (我, -1) and goes on in full-width punctuation (+1),
+  which a comma inside ASCII-punctuated text does not. A placeholder ask such
+  as 无 is always the separator. Ties go to the earliest comma.
+
+Every field is normalised the same way (:func:`clean_text`): literal ``\\n``
+sequences become newlines, HTML entities are unescaped, odd spaces and control
+characters are mapped, and outer whitespace is stripped.
+
+CSV (``department,title,ask,answer``), JSONL and JSON files are read too;
+:func:`read_dataset` picks the reader by file extension.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "Example",
+    "ParsedLine",
+    "Skipped",
+    "clean_text",
+    "format_seed_line",
+    "join_question",
+    "parse_line",
+    "parse_record",
+    "read_dataset",
+    "write_seed_format",
+]
+
+PLACEHOLDER_ASKS = frozenset({"无", "无。", "暂无", "略"})
+_PLACEHOLDER_SPAN = 8  # longest placeholder with whitespace around it
+
+_QUESTION_END = "？?"
+_SENTENCE_END = "。.！!；;"
+_ASK_CLOSERS = ("吗", "呢", "么", "嘛", "谢谢")
+# Doctors address the asker (你/您) or cite the description (根据); askers speak as 我.
+_ANSWER_OPENERS = ("你", "您", "根据")
+_ASKER_OPENER = "我"
+_FULLWIDTH_DELIMS = "，。；！？"
+
+_LITERAL_NEWLINE = re.compile(r"\\r\\n|\\n")
+_DELIM = re.compile(r"[，。；！？,.;!?]")
+# Whitespace other than space and newline, C0/C1 controls, zero-width characters, BOM.
+_ODD_CHAR = re.compile(r"\r\n?|[^\S \n]|[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
+_TITLE_END = re.compile(r"[？?](?=\s)")
+_TITLE_MARK = re.compile(r"[？?](?=\S)")
+# Written as character references so that they cannot be read as separators.
+_QUESTION_ESCAPES = "&\\ \n"
+_ANSWER_ESCAPES = "&\\,\n"
+_RAW_CLIP = 200
+
+
+class DataError(ValueError):
+    """A data file cannot be read at all (as opposed to one unusable record)."""
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    title: str
+    ask: str
+    question: str
+    answer: str
+    repairs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    answer: str
+    line_no: int  # 1-based line where the record starts
+
+
+@dataclass(frozen=True)
+class Skipped:
+    line_no: int
+    reason: str
+    raw: str  # the record's text, clipped to 200 characters
+
+
+@dataclass
+class Dataset:
+    path: Path
+    format: str  # "seed", "csv", "jsonl" or "json"
+    examples: list[Example] = field(default_factory=list)
+    lines_read: int = 0
+    repaired: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    duplicates_removed: int = 0
+
+    def report_lines(self) -> list[str]:
+        lines = [
+            f"data: {self.path} ({self.format})",
+            f"  lines read:         {self.lines_read}",
+            f"  examples used:      {len(self.examples)} ({self.repaired} repaired)",
+            f"  skipped:            {len(self.skipped)}",
+        ]
+        for reason, count in Counter(s.reason for s in self.skipped).most_common(3):
+            lines.append(f"    {count:5d}  {reason}")
+        lines.append(f"  duplicates removed: {self.duplicates_removed}")
+        return lines
+
+    def skipped_report(self) -> str:
+        header = f"# {len(self.skipped)} skipped records in {self.path}\n"
+        return header + "".join(f"line {s.line_no}: {s.reason}: {s.raw!r}\n" for s in self.skipped)
+
+
+# --- text normalisation ----------------------------------------------------------
+
+
+def _fix_char(ch: str) -> tuple[str, str]:
+    """Replacement and repair name for one match of _ODD_CHAR."""
+    category = unicodedata.category(ch[-1])
+    if ch[0] == "\r" or category in ("Zl", "Zp"):
+        return "\n", "whitespace"
+    if ch == "\t":
+        return " ", "whitespace"
+    if category == "Zs":
+        return " ", "ideographic_space"
+    return "", "control_chars"
+
+
+def _clean(text: str) -> tuple[str, set[str]]:
+    repairs: set[str] = set()
+    if "\\n" in text:
+        text = _LITERAL_NEWLINE.sub("\n", text)
+        repairs.add("literal_newline")
+    if "&" in text:
+        unescaped = html.unescape(text)
+        if unescaped != text:
+            text = unescaped
+            repairs.add("html_entities")
+
+    def fix(match: re.Match[str]) -> str:
+        replacement, repair = _fix_char(match.group())
+        repairs.add(repair)
+        return replacement
+
+    text = _ODD_CHAR.sub(fix, text)
+    stripped = text.strip()
+    if stripped != text:
+        repairs.add("whitespace")
+    return stripped, repairs
+
+
+def clean_text(text: str) -> str:
+    """Normalise one field: literal \\n, HTML entities, odd spaces/controls, outer whitespace."""
+    return _clean(text)[0]
+
+
+def _clean_title_ask(title: str, ask: str) -> tuple[str, str, set[str]]:
+    title, repairs = _clean(title)
+    ask, ask_repairs = _clean(ask)
+    repairs |= ask_repairs
+    if ask in PLACEHOLDER_ASKS:
+        ask = ""
+        repairs.add("placeholder_ask")
+    return title, ask, repairs
+
+
+def join_question(title: str, ask: str) -> str:
+    """The training question for a title and ask: both cleaned, a placeholder ask dropped."""
+    title, ask, _ = _clean_title_ask(title, ask)
+    return title + ask
+
+
+# --- seed-format lines ------------------------------------------------------------
+
+
+def _separator_score(rest: str, i: int) -> int:
+    """How much the ASCII comma at rest[i] looks like the ask/answer separator."""
+    if i <= _PLACEHOLDER_SPAN and rest[:i].strip() in PLACEHOLDER_ASKS:
+        return 100
+    end = i
+    while end > 0 and rest[end - 1].isspace():
+        end -= 1
+    start = i + 1
+    while start < len(rest) and rest[start].isspace():
+        start += 1
+    score = 0
+    if end and rest[end - 1] in _QUESTION_END:
+        score += 3
+    elif end and (rest[end - 1] in _SENTENCE_END or rest.endswith(_ASK_CLOSERS, 0, end)):
+        score += 2
+    if rest.startswith(_ANSWER_OPENERS, start):
+        score += 1
+    elif rest.startswith(_ASKER_OPENER, start):
+        score -= 1
+    delim = _DELIM.search(rest, start)
+    if delim and delim.group() in _FULLWIDTH_DELIMS:
+        score += 1
+    return score
+
+
+def _find_separator(text: str) -> int:
+    """Index of the ask/answer comma in stripped, non-empty text; ValueError if there is none."""
+    if "," not in text:
+        raise ValueError("no ASCII comma separating question and answer")
+    space = next((i for i, ch in enumerate(text) if ch.isspace()), -1)
+    # Commas before the title's whitespace belong to the title, unless there is no other.
+    offset = space + 1 if "," in text[space + 1 :] else 0
+    rest = text[offset:]
+    # text is stripped, so a comma leaves both sides non-blank unless it is at an end.
+    commas = [i for i, ch in enumerate(rest) if ch == "," and 0 < offset + i < len(text) - 1]
+    if not commas:
+        raise ValueError("empty question" if text[0] == "," else "empty answer")
+    return offset + max(commas, key=lambda i: (_separator_score(rest, i), -i))
+
+
+def parse_record(line: str) -> ParsedLine:
+    """Split one seed-format line into title, ask, question and answer.
+
+    ``repairs`` names what had to be fixed. Raises ValueError with a readable
+    reason when the line holds no usable pair.
+    """
+    repairs: set[str] = set()
+    text = line
+    # Before splitting, so that an escaped newline can separate title and ask.
+    if "\\n" in text:
+        text = _LITERAL_NEWLINE.sub("\n", text)
+        repairs.add("literal_newline")
+    if text != text.strip():
+        text = text.strip()
+        repairs.add("whitespace")
+    if not text:
+        raise ValueError("empty line")
+    comma = _find_separator(text)
+    head = text[:comma]
+    title_end = _TITLE_END.search(head)
+    cut = title_end.end() if title_end else next((i for i, ch in enumerate(head) if ch.isspace()), len(head))
+    title, ask, field_repairs = _clean_title_ask(head[:cut], head[cut + 1 :])
+    answer, answer_repairs = _clean(text[comma + 1 :])
+    question, answer, repairs = _checked(title + ask, answer, repairs | field_repairs | answer_repairs)
+    return ParsedLine(title, ask, question, answer, tuple(sorted(repairs)))
+
+
+def parse_line(line: str) -> tuple[str, str]:
+    """(question, answer) of one seed-format line; ValueError with a reason if unusable."""
+    parsed = parse_record(line)
+    return parsed.question, parsed.answer
+
+
+# --- writing ----------------------------------------------------------------------
+
+
+def _escape(text: str, chars: str) -> str:
+    return "".join(f"&#{ord(ch)};" if ch in chars else ch for ch in text)
+
+
+def format_seed_line(question: str, answer: str) -> str:
+    """One seed-format line that parse_line reads back as exactly (question, answer).
+
+    Supported: non-empty text with no outer whitespace and no characters that
+    clean_text maps (tabs, CR, odd spaces, controls) -- i.e. anything clean_text
+    returns. The line is ``title？ ask,answer`` with newlines written as literal
+    ``\\n`` when that reads back exactly; otherwise characters that would be
+    taken for separators (and ``&``, ``\\``) are written as HTML character
+    references, which parse_line unescapes.
+    """
+    for name, text in (("question", question), ("answer", answer)):
+        if not text or text != text.strip() or _ODD_CHAR.search(text):
+            raise ValueError(f"{name} {text[:40]!r} is not normalised text; pass it through clean_text first")
+    match = _TITLE_MARK.search(question)
+    cut = match.end() if match else len(question)
+    readable = f"{question[:cut]} {question[cut:]},{answer}".replace("\n", "\\n")
+    try:
+        if parse_line(readable) == (question, answer):
+            return readable
+    except ValueError:
+        pass
+    return f"{_escape(question, _QUESTION_ESCAPES)} ,{_escape(answer, _ANSWER_ESCAPES)}"
+
+
+def write_seed_format(examples: Iterable[Example], path: str | Path) -> None:
+    """Write examples as UTF-8 seed lines (see format_seed_line).
+
+    read_dataset gives back the same examples, in order, as long as they are
+    distinct; ValueError if one holds text that clean_text would change.
+    """
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for ex in examples:
+            f.write(format_seed_line(ex.question, ex.answer) + "\n")
+
+
+# --- file readers -------------------------------------------------------------------
+
+_Pair = tuple[str, str, set[str]]
+_Records = Iterator[tuple[int, str, Any]]
+
+
+def _decode(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; check the path") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        if not data[: err.start].isascii():
+            # Valid UTF-8 text before the bad byte: a damaged UTF-8 file, not GB18030.
+            raise DataError(
+                f"{path}:{line}: invalid UTF-8 byte 0x{data[err.start]:02x} after valid UTF-8 text; "
+                "fix or delete that byte, or re-save the file as UTF-8"
+            ) from None
+    try:
+        return data.decode("gb18030")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path}:{line}: file is neither UTF-8 nor GB18030 (bad byte 0x{data[err.start]:02x}); re-save it as UTF-8"
+        ) from None
+
+
+def _seed_records(text: str, path: Path) -> _Records:
+    for line_no, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            yield line_no, line, line
+
+
+def _seed_pair(line: str) -> _Pair:
+    parsed = parse_record(line)
+    return parsed.question, parsed.answer, set(parsed.repairs)
+
+
+def _csv_records(text: str, path: Path) -> _Records:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        names = [name.strip().lower() for name in header]
+        missing = [name for name in ("title", "ask", "answer") if name not in names]
+        if missing:
+            raise DataError(
+                f"{path}:1: CSV header {header} lacks column(s) {', '.join(missing)}; "
+                "the first row must name the columns department,title,ask,answer"
+            )
+        index = {name: names.index(name) for name in ("title", "ask", "answer")}
+        line_no = reader.line_num + 1
+        for row in reader:
+            if row:
+                yield line_no, ",".join(row), (row, index, len(header))
+            line_no = reader.line_num + 1
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err}); check the quoting near that line") from None
+
+
+def _csv_pair(record: tuple[list[str], dict[str, int], int]) -> _Pair:
+    row, index, width = record
+    if len(row) != width:
+        raise ValueError(f"row has {'fewer' if len(row) < width else 'more'} fields than the header")
+    title, ask, repairs = _clean_title_ask(row[index["title"]], row[index["ask"]])
+    answer, answer_repairs = _clean(row[index["answer"]])
+    return _checked(title + ask, answer, repairs | answer_repairs)
+
+
+def _json_error(path: Path, line_no: int, err: json.JSONDecodeError, what: str) -> DataError:
+    return DataError(f"{path}:{line_no}: invalid JSON ({err.msg}, column {err.colno}); {what}")
+
+
+def _jsonl_records(text: str, path: Path) -> _Records:
+    for line_no, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise _json_error(
+                path, line_no, err, "each line of a .jsonl file must be one complete JSON object"
+            ) from None
+        yield line_no, line, obj
+
+
+def _json_records(text: str, path: Path) -> _Records:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _json_error(path, err.lineno, err, "a .json file must hold one JSON array of objects") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}:1: expected a JSON array of objects, found {type(items).__name__}")
+    # Decode again element by element to learn the line each one starts on.
+    decoder = json.JSONDecoder()
+    pos, line_no = text.index("[") + 1, 1
+    for _ in items:
+        start = pos
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line_no += text.count("\n", start, pos)
+        obj, end = decoder.raw_decode(text, pos)
+        yield line_no, text[pos:end], obj
+        line_no += text.count("\n", pos, end)
+        pos = end
+
+
+def _string_field(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"field {key!r} is not a string")
+    return value
+
+
+def _json_pair(obj: Any) -> _Pair:
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    if "question" in obj and "answer" in obj:
+        question, repairs = _clean(_string_field(obj, "question"))
+        answer_key = "answer"
+    elif "instruction" in obj and "output" in obj:
+        question, repairs = _clean(_string_field(obj, "instruction"))
+        extra, extra_repairs = _clean(_string_field(obj, "input"))
+        repairs |= extra_repairs
+        question = f"{question}\n{extra}" if question and extra else question or extra
+        answer_key = "output"
+    else:
+        raise ValueError("object has neither question/answer nor instruction/output keys")
+    answer, answer_repairs = _clean(_string_field(obj, answer_key))
+    return _checked(question, answer, repairs | answer_repairs)
+
+
+def _checked(question: str, answer: str, repairs: set[str]) -> _Pair:
+    if not question:
+        raise ValueError("empty question")
+    if not answer:
+        raise ValueError("empty answer")
+    return question, answer, repairs
+
+
+class _Format(NamedTuple):
+    name: str
+    records: Callable[[str, Path], _Records]
+    to_pair: Callable[[Any], _Pair]
+    expected: str
+
+
+_FORMATS = {
+    ".csv": _Format("csv", _csv_records, _csv_pair, "CSV rows with title, ask and answer columns"),
+    ".jsonl": _Format("jsonl", _jsonl_records, _json_pair, 'one {"question", "answer"} or alpaca object per line'),
+    ".json": _Format("json", _json_records, _json_pair, 'an array of {"question", "answer"} or alpaca objects'),
+}
+_SEED = _Format("seed", _seed_records, _seed_pair, "one 'title？ ask,answer' record per line")
+
+
+def _count_lines(text: str) -> int:
+    return text.count("\n") + (not text.endswith("\n")) if text else 0
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """Read a data file, chosen by extension: .csv, .jsonl, .json, else seed lines.
+
+    Unusable records are skipped with a reason; exact duplicate pairs are
+    dropped (first kept). Raises DataError if the file cannot be read or
+    yields no usable example.
+    """
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower(), _SEED)
+    text = _decode(path)
+    data = Dataset(path=path, format=fmt.name, lines_read=_count_lines(text))
+    seen: set[tuple[str, str]] = set()
+    for line_no, raw, record in fmt.records(text, path):
+        try:
+            question, answer, repairs = fmt.to_pair(record)
+        except ValueError as err:
+            data.skipped.append(Skipped(line_no, str(err), raw[:_RAW_CLIP]))
+            continue
+        if (question, answer) in seen:
+            data.duplicates_removed += 1
+            continue
+        seen.add((question, answer))
+        data.examples.append(Example(question, answer, line_no))
+        data.repaired += bool(repairs)
+    if not data.examples:
+        reasons = Counter(s.reason for s in data.skipped).most_common(3)
+        why = "; ".join(f"{reason}: {count}" for reason, count in reasons) or "no records"
+        raise DataError(
+            f"{path}: no usable examples in {data.lines_read} lines read ({why}); "
+            f"a {path.suffix or 'seed'} file should hold {fmt.expected}"
+        )
+    return data

@@ -1,0 +1,222 @@
+"""The training job on the tiny model: prompts/labels, learning, saving, resuming, and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import sentencepiece as spm
+import torch
+from peft import PeftModel
+from transformers import TrainerCallback
+
+import chatglm_finetuning as job
+import glmtune
+from glmtune.prompts import IGNORE_INDEX, encode_example
+from glmtune.training import GroupedTrainer, StopOnNonFiniteLoss, resolve_lora_targets, split_eval
+
+from conftest import REPO
+
+QUESTION, ANSWER = "头痛三天怎么办？ 女，30岁，太阳穴胀痛。", "多为紧张性头痛，注意休息；若剧烈头痛伴呕吐请立即就医。"
+GMASK, SOP, USER, ASSISTANT = 64790, 64792, 64795, 64796
+
+LINES = [
+    "高血压能喝咖啡吗？ 男，50岁，血压控制在130/80左右。,少量饮用一般可以，注意监测血压，出现胸痛头晕及时就医。",
+    "孩子发烧怎么办？ 孩子3岁，体温38.5度一天。,多喝水，物理降温，可按说明书用对乙酰氨基酚；精神差或抽搐立即就医。",
+    "胃痛反酸是什么原因？ 女，35岁，饭后明显。,可能是胃食管反流，少食多餐，避免睡前进食，必要时做胃镜。",
+    "失眠怎么调理？ 男，40岁，入睡困难两个月。,规律作息，睡前少用手机，避免咖啡因；持续不缓解请到睡眠门诊。",
+    "咳嗽两周不好怎么办？ 女，28岁，干咳夜间重。,可能是感冒后咳嗽或咳嗽变异性哮喘，建议做胸片和肺功能检查。",
+    "血糖偏高要吃药吗？ 男，45岁，空腹血糖6.5。,属于空腹血糖受损，先控制饮食、规律运动，三个月后复查糖化血红蛋白。",
+    "腰痛腿麻是怎么回事？ 男，38岁，久坐后加重。,可能是腰椎间盘突出，注意休息，避免弯腰搬重物，必要时做核磁共振。",
+    "皮肤起红疹很痒怎么办？ 女，25岁，吃海鲜后出现。,可能是荨麻疹，可按说明书口服氯雷他定；若喉头发紧呼吸困难立即急诊。",
+] * 3  # 24 lines, each distinct after numbering below
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.txt"
+    lines = [line.replace("？ ", f"（{i}）？ ", 1) for i, line in enumerate(LINES)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def parse(*argv):
+    parser = job.build_parser()
+    args = parser.parse_args(list(argv))
+    job.validate(args, parser)
+    return args
+
+
+def tiny_args(data_file, out, *extra):
+    return parse("--model", "tiny", "--data", str(data_file), "--output-dir", str(out), "--eval-ratio", "0.1",
+                 "--grad-accum", "2", "--batch-size", "4", "--logging-steps", "1", *extra)
+
+
+# ---------- prompts and labels ----------
+
+def test_glm3_prompt_and_labels_golden(real_tokenizer_dir):
+    tok = glmtune.load_tokenizer(real_tokenizer_dir)
+    sp = spm.SentencePieceProcessor(model_file=str(real_tokenizer_dir / "tokenizer.model"))
+    enc = encode_example(tok, QUESTION, ANSWER, "glm3", 1024)
+    prompt = [GMASK, SOP] + sp.encode(f"[Round 1]\n\n问：{QUESTION}\n\n答：")
+    answer = sp.encode(ANSWER) + [2]
+    assert enc.input_ids == prompt + answer
+    assert enc.labels == [IGNORE_INDEX] * len(prompt) + answer
+    assert not enc.truncated
+    with_prompt = encode_example(tok, QUESTION, ANSWER, "glm3", 1024, train_on_prompt=True)
+    assert with_prompt.labels == with_prompt.input_ids
+
+
+def test_chat_prompt_and_labels_golden(real_tokenizer_dir):
+    tok = glmtune.load_tokenizer(real_tokenizer_dir)
+    sp = spm.SentencePieceProcessor(model_file=str(real_tokenizer_dir / "tokenizer.model"))
+    enc = encode_example(tok, QUESTION, ANSWER, "chat", 1024)
+    prompt = [GMASK, SOP, USER] + sp.encode("\n") + sp.encode(QUESTION) + [ASSISTANT]
+    answer = sp.encode("\n") + sp.encode(ANSWER) + [2]
+    assert enc.input_ids == prompt + answer
+    assert enc.labels == [IGNORE_INDEX] * len(prompt) + answer
+
+
+@pytest.mark.parametrize("fmt", ["glm3", "chat"])
+def test_truncation_keeps_template_and_half_the_answer(tiny_dir, fmt):
+    tok = glmtune.load_tokenizer(tiny_dir)
+    long_q, long_a = "头痛" * 400, "建议休息" * 400
+    enc = encode_example(tok, long_q, long_a, fmt, 128)
+    assert len(enc.input_ids) == 128 and enc.truncated
+    assert enc.prompt_len <= 64
+    assert enc.input_ids[-1] != tok.eos_token_id  # a cut answer is not taught to stop
+    assert sum(label != IGNORE_INDEX for label in enc.labels) >= 64
+    tail = "\n\n答：" if fmt == "glm3" else "<|assistant|>"
+    assert tok.decode(enc.input_ids[:enc.prompt_len]).endswith(tail)
+
+
+def test_lora_targets_accept_chatglm_names():
+    assert resolve_lora_targets("query_key_value,dense,dense_h_to_4h,dense_4h_to_h") == \
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
+    assert resolve_lora_targets("q_proj, v_proj") == ["q_proj", "v_proj"]
+    with pytest.raises(ValueError, match="unknown module 'mlp'"):
+        resolve_lora_targets("mlp")
+
+
+def test_eval_split_is_deterministic_and_disjoint():
+    items = list(range(100))
+    train, held = split_eval(items, 0.1, seed=7)
+    assert len(held) == 10 and sorted(train + held) == items
+    assert split_eval(items, 0.1, seed=7) == (train, held)
+    assert split_eval(items, 0.1, seed=8)[1] != held
+
+
+def test_nan_guard_stops_training():
+    guard, control = StopOnNonFiniteLoss(), type("C", (), {"should_training_stop": False})()
+    state = type("S", (), {"global_step": 7})()
+    guard.on_log(None, state, control, logs={"loss": 1.5})
+    assert not control.should_training_stop
+    guard.on_log(None, state, control, logs={"loss": float("nan")})
+    assert control.should_training_stop and guard.bad_step == 7
+
+
+# ---------- a real tiny run ----------
+
+@pytest.fixture(scope="module")
+def trained(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    model = job.main(tiny_args(data_file, out, "--learning-rate", "5e-3", "--max-steps", "12"))
+    return out, model
+
+
+def test_run_leaves_every_output(trained):
+    out, _ = trained
+    for name in ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "run_config.json",
+                 "eval.txt", "train_metrics.json", "loss.png", "data_report.txt"]:
+        assert (out / name).is_file(), name
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["settings"]["model"] == "tiny" and len(run["resolved"]["data_sha256"]) == 64
+    assert run["resolved"]["micro_batch"] * run["resolved"]["grad_accum"] == 8
+    assert run["versions"]["transformers"].startswith("5.")
+    assert len((out / "eval.txt").read_text(encoding="utf-8").splitlines()) == run["resolved"]["examples"]["eval"]
+
+
+def test_training_lowers_loss_and_changes_lora(trained):
+    out, model = trained
+    history = json.loads((out / "train_metrics.json").read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < losses[0] - 0.5, losses
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # peft initialises B to zero
+
+
+def test_saved_adapter_reloads_to_identical_logits(trained):
+    out, model = trained
+    base = glmtune.load_model("tiny", quantization="nf4")
+    reloaded = PeftModel.from_pretrained(base, str(out)).eval()
+    model.eval()
+    ids = torch.arange(5, 40)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(data_file, tmp_path, monkeypatch):
+    flags = ("--max-steps", "6", "--save-steps", "3", "--learning-rate", "5e-3")  # crosses an epoch
+    straight = job.main(tiny_args(data_file, tmp_path / "a", *flags))
+
+    class KillAfterStep4(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:  # checkpoint-3 is on disk, step 4 is not
+                raise KeyboardInterrupt
+
+    class KilledTrainer(GroupedTrainer):
+        def __init__(self, *a, callbacks=(), **kw):
+            super().__init__(*a, callbacks=[*callbacks, KillAfterStep4()], **kw)
+
+    monkeypatch.setattr(job, "GroupedTrainer", KilledTrainer)
+    with pytest.raises(KeyboardInterrupt):
+        job.main(tiny_args(data_file, tmp_path / "b", *flags))
+    assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "adapter_model.safetensors").exists()
+    monkeypatch.undo()
+    resumed = job.main(tiny_args(data_file, tmp_path / "b", *flags, "--resume"))
+    a = {n: p for n, p in straight.named_parameters() if "lora_" in n}
+    b = {n: p for n, p in resumed.named_parameters() if "lora_" in n}
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)
+
+
+# ---------- the command line ----------
+
+def run_cli(*argv):
+    return subprocess.run([sys.executable, str(REPO / "chatglm_finetuning.py"), *argv],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_cli_rejects_unknown_and_bad_flags(data_file, tmp_path):
+    result = run_cli("--model", "tiny", "--lora-rank", "8")
+    assert result.returncode == 2 and "unrecognized arguments: --lora-rank" in result.stderr
+    result = run_cli("--model", "tiny", "--data", str(data_file), "--lora-r", "0")
+    assert result.returncode == 2 and "--lora-r must be at least 1" in result.stderr
+    result = run_cli("--model", "tiny", "--data", str(tmp_path / "missing.txt"))
+    assert result.returncode == 2 and "missing.txt: no such file" in result.stderr
+    result = run_cli("--model", "tiny", "--data", str(data_file), "--lora-target", "attn")
+    assert result.returncode == 2 and "unknown module 'attn'" in result.stderr
+
+
+def test_cli_default_model_without_gpu_points_to_tiny(data_file):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = run_cli("--data", str(data_file))
+    assert result.returncode == 2 and "--model tiny" in result.stderr
+
+
+def test_cli_rejects_a_data_file_with_no_usable_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("没有逗号也没有答案\n只有一句话\n", encoding="utf-8")
+    result = run_cli("--model", "tiny", "--data", str(bad), "--output-dir", str(tmp_path / "out"))
+    assert result.returncode != 0 and "bad.txt" in result.stderr
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_output_dir_with_a_different_run_is_not_overwritten(trained, data_file):
+    out, _ = trained
+    before = (out / "adapter_model.safetensors").read_bytes()
+    result = run_cli("--model", "tiny", "--data", str(data_file), "--output-dir", str(out), "--lora-r", "8")
+    assert result.returncode != 0 and "--overwrite" in result.stderr
+    assert (out / "adapter_model.safetensors").read_bytes() == before
