@@ -23,7 +23,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import TrainingArguments, set_seed
 
 import glmtune
-from glmtune.checkpoint import DEFAULT_MODEL
+from glmtune.checkpoint import DEFAULT_MODEL, needs_gpu
 from glmtune.data import DataError, read_dataset, write_seed_format
 from glmtune.prompts import PROMPT_FORMATS
 from glmtune.runs import file_sha256, prepare_output_dir, write_run_config
@@ -124,21 +124,12 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         checks.append((False, f"--precision {args.precision} needs a CUDA GPU; use --precision fp32 (or auto) on CPU"))
     if args.precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         checks.append((False, "this GPU has no bf16; use --precision fp16 (or auto)"))
-    if not cuda and args.model != "tiny" and not _is_small_local_model(args.model):
+    if not cuda and needs_gpu(args.model):
         checks.append((False, f"no CUDA GPU found, and --model {args.model} is a 6B-parameter model that "
                               "needs one. For a CPU demo run: --model tiny"))
     for ok, message in checks:
         if not ok:
             parser.error(message)
-
-
-def _is_small_local_model(model: str) -> bool:
-    config = Path(model) / "config.json"
-    if not config.is_file():
-        return False
-    raw = json.loads(config.read_text(encoding="utf-8"))
-    hidden, layers = raw.get("hidden_size", 0), raw.get("num_layers", raw.get("num_hidden_layers", 0))
-    return 12 * layers * hidden * hidden < 1e9  # rough transformer parameter count
 
 
 def resolve_precision(choice: str) -> str:

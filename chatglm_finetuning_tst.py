@@ -21,6 +21,7 @@ import torch
 from peft import PeftModel
 
 import glmtune
+from glmtune.checkpoint import needs_gpu
 from glmtune.comparison import Sample, aggregate_table, plot_aggregate, score, write_log, write_report
 from glmtune.data import DataError, read_dataset
 from glmtune.generation import Decoding, generate_answers, reference_perplexity
@@ -92,7 +93,7 @@ def validate(args, parser) -> dict:
         if not ok:
             parser.error(message)
     base = args.base_model or run["settings"]["model"]
-    if not torch.cuda.is_available() and base != "tiny":
+    if not torch.cuda.is_available() and needs_gpu(base):
         parser.error(f"this adapter's base is {base}, a 6B model that needs a CUDA GPU. "
                      "For a CPU demo, train with --model tiny and compare that adapter.")
     return run

@@ -96,6 +96,19 @@ def _download(repo_id: str) -> Path:
     return folder
 
 
+def needs_gpu(name_or_path: str | Path) -> bool:
+    """True for anything but `tiny` or a local checkpoint under ~1B parameters (hub ids are 6B)."""
+    if str(name_or_path) == "tiny":
+        return False
+    config = Path(name_or_path) / "config.json"
+    if not config.is_file():
+        return True
+    raw = json.loads(config.read_text(encoding="utf-8"))
+    hidden = raw.get("hidden_size", 0)
+    layers = raw.get("num_layers", raw.get("num_hidden_layers", 0))
+    return 12 * layers * hidden * hidden >= 1e9  # transformer blocks' parameters, roughly
+
+
 def read_config(folder: Path) -> GlmConfig:
     """The native `GlmConfig` for a ChatGLM3 (`model_type: chatglm`) or Glm folder."""
     config_file = folder / "config.json"

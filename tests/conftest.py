@@ -29,3 +29,45 @@ def tiny_dir() -> Path:
     from glmtune.tiny import ensure_tiny
 
     return ensure_tiny()
+
+
+LINES = [
+    "高血压能喝咖啡吗？ 男，50岁，血压控制在130/80左右。,少量饮用一般可以，注意监测血压，出现胸痛头晕及时就医。",
+    "孩子发烧怎么办？ 孩子3岁，体温38.5度一天。,多喝水，物理降温，可按说明书用对乙酰氨基酚；精神差或抽搐立即就医。",
+    "胃痛反酸是什么原因？ 女，35岁，饭后明显。,可能是胃食管反流，少食多餐，避免睡前进食，必要时做胃镜。",
+    "失眠怎么调理？ 男，40岁，入睡困难两个月。,规律作息，睡前少用手机，避免咖啡因；持续不缓解请到睡眠门诊。",
+    "咳嗽两周不好怎么办？ 女，28岁，干咳夜间重。,可能是感冒后咳嗽或咳嗽变异性哮喘，建议做胸片和肺功能检查。",
+    "血糖偏高要吃药吗？ 男，45岁，空腹血糖6.5。,属于空腹血糖受损，先控制饮食、规律运动，三个月后复查糖化血红蛋白。",
+    "腰痛腿麻是怎么回事？ 男，38岁，久坐后加重。,可能是腰椎间盘突出，注意休息，避免弯腰搬重物，必要时做核磁共振。",
+    "皮肤起红疹很痒怎么办？ 女，25岁，吃海鲜后出现。,可能是荨麻疹，可按说明书口服氯雷他定；若喉头发紧呼吸困难立即急诊。",
+] * 3  # 24 lines, each distinct after numbering below
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.txt"
+    lines = [line.replace("？ ", f"（{i}）？ ", 1) for i, line in enumerate(LINES)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_args(data_file, out, *extra):
+    """Parsed and validated training flags for a quick tiny-model run."""
+    import chatglm_finetuning as job
+
+    parser = job.build_parser()
+    args = parser.parse_args(["--model", "tiny", "--data", str(data_file), "--output-dir", str(out),
+                              "--eval-ratio", "0.1", "--grad-accum", "2", "--batch-size", "4",
+                              "--logging-steps", "1", *extra])
+    job.validate(args, parser)
+    return args
+
+
+@pytest.fixture(scope="session")
+def trained(data_file, tmp_path_factory):
+    """A finished tiny run: (output folder, the trained peft model)."""
+    import chatglm_finetuning as job
+
+    out = tmp_path_factory.mktemp("run")
+    model = job.main(tiny_args(data_file, out, "--learning-rate", "5e-3", "--max-steps", "12"))
+    return out, model

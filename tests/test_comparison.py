@@ -1,0 +1,130 @@
+"""The comparison script on a tiny trained adapter: one copy of the weights, fair decoding, reports."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel
+
+import glmtune
+from glmtune.generation import Decoding, generate_answers, reference_perplexity
+from glmtune.prompts import prompt_ids
+
+from conftest import REPO
+
+QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
+
+
+@pytest.fixture(scope="module")
+def tuned(trained):
+    out, _ = trained
+    base = glmtune.load_model("tiny", quantization="nf4")
+    return PeftModel.from_pretrained(base, str(out)).eval(), glmtune.load_tokenizer(out)
+
+
+def test_disabled_adapter_equals_plain_base_model(tuned):
+    model, tok = tuned
+    prompts = [prompt_ids(tok, q, "glm3") for q in QUESTIONS]
+    decoding = Decoding(max_new_tokens=12)
+    plain = glmtune.load_model("tiny", quantization="nf4").eval()
+    expected = generate_answers(plain, tok, prompts, decoding, batch_size=4)
+    with model.disable_adapter():
+        got = generate_answers(model, tok, prompts, decoding, batch_size=4)
+    assert [g.text for g in got] == [e.text for e in expected]
+    with_adapter = generate_answers(model, tok, prompts, decoding, batch_size=4)
+    assert [g.text for g in with_adapter] != [e.text for e in expected]  # the adapter does something
+
+
+def test_batched_greedy_equals_one_at_a_time(tuned):
+    model, tok = tuned
+    prompts = [prompt_ids(tok, q, "chat") for q in QUESTIONS]
+    decoding = Decoding(max_new_tokens=16)
+    batched = generate_answers(model, tok, prompts, decoding, batch_size=4)
+    single = generate_answers(model, tok, prompts, decoding, batch_size=1)
+    assert [b.text for b in batched] == [s.text for s in single]
+    assert all(b.new_tokens == 16 for b in batched)
+
+
+def test_sampling_is_seeded_and_same_for_both_models(tuned):
+    model, tok = tuned
+    prompts = [prompt_ids(tok, q, "glm3") for q in QUESTIONS[:2]]
+    a = generate_answers(model, tok, prompts, Decoding(max_new_tokens=10, do_sample=True, seed=3), batch_size=2)
+    b = generate_answers(model, tok, prompts, Decoding(max_new_tokens=10, do_sample=True, seed=3), batch_size=2)
+    c = generate_answers(model, tok, prompts, Decoding(max_new_tokens=10, do_sample=True, seed=4), batch_size=2)
+    assert [x.text for x in a] == [x.text for x in b] != [x.text for x in c]
+
+
+def test_reference_perplexity_batched_equals_single_and_drops_with_training(tuned, data_file):
+    model, tok = tuned
+    pairs = [line.split(",", 1) for line in data_file.read_text(encoding="utf-8").splitlines()[:4]]
+    batched = reference_perplexity(model, tok, pairs, "glm3", 256, batch_size=4)
+    single = reference_perplexity(model, tok, pairs, "glm3", 256, batch_size=1)
+    assert batched == pytest.approx(single, rel=1e-4)
+    with model.disable_adapter():
+        base = reference_perplexity(model, tok, pairs, "glm3", 256, batch_size=4)
+    assert all(t < b for t, b in zip(batched, base))  # trained on these very lines
+
+
+def run_tst(*argv, cwd):
+    return subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), *argv],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_end_to_end_writes_log_json_and_chart(trained, tmp_path):
+    out, _ = trained
+    result = run_tst("--adapter", str(out), "--max-new-tokens", "24", "--batch-size", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (tmp_path / "chatglm_comparison.log").read_text(encoding="utf-8")
+    for family in ["output length (chars)", "output length (tokens)", "medical terms / 100 chars",
+                   "prompt overlap (jieba words)", "prompt overlap (char bigrams)", "ROUGE-L F", "char BLEU-4",
+                   "reference perplexity", "latency per answer", "distinct-2", "new tok/s", "=== example 1 ==="]:
+        assert family in log, family
+    report = json.loads((tmp_path / "chatglm_comparison.json").read_text(encoding="utf-8"))
+    eval_lines = (out / "eval.txt").read_text(encoding="utf-8").splitlines()
+    assert report["settings"]["prompts"] == len(eval_lines) == len(report["samples"])
+    sample = report["samples"][0]
+    for side in ("base", "tuned"):
+        assert {"answer", "chars", "tokens", "term_per_100", "rouge1", "bleu4", "ppl", "latency_s"} <= sample[side].keys()
+        assert report["aggregate"][side]["rougeL"]["n"] == len(eval_lines)
+    assert (tmp_path / "chatglm_comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert "medical terms / 100 chars" in result.stdout  # the table on the console
+
+
+def test_ad_hoc_prompts_have_no_reference_metrics(trained, tmp_path):
+    out, _ = trained
+    result = run_tst("--adapter", str(out), "--prompt", "头痛怎么办？", "--prompt", "失眠怎么办？",
+                     "--max-new-tokens", "8", "--log-file", str(tmp_path / "adhoc.log"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "adhoc.json").read_text(encoding="utf-8"))
+    assert report["settings"]["prompts"] == 2
+    assert report["samples"][0]["tuned"]["rouge1"] is None and report["samples"][0]["tuned"]["ppl"] is None
+
+
+def test_missing_and_incomplete_adapter_folders(trained, tmp_path):
+    result = run_tst("--adapter", str(tmp_path / "nope"), cwd=tmp_path)
+    assert result.returncode == 2 and "no such folder" in result.stderr
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "adapter_config.json").write_text("{}")
+    result = run_tst("--adapter", str(partial), cwd=tmp_path)
+    assert result.returncode == 2 and "adapter_model.safetensors missing" in result.stderr
+
+
+def test_adapter_on_a_different_base_is_named(trained, tmp_path):
+    out, _ = trained
+    from glmtune.tiny import TINY_SHAPE, original_config, random_original_weights, write_original_checkpoint
+
+    config = original_config(3000, **{**TINY_SHAPE, "hidden_size": 192})
+    write_original_checkpoint(tmp_path / "other", config, random_original_weights(config))
+    result = run_tst("--adapter", str(out), "--base-model", str(tmp_path / "other"), cwd=tmp_path)
+    assert result.returncode != 0 and "trained on a base with other shapes" in result.stderr
+
+
+def test_empty_prompt_set_is_an_error(trained, tmp_path):
+    out, _ = trained
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    result = run_tst("--adapter", str(out), "--data", str(empty), cwd=tmp_path)
+    assert result.returncode != 0 and "empty.jsonl" in result.stderr
