@@ -172,6 +172,23 @@ def build_model(args, precision: str, targets: list[str]):
     return model
 
 
+def build_trainer(args, model, train_ds, eval_ds, collator, micro: int, accum: int, precision: str,
+                  callbacks: list) -> GroupedTrainer:
+    training_args = TrainingArguments(
+        output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=micro, per_device_eval_batch_size=micro, gradient_accumulation_steps=accum,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_ratio, lr_scheduler_type="linear",
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        eval_strategy="epoch" if len(eval_ds) else "no", save_strategy="steps", save_steps=args.save_steps,
+        save_total_limit=2, logging_steps=args.logging_steps, logging_nan_inf_filter=False,
+        report_to="none", seed=args.seed, data_seed=args.seed, remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(), optim="adamw_torch",
+    )
+    return GroupedTrainer(model=model, args=training_args, train_dataset=train_ds,
+                          eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator,
+                          callbacks=callbacks)
+
+
 def print_summary(args, dataset, train, held_out, stats, model, targets, micro, accum, precision) -> None:
     trainable, total = count_parameters(model)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
@@ -223,19 +240,7 @@ def main(args: argparse.Namespace):
 
     # train
     guard = StopOnNonFiniteLoss()
-    training_args = TrainingArguments(
-        output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
-        per_device_train_batch_size=micro, per_device_eval_batch_size=micro, gradient_accumulation_steps=accum,
-        learning_rate=args.learning_rate, warmup_steps=args.warmup_ratio, lr_scheduler_type="linear",
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
-        eval_strategy="epoch" if len(eval_ds) else "no", save_strategy="steps", save_steps=args.save_steps,
-        save_total_limit=2, logging_steps=args.logging_steps, logging_nan_inf_filter=False,
-        report_to="none", seed=args.seed, data_seed=args.seed, remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(), optim="adamw_torch",
-    )
-    trainer = GroupedTrainer(model=model, args=training_args, train_dataset=train_ds,
-                      eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator,
-                      callbacks=[guard])
+    trainer = build_trainer(args, model, train_ds, eval_ds, collator, micro, accum, precision, [guard])
     result = trainer.train(resume_from_checkpoint=True if args.resume else None)
     if guard.bad_step is not None:
         sys.exit(

@@ -30,6 +30,9 @@ from glmtune.prompts import prompt_ids
 from glmtune.runs import read_run_config
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Scoring keeps full-vocabulary logits of whole sequences (65,024 x length x batch, in fp32 for the
+# loss); generation batches of 100+ would need tens of GiB for it.
+PERPLEXITY_BATCH = 16
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an ad-hoc question without reference (repeatable); replaces --data")
     g = p.add_argument_group("decoding")
     g.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per answer at most")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call (1 = one at a time)")
+    g.add_argument("--batch-size", type=int, default=128,
+                   help="prompts per generate() call (1 = one at a time); decoding is launch-bound, so large "
+                        "batches cost little more time per step than one prompt")
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (with --do-sample)")
     g.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (with --do-sample)")
@@ -144,7 +149,7 @@ def run_side(model, tokenizer, side: str, prompts, pairs, args, run) -> tuple[li
     if referenced and not args.no_perplexity:
         values = reference_perplexity(model, tokenizer, [(q, a) for _, q, a in referenced],
                                       run["settings"]["prompt_format"], run["settings"]["max_length"],
-                                      args.batch_size)
+                                      min(args.batch_size, PERPLEXITY_BATCH))
         for (i, _, _), v in zip(referenced, values):
             ppl[i] = v
     new_tokens = sum(a.new_tokens for a in answers)

@@ -1,0 +1,290 @@
+"""GPU benchmark on ChatGLM3-6B's real shape (random weights): training throughput and memory of the
+seed recipe vs our defaults vs our low-memory setting, and the comparison script's speed.
+
+On one GPU, with ../shared beside the repo (or --shared PATH):
+    python bench/bench_gpu.py --part train      # ~5 min on an H100
+    python bench/bench_gpu.py --part compare    # ~5 min on an H100
+Each part builds (or reuses) a random-weight checkpoint in the ORIGINAL ChatGLM3 layout under
+--workdir, prints a table and merges its numbers into bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import chatglm_finetuning as job  # noqa: E402
+import glmtune  # noqa: E402
+from glmtune.data import Example, read_dataset, write_seed_format  # noqa: E402
+from glmtune.runs import library_versions, write_run_config  # noqa: E402
+from glmtune.tiny import random_original_weights  # noqa: E402
+from glmtune.training import NATIVE_TARGETS, PadCollator, fit_micro_batch, resolve_lora_targets  # noqa: E402
+from glmtune.training import tokenize_examples  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+OURS_PRECISION, SEED_PRECISION = ("bf16", "fp16") if CUDA else ("fp32", "fp32")
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0
+
+
+def build_checkpoint(shared: Path, folder: Path) -> Path:
+    """ChatGLM3-6B's config, tensor names and shapes, random fp16 weights, 7 safetensors shards."""
+    if (folder / "model.safetensors.index.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((shared / "chatglm3" / "config.json").read_text())
+    expected = set(json.loads((shared / "chatglm3" / "pytorch_model.bin.index.json").read_text())["weight_map"])
+    weights = random_original_weights(config, dtype=torch.float16, device="cuda")
+    assert set(weights) == expected, set(weights) ^ expected
+    names = sorted(weights)
+    shards = [names[i::7] for i in range(7)]
+    weight_map = {}
+    for k, shard in enumerate(shards, 1):
+        file = f"model-{k:05d}-of-00007.safetensors"
+        save_file({n: weights[n].cpu().contiguous() for n in shard}, str(folder / file), metadata={"format": "pt"})
+        weight_map |= {n: file for n in shard}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer.model").write_bytes((shared / "chatglm3" / "tokenizer.model").read_bytes())
+    return folder
+
+
+def realistic_examples(shared: Path) -> list[Example]:
+    """Our dataset plus the shared real Q&A: realistic medical lengths (~220 tokens)."""
+    examples = list(read_dataset(REPO / "financial_data.txt").examples)
+    for name in ("toyhom_internal_medicine_200.txt", "edge_cases.txt"):
+        examples += read_dataset(shared / "realdata" / name).examples
+    return examples
+
+
+class StepClock(TrainerCallback):
+    """Wall time and token counts at each optimizer step boundary (GPU synchronised)."""
+
+    def __init__(self, counter):
+        self.counter, self.marks = counter, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        sync()
+        self.marks.append((time.perf_counter(), self.counter.real, self.counter.padded))
+
+
+class CountingCollator:
+    def __init__(self, inner):
+        self.inner, self.real, self.padded = inner, 0, 0
+
+    def __call__(self, rows):
+        batch = self.inner(rows)
+        self.real += int(batch["attention_mask"].sum())
+        self.padded += batch["attention_mask"].numel()
+        return batch
+
+
+class PadToMax(PadCollator):
+    """The seed recipe: every row padded to max_length."""
+
+    def __init__(self, pad_id, max_length):
+        super().__init__(pad_id, multiple_of=max_length)
+
+
+def timed_training(name, model, dataset, collator, micro, accum, precision, steps, warmup, grouped, workdir):
+    counter = CountingCollator(collator)
+    clock = StepClock(counter)
+    training_args = TrainingArguments(
+        output_dir=str(workdir / name), max_steps=warmup + steps, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum, learning_rate=1e-4, warmup_steps=0.03, bf16=precision == "bf16",
+        fp16=precision == "fp16", save_strategy="no", logging_steps=1, report_to="none",
+        remove_unused_columns=False, disable_tqdm=True, seed=0,
+    )
+    trainer_class = job.GroupedTrainer if grouped else Trainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, data_collator=counter,
+                            callbacks=[clock])
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    (t0, r0, p0), (t1, r1, p1) = clock.marks[warmup - 1], clock.marks[-1]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "mode": name, "micro_batch": micro, "grad_accum": accum, "precision": precision,
+        "step_s": (t1 - t0) / steps, "real_tok_s": (r1 - r0) / (t1 - t0), "padded_fraction": 1 - (r1 - r0) / (p1 - p0),
+        "peak_gib": peak_gib(), "losses": losses,
+    }
+
+
+def profile_step(model, dataset, collator, micro: int) -> dict:
+    """One forward+backward of a length-grouped micro-batch under the profiler: how many kernels it
+    launches and how much of the wall time the GPU is busy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = sorted(range(len(dataset)), key=lambda i: dataset[i]["length"])[len(dataset) // 2:][:micro]
+    batch = {k: v.cuda() for k, v in collator([dataset[i] for i in rows]).items()}
+    model.train()
+    for _ in range(2):  # warm-up, then the profiled pass
+        sync()
+        began = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof, torch.autocast("cuda", dtype=torch.bfloat16):
+            model(**batch).loss.backward()
+        sync()
+        wall = time.perf_counter() - began
+        model.zero_grad(set_to_none=True)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e6
+    top = {}
+    for e in kernels:
+        top[e.name[:60]] = top.get(e.name[:60], 0) + e.device_time / 1e6
+    return {"tokens": int(batch["attention_mask"].sum()), "wall_s": wall, "gpu_busy_s": busy,
+            "kernels": len(kernels), "top_kernels_s": dict(sorted(top.items(), key=lambda kv: -kv[1])[:12])}
+
+
+def part_train(args, ckpt: Path, shared: Path) -> dict:
+    parsed = job.build_parser().parse_args(["--model", str(ckpt), "--output-dir", str(args.workdir / "run")])
+    tokenizer = glmtune.load_tokenizer(ckpt)
+    examples = realistic_examples(shared)
+    dataset, stats = tokenize_examples(examples, tokenizer, "glm3", 1024, False)
+    began = time.perf_counter()
+    model = job.build_model(parsed, OURS_PRECISION, resolve_lora_targets(parsed.lora_target))
+    load_s = time.perf_counter() - began
+    pad = tokenizer.pad_token_id
+    results = {"load_nf4_s": load_s, "median_tokens": stats.median}
+
+    # ours, default flags: length-grouped dynamic padding, auto micro-batch, bf16
+    micro = fit_micro_batch(model, dataset, PadCollator(pad), parsed.grad_accum)
+    results["ours"] = timed_training("ours", model, dataset, PadCollator(pad), micro, parsed.grad_accum // micro,
+                                     OURS_PRECISION, args.steps, args.warmup, True, args.workdir)
+    if CUDA:
+        results["profile_ours"] = profile_step(model, dataset, PadCollator(pad), micro)
+    # ours without activation checkpointing: a third less compute and launches, more memory
+    model.gradient_checkpointing_disable()
+    results["ours_no_ckpt"] = timed_training("ours_no_ckpt", model, dataset, PadCollator(pad), micro,
+                                             parsed.grad_accum // micro, OURS_PRECISION, args.steps, args.warmup,
+                                             True, args.workdir)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    # the seed recipe: pad to 1024, micro-batch 1, fp16, random order
+    for module in model.modules():
+        if hasattr(module, "compute_dtype"):
+            module.compute_dtype = torch.float16
+    results["seed"] = timed_training("seed", model, dataset, PadToMax(pad, 1024), 1, 16, SEED_PRECISION,
+                                     max(1, args.steps // 2), args.warmup, False, args.workdir)
+    for module in model.modules():
+        if hasattr(module, "compute_dtype"):
+            module.compute_dtype = torch.bfloat16
+    # low memory: micro-batch 1 on full 1,024-token samples
+    long_text = "".join(ex.answer for ex in examples[:40])
+    long = [Example(ex.question, long_text, 0) for ex in examples[:64]]
+    long_ds, _ = tokenize_examples(long, tokenizer, "glm3", 1024, False)
+    results["lowmem"] = timed_training("lowmem", model, long_ds, PadCollator(pad), 1, 4, OURS_PRECISION,
+                                       2, 1, True, args.workdir)
+    return results
+
+
+def part_compare(args, ckpt: Path, shared: Path) -> dict:
+    """Runs the real comparison script on 200 held-out-style prompts with a LoRA adapter of ours."""
+    from peft import LoraConfig, get_peft_model
+
+    adapter = args.workdir / "adapter"
+    if not (adapter / "adapter_model.safetensors").is_file():
+        model = glmtune.load_model(ckpt, quantization="nf4")
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, init_lora_weights=False, task_type="CAUSAL_LM",
+                          target_modules=list(NATIVE_TARGETS))
+        get_peft_model(model, lora).save_pretrained(adapter, save_embedding_layers=False)
+        del model
+    settings = vars(job.build_parser().parse_args(["--model", str(ckpt)]))
+    write_run_config(adapter, {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}, {})
+    glmtune.load_tokenizer(ckpt).save_pretrained(adapter)
+    write_seed_format(realistic_examples(shared)[: args.prompts], adapter / "eval.txt")
+    results = {}
+    for label, batch, count, tokens in (("batched", args.prompts, args.prompts, args.new_tokens),
+                                        ("one_at_a_time", 1, 4, 64)):
+        log = args.workdir / f"compare_{label}.log"
+        began = time.perf_counter()
+        subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter),
+                        "--num-samples", str(count), "--max-new-tokens", str(tokens), "--batch-size", str(batch),
+                        "--log-file", str(log)], check=True)
+        report = json.loads(log.with_suffix(".json").read_text(encoding="utf-8"))
+        results[label] = {"prompts": count, "new_tokens_each": tokens, "batch_size": batch,
+                          "process_wall_s": time.perf_counter() - began,
+                          **{f"{side}_{k}": v for side in ("base", "tuned")
+                             for k, v in report["timing"][side].items()}}
+    return results
+
+
+def table(results: dict) -> list[str]:
+    lines = []
+    if "train" in results:
+        t = results["train"]
+        lines += [f"{'training (6B, NF4, LoRA r=16)':34} {'micro x acc':>11} {'real tok/s':>10} {'padded':>7} "
+                  f"{'step s':>7} {'peak GiB':>8}"]
+        for key in ("seed", "ours", "ours_no_ckpt", "lowmem"):
+            r = t[key]
+            lines.append(f"{key + ' (' + r['precision'] + ')':34} {str(r['micro_batch']) + ' x ' + str(r['grad_accum']):>11} "
+                         f"{r['real_tok_s']:>10.0f} {100 * r['padded_fraction']:>6.0f}% {r['step_s']:>7.2f} "
+                         f"{r['peak_gib']:>8.2f}")
+        lines.append(f"ours / seed recipe: {t['ours']['real_tok_s'] / t['seed']['real_tok_s']:.1f}x real tokens/s")
+        if "profile_ours" in t:
+            p = t["profile_ours"]
+            lines.append(f"profile of one ours micro-batch ({p['tokens']} tokens): {p['kernels']} kernels, GPU busy "
+                         f"{p['gpu_busy_s']:.3f} s of {p['wall_s']:.3f} s wall")
+    if "compare" in results:
+        for label, r in results["compare"].items():
+            lines.append(f"compare {label}: {r['prompts']} prompts x {r['new_tokens_each']} tokens, batch "
+                         f"{r['batch_size']}: base {r['base_tok_per_s']:.0f} tok/s ({r['base_wall_s']:.1f} s), "
+                         f"tuned {r['tuned_tok_per_s']:.0f} tok/s ({r['tuned_wall_s']:.1f} s), "
+                         f"process {r['process_wall_s']:.0f} s")
+    return lines
+
+
+def main(args):
+    if args.smoke:  # the whole pipeline on the tiny model, on CPU: checks the script, measures nothing
+        ckpt = glmtune.checkpoint.resolve_model_dir("tiny")
+    elif not CUDA:
+        sys.exit("error: this benchmark needs a CUDA GPU (or --smoke for a CPU check of the script)")
+    else:
+        ckpt = build_checkpoint(args.shared, args.workdir / "chatglm3-6b-random")
+    out = Path(args.results)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results |= {"device": torch.cuda.get_device_name(0) if CUDA else "CPU (smoke)", "date": time.strftime("%Y-%m-%d"),
+                "versions": library_versions()}
+    if args.part in ("train", "all"):
+        results["train"] = part_train(args, ckpt, args.shared)
+        results["train_real_tok_s"] = results["train"]["ours"]["real_tok_s"]
+        results["seed_recipe_real_tok_s"] = results["train"]["seed"]["real_tok_s"]
+        results["lowmem_peak_gib"] = results["train"]["lowmem"]["peak_gib"]
+    if args.part in ("compare", "all"):
+        results["compare"] = part_compare(args, ckpt, args.shared)
+        results["compare_wall_s"] = results["compare"]["batched"]["process_wall_s"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print("\n".join(table(results)))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--part", choices=("train", "compare", "all"), default="all", help="what to measure")
+    p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with chatglm3/ and realdata/")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/glmtune-bench"), help="checkpoint and scratch space")
+    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per training mode")
+    p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
+    p.add_argument("--prompts", type=int, default=200, help="prompts for the comparison")
+    p.add_argument("--new-tokens", type=int, default=256, help="new tokens per answer in the comparison")
+    p.add_argument("--smoke", action="store_true", help="run on the tiny model on CPU to check the script")
+    p.add_argument("--results", default=str(REPO / "bench" / "results" / "latest.json"), help="JSON output")
+    main(p.parse_args())
