@@ -159,6 +159,7 @@ def run_side(model, tokenizer, side: str, prompts, pairs, args, run) -> tuple[li
 
 
 def main(args: argparse.Namespace, run: dict) -> None:
+    began = time.perf_counter()
     # data
     pairs = load_prompts(args)
     lexicon = Lexicon.load(args.terms_file)
@@ -167,14 +168,17 @@ def main(args: argparse.Namespace, run: dict) -> None:
     prompts = [prompt_ids(tokenizer, q, run["settings"]["prompt_format"]) for q, _ in pairs]
     # model: one copy of the weights; the base side runs with the adapter disabled
     model, base, quantization = load_model(args, run)
+    loaded = time.perf_counter()
     tuned, tuned_ppl, tuned_timing = run_side(model, tokenizer, "tuned", prompts, pairs, args, run)
     with model.disable_adapter():
         plain, base_ppl, base_timing = run_side(model, tokenizer, "base", prompts, pairs, args, run)
     # score and report
+    scoring = time.perf_counter()
     samples = [Sample(q, a, {"base": plain[i], "tuned": tuned[i]}, {"base": base_ppl[i], "tuned": tuned_ppl[i]})
                for i, (q, a) in enumerate(pairs)]
     rows, aggregate = score(samples, lexicon)
-    timing = {"base": base_timing, "tuned": tuned_timing}
+    timing = {"base": base_timing, "tuned": tuned_timing, "load_s": loaded - began,
+              "score_s": time.perf_counter() - scoring}
     settings = {"adapter": str(args.adapter), "base_model": base, "quantization": quantization,
                 "prompt_format": run["settings"]["prompt_format"], "prompts": len(pairs),
                 "prompt_source": "--prompt" if args.prompt else str(args.data or args.adapter / "eval.txt"),
@@ -188,6 +192,7 @@ def main(args: argparse.Namespace, run: dict) -> None:
     write_report(report, settings, aggregate, timing, rows)
     plot_aggregate(chart, aggregate)
     print("\n".join(table))
+    print(f"total {time.perf_counter() - began:.1f} s: loading {timing['load_s']:.1f} s, scoring {timing['score_s']:.1f} s")
     print(f"wrote {args.log_file}, {report} and {chart}")
 
 
