@@ -64,8 +64,9 @@ def register_chatglm_mapping() -> None:
         GlmForCausalLM._keys_to_ignore_on_load_unexpected = [*ignored, *IGNORED_KEYS]
 
 
-def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """`tiny` -> the cached tiny checkpoint; an existing folder -> itself; else a hub id, downloaded."""
+def resolve_model_dir(name_or_path: str | Path, weights: bool = True) -> Path:
+    """`tiny` -> the cached tiny checkpoint; an existing folder -> itself; else a hub id, downloaded
+    (without the weight shards when `weights` is False: the tokenizer needs only the small files)."""
     if str(name_or_path) == "tiny":
         from .tiny import ensure_tiny
 
@@ -77,13 +78,15 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
         raise ModelLoadError(f"{path} is a file; --model wants the checkpoint folder that holds config.json")
     if str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
         raise ModelLoadError(f"{name_or_path}: no such folder. Give a ChatGLM3 folder, a hub id, or 'tiny'.")
-    return _download(str(name_or_path))
+    return _download(str(name_or_path), weights)
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, weights: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
+        if not weights:
+            return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.model"]))
         # Safetensors when the repo has them; the official repo also has .bin shards, not needed twice.
         folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.model", "*.safetensors"]))
         if not list(folder.glob("*.safetensors")):

@@ -65,7 +65,7 @@ def _model_max_length(folder: Path) -> int:
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
     """Load ChatGLM3's tokenizer from an official folder (`tokenizer.model`), a hub id, `tiny`,
     or a folder this function saved before (`tokenizer.json`)."""
-    folder = resolve_model_dir(name_or_path)
+    folder = resolve_model_dir(name_or_path, weights=False)
     if (folder / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(folder))
     sp_model = folder / "tokenizer.model"
