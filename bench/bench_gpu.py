@@ -5,7 +5,9 @@ On one GPU, with ../shared beside the repo (or --shared PATH):
     python bench/bench_gpu.py --part train      # ~5 min on an H100
     python bench/bench_gpu.py --part compare    # ~5 min on an H100
 Each part builds (or reuses) a random-weight checkpoint in the ORIGINAL ChatGLM3 layout under
---workdir, prints a table and merges its numbers into bench/results/latest.json.
+--workdir, prints a table and merges its numbers into bench/results/latest.json. Then, wherever the
+JSON ends up:
+    python bench/bench_gpu.py --record --results bench/results/latest.json   # appends to RESULTS.md
 """
 
 from __future__ import annotations
@@ -251,7 +253,21 @@ def table(results: dict) -> list[str]:
     return lines
 
 
+def record(results: dict, path: Path) -> None:
+    """Append this run to bench/RESULTS.md: the history of every measured run."""
+    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    block = [f"## {results['date']} — {results['device']}", "", f"Versions: {versions}.", "", "```",
+             *table(results), "```", ""]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(block) + "\n")
+
+
 def main(args):
+    if args.record:
+        results = json.loads(Path(args.results).read_text())
+        record(results, REPO / "bench" / "RESULTS.md")
+        print("\n".join(table(results)))
+        return
     if args.smoke:  # the whole pipeline on the tiny model, on CPU: checks the script, measures nothing
         ckpt = glmtune.checkpoint.resolve_model_dir("tiny")
     elif not CUDA:
@@ -285,6 +301,8 @@ if __name__ == "__main__":
     p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
     p.add_argument("--prompts", type=int, default=200, help="prompts for the comparison")
     p.add_argument("--new-tokens", type=int, default=256, help="new tokens per answer in the comparison")
+    p.add_argument("--record", action="store_true",
+                   help="no measuring: append the run in --results to bench/RESULTS.md (after fetching it)")
     p.add_argument("--smoke", action="store_true", help="run on the tiny model on CPU to check the script")
     p.add_argument("--results", default=str(REPO / "bench" / "results" / "latest.json"), help="JSON output")
     main(p.parse_args())
