@@ -26,13 +26,13 @@ import glmtune
 from glmtune.checkpoint import DEFAULT_MODEL, needs_gpu
 from glmtune.data import DataError, read_dataset, write_seed_format
 from glmtune.prompts import PROMPT_FORMATS
+from glmtune.memory import fit_micro_batch, plan_checkpointing
 from glmtune.runs import file_sha256, prepare_output_dir, write_run_config
 from glmtune.training import (
     GroupedTrainer,
     PadCollator,
     StopOnNonFiniteLoss,
     count_parameters,
-    fit_micro_batch,
     plot_losses,
     resolve_lora_targets,
     split_eval,
@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro-batch per step, or 'auto' to fit it to free GPU memory; the effective batch "
                         "stays batch-size x grad-accum (auto: 1 x grad-accum)")
     g.add_argument("--grad-accum", type=int, default=16, help="micro-batches per optimizer step")
-    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                   help="recompute activations in backward (far less memory, ~30%% more compute)")
+    g.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), default="auto",
+                   help="recompute activations in backward to save memory. auto: on a GPU, each micro-batch "
+                        "checkpoints the fewest layers that fit (none when it fits without); off on CPU. "
+                        "on: every layer, every step (the seed's setting)")
     g.add_argument("--save-steps", type=int, default=50, help="checkpoint every N optimizer steps (for --resume)")
     g.add_argument("--logging-steps", type=int, default=5, help="log the training loss every N optimizer steps")
 
@@ -154,12 +156,29 @@ def load_data(args, output_dir: Path):
     return dataset, train, held_out
 
 
+def uses_checkpointing(args) -> bool:
+    return args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and torch.cuda.is_available())
+
+
+def fit_memory(args, model, train_ds, collator):
+    """Micro-batch, accumulation and checkpoint plan: the effective batch stays as asked."""
+    effective = (1 if args.batch_size == "auto" else int(args.batch_size)) * args.grad_accum
+    if args.batch_size == "auto":  # sized with every layer checkpointed (auto) or as set (on/off)
+        micro = fit_micro_batch(model, train_ds, collator, effective)
+    else:
+        micro = int(args.batch_size)
+    plan = None
+    if args.gradient_checkpointing == "auto":
+        plan = plan_checkpointing(model, train_ds, collator, micro)
+    return micro, effective // micro, plan
+
+
 def build_model(args, precision: str, targets: list[str]):
     quantization = None if args.quantization == "none" else "nf4"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     model = glmtune.load_model(args.model, quantization=quantization, dtype=dtype)
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
-    if args.gradient_checkpointing:
+    if uses_checkpointing(args):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
@@ -173,7 +192,7 @@ def build_model(args, precision: str, targets: list[str]):
 
 
 def build_trainer(args, model, train_ds, eval_ds, collator, micro: int, accum: int, precision: str,
-                  callbacks: list) -> GroupedTrainer:
+                  callbacks: list, plan=None) -> GroupedTrainer:
     training_args = TrainingArguments(
         output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
         per_device_train_batch_size=micro, per_device_eval_batch_size=micro, gradient_accumulation_steps=accum,
@@ -182,14 +201,21 @@ def build_trainer(args, model, train_ds, eval_ds, collator, micro: int, accum: i
         eval_strategy="epoch" if len(eval_ds) else "no", save_strategy="steps", save_steps=args.save_steps,
         save_total_limit=2, logging_steps=args.logging_steps, logging_nan_inf_filter=False,
         report_to="none", seed=args.seed, data_seed=args.seed, remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(), optim="adamw_torch",
+        dataloader_pin_memory=torch.cuda.is_available(), optim="adamw_torch_fused",
     )
     return GroupedTrainer(model=model, args=training_args, train_dataset=train_ds,
                           eval_dataset=eval_ds if len(eval_ds) else None, data_collator=collator,
-                          callbacks=callbacks)
+                          callbacks=callbacks, checkpoint_plan=plan)
 
 
-def print_summary(args, dataset, train, held_out, stats, model, targets, micro, accum, precision) -> None:
+def describe_checkpointing(args, plan) -> str:
+    if plan is not None:
+        return (f"auto per micro-batch ({plan.per_token_none / 2**20:.2f} MiB/token without, "
+                f"{plan.per_token_full / 2**20:.2f} with all {plan.layers} layers; {plan.budget_bytes / 2**30:.1f} GiB free)")
+    return "on (every layer)" if uses_checkpointing(args) else "off"
+
+
+def print_summary(args, dataset, train, held_out, stats, model, targets, micro, accum, precision, plan) -> None:
     trainable, total = count_parameters(model)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     memory = (f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated after loading"
@@ -203,6 +229,7 @@ def print_summary(args, dataset, train, held_out, stats, model, targets, micro, 
         f"on {', '.join(targets)}",
         f"params     {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)",
         f"batch      micro {micro} x accum {accum} = effective {micro * accum}; length-grouped, dynamic padding",
+        f"memory     activation checkpointing {describe_checkpointing(args, plan)}",
         f"device     {device}; {memory}",
         f"output     {args.output_dir}",
     ]
@@ -227,20 +254,19 @@ def main(args: argparse.Namespace):
     # model
     model = build_model(args, precision, targets)
     collator = PadCollator(tokenizer.pad_token_id)
-    effective = (1 if args.batch_size == "auto" else int(args.batch_size)) * args.grad_accum
-    micro = fit_micro_batch(model, train_ds, collator, effective) if args.batch_size == "auto" else int(args.batch_size)
-    accum = effective // micro
+    micro, accum, plan = fit_memory(args, model, train_ds, collator)
     resolved = {"precision": precision, "lora_targets": targets, "micro_batch": micro, "grad_accum": accum,
-                "effective_batch": effective, "data_sha256": file_sha256(args.data),
+                "effective_batch": micro * accum, "checkpointing": describe_checkpointing(args, plan),
+                "data_sha256": file_sha256(args.data),
                 "examples": {"train": len(train_ds), "eval": len(eval_ds)}, "tokens": vars(stats)}
     write_run_config(args.output_dir, settings, resolved)
     with open(args.output_dir / "data_report.txt", "a", encoding="utf-8") as report:
         report.write("\n".join(stats.lines()) + "\n")
-    print_summary(args, dataset, train_examples, eval_examples, stats, model, targets, micro, accum, precision)
+    print_summary(args, dataset, train_examples, eval_examples, stats, model, targets, micro, accum, precision, plan)
 
     # train
     guard = StopOnNonFiniteLoss()
-    trainer = build_trainer(args, model, train_ds, eval_ds, collator, micro, accum, precision, [guard])
+    trainer = build_trainer(args, model, train_ds, eval_ds, collator, micro, accum, precision, [guard], plan)
     result = trainer.train(resume_from_checkpoint=True if args.resume else None)
     if guard.bad_step is not None:
         sys.exit(
@@ -255,6 +281,8 @@ def main(args: argparse.Namespace):
     metrics = dict(result.metrics)
     if len(eval_ds):
         metrics |= trainer.evaluate()
+    if plan is not None:
+        metrics["checkpoint_plan"] = plan.summary()
     metrics["log_history"] = trainer.state.log_history
     (args.output_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     plot_losses(trainer.state.log_history, args.output_dir / "loss.png")

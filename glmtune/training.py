@@ -1,5 +1,5 @@
 """The pieces of the QLoRA job that the libraries leave to us: LoRA target names, the eval split,
-tokenised datasets, padding, the micro-batch fit, a NaN guard and the loss plot."""
+tokenised datasets, padding, the length-grouped Trainer, a NaN guard and the loss plot."""
 
 from __future__ import annotations
 
@@ -112,39 +112,6 @@ class PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def fit_micro_batch(model, dataset, collator, effective_batch: int, memory_fraction: float = 0.9) -> int:
-    """The largest micro-batch (a divisor of the effective batch) whose forward+backward on the
-    LONGEST rows fits in `memory_fraction` of the GPU. Length grouping makes such batches real."""
-    if not torch.cuda.is_available():
-        return effective_batch
-    longest = sorted(range(len(dataset)), key=lambda i: -dataset[i]["length"])
-    total = torch.cuda.get_device_properties(0).total_memory
-    candidates = [b for b in (64, 32, 16, 8, 4, 2, 1) if b <= effective_batch and effective_batch % b == 0]
-    was_training = model.training
-    model.train()
-    try:
-        for size in candidates:
-            batch = collator([dataset[i] for i in (longest * size)[:size]])
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            try:
-                with torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16):
-                    model(**batch).loss.backward()
-                fits = torch.cuda.max_memory_allocated() < memory_fraction * total
-            except torch.OutOfMemoryError:
-                fits = False
-            finally:
-                model.zero_grad(set_to_none=True)
-                del batch
-                torch.cuda.empty_cache()
-            if fits:
-                return size
-        return 1
-    finally:
-        model.train(was_training)
-
-
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """Length grouping whose shuffle is seeded per epoch. The Trainer's own sampler draws from the
     global RNG, so a run resumed from a checkpoint shuffled every later epoch differently."""
@@ -162,7 +129,17 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class GroupedTrainer(Trainer):
-    """The HF Trainer with rows of similar length batched together (little padding), reproducibly."""
+    """The HF Trainer with rows of similar length batched together (little padding), reproducibly,
+    and, given a `CheckpointPlan`, only as much activation checkpointing as each micro-batch needs."""
+
+    def __init__(self, *args, checkpoint_plan=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checkpoint_plan = checkpoint_plan
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.checkpoint_plan is not None:
+            self.checkpoint_plan.apply(model, inputs["input_ids"].numel())
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def evaluate(self, *args, **kwargs):
         # Creating the eval DataLoader draws from the global RNG. An epoch-end evaluation that runs

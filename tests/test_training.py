@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 import chatglm_finetuning as job
 import glmtune
 from glmtune.prompts import IGNORE_INDEX, encode_example
+from glmtune.memory import CheckpointPlan
 from glmtune.training import GroupedTrainer, StopOnNonFiniteLoss, resolve_lora_targets, split_eval
 
 from conftest import REPO, tiny_args
@@ -81,6 +82,41 @@ def test_nan_guard_stops_training():
     assert not control.should_training_stop
     guard.on_log(None, state, control, logs={"loss": float("nan")})
     assert control.should_training_stop and guard.bad_step == 7
+
+
+def test_checkpoint_plan_checkpoints_the_fewest_layers_that_fit():
+    plan = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=8.0)
+    assert plan.layers_for(12) == 0  # 96 bytes fit without checkpointing
+    # 20 tokens need 160 bytes: 60 too many; each checkpointed layer saves 20 * 7 / 28 = 5 bytes
+    assert plan.layers_for(20) == 12
+    assert plan.layers_for(100) == 28 and plan.layers_for(1000) == 28  # never more than all layers
+    nothing_fits = CheckpointPlan(layers=28, budget_bytes=0.0, per_token_full=float("inf"),
+                                  per_token_none=float("inf"))
+    assert nothing_fits.layers_for(1) == 28
+
+
+class CyclingPlan(CheckpointPlan):
+    """Checkpoints 0, 1, 2, 0, ... layers on successive micro-batches, whatever their size."""
+
+    def layers_for(self, tokens):
+        return sum(self.used.values()) % (self.layers + 1)
+
+
+def test_checkpointing_changes_memory_not_numbers(data_file, tmp_path, monkeypatch):
+    flags = ("--max-steps", "4", "--learning-rate", "5e-3")
+    every = job.main(tiny_args(data_file, tmp_path / "on", *flags, "--gradient-checkpointing", "on"))
+    none = job.main(tiny_args(data_file, tmp_path / "off", *flags, "--gradient-checkpointing", "off"))
+    plan = CyclingPlan(layers=2, budget_bytes=0.0, per_token_full=1.0, per_token_none=1.0)
+    monkeypatch.setattr(job, "uses_checkpointing", lambda args: True)  # auto is off without a GPU
+    monkeypatch.setattr(job, "plan_checkpointing", lambda *args: plan)
+    planned = job.main(tiny_args(data_file, tmp_path / "auto", *flags, "--gradient-checkpointing", "auto"))
+    assert plan.used == {0: 3, 1: 3, 2: 2}  # 4 steps x 2 micro-batches, in the order the plan gave
+    weights = [{n: p for n, p in m.named_parameters() if "lora_" in n} for m in (every, none, planned)]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, msg=name)
+        torch.testing.assert_close(weights[2][name], value, msg=name)
+    run = json.loads((tmp_path / "auto" / "train_metrics.json").read_text())
+    assert run["checkpoint_plan"]["checkpointed_layers_per_micro_batch"] == {"0": 3, "1": 3, "2": 2}
 
 
 # ---------- a real tiny run ----------

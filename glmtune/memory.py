@@ -1,0 +1,150 @@
+"""Fitting a training step into GPU memory: the micro-batch, and how many layers recompute.
+
+Activation checkpointing saves memory by recomputing each decoder layer's forward in the backward
+pass. On a large GPU it mostly costs time: with every layer checkpointed, a 6B QLoRA step took 2.7x
+as long as without (bench/RESULTS.md, H100). Activation memory grows with the tokens of a
+micro-batch, and length-grouped micro-batches differ several-fold in tokens, so one setting for the
+whole run is either unsafe for the longest batch or slow for all the others. So we decide per
+micro-batch: two probes on the longest rows measure activation bytes per token with every layer
+checkpointed and with none, and each micro-batch then checkpoints the fewest layers that fit.
+Checkpointing recomputes exactly (dropout included), so the plan changes speed and memory, never
+the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+MEMORY_FRACTION = 0.9  # of the GPU's memory; the rest absorbs fragmentation and the optimizer's buffers
+
+
+def decoder_layers(model) -> list[GradientCheckpointingLayer]:
+    """The layers that activation checkpointing can recompute (peft wrappers included)."""
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def checkpoint_layers(model, count: int) -> None:
+    """Checkpoint the first `count` decoder layers and keep the others' activations. Needs
+    `activation_checkpointing_enable()` once before, which installs the recompute function."""
+    for index, layer in enumerate(decoder_layers(model)):
+        layer.gradient_checkpointing = index < count
+
+
+@dataclass
+class CheckpointPlan:
+    """Activation bytes of a micro-batch with k of L layers checkpointed, modelled as linear in
+    tokens and in k: tokens * (per_token_none - k / L * (per_token_none - per_token_full))."""
+
+    layers: int
+    budget_bytes: float  # what activations may take on top of the resting allocation
+    per_token_full: float  # every layer checkpointed
+    per_token_none: float  # no layer checkpointed
+    used: Counter = field(default_factory=Counter)  # checkpointed layers -> micro-batches run so
+
+    def layers_for(self, tokens: int) -> int:
+        """The fewest checkpointed layers whose activations for `tokens` fit in the budget."""
+        excess = tokens * self.per_token_none - self.budget_bytes
+        if excess <= 0:
+            return 0
+        saved_per_layer = tokens * (self.per_token_none - self.per_token_full) / self.layers
+        if not saved_per_layer > 0:  # nothing to gain per layer (or nothing fits: inf - inf)
+            return self.layers
+        return min(self.layers, math.ceil(excess / saved_per_layer))
+
+    def apply(self, model, tokens: int) -> int:
+        count = self.layers_for(tokens)
+        checkpoint_layers(model, count)
+        self.used[count] += 1
+        return count
+
+    def summary(self) -> dict:
+        return {"layers": self.layers, "budget_gib": self.budget_bytes / 2**30,
+                "per_token_mib": {"all_checkpointed": self.per_token_full / 2**20,
+                                  "none_checkpointed": self.per_token_none / 2**20},
+                "checkpointed_layers_per_micro_batch": {str(k): v for k, v in sorted(self.used.items())}}
+
+
+def _autocast():
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def _probe(model, batch: dict) -> float | None:
+    """Peak bytes above the resting allocation for one forward+backward, or None if it ran out."""
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    torch.cuda.empty_cache()
+    resting = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        with _autocast():
+            model(**batch).loss.backward()
+        return torch.cuda.max_memory_allocated() - resting
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        model.zero_grad(set_to_none=True)
+        del batch
+        torch.cuda.empty_cache()
+
+
+def _budget() -> float:
+    return MEMORY_FRACTION * torch.cuda.get_device_properties(0).total_memory - torch.cuda.memory_allocated()
+
+
+def _longest_rows(dataset, count: int) -> list[dict]:
+    order = sorted(range(len(dataset)), key=lambda i: -dataset[i]["length"])
+    return [dataset[i] for i in order[:count]]
+
+
+def fit_micro_batch(model, dataset, collator, effective_batch: int) -> int:
+    """The largest micro-batch (a divisor of the effective batch) whose forward+backward on the
+    LONGEST rows fits, with the model's checkpointing as it is set. Length grouping makes such
+    batches real, so a size that fits here never runs out of memory later."""
+    if not torch.cuda.is_available():
+        return effective_batch
+    candidates = [b for b in (64, 32, 16, 8, 4, 2, 1) if b <= effective_batch and effective_batch % b == 0]
+    was_training = model.training
+    model.train()
+    try:
+        for size in candidates:
+            peak = _probe(model, collator(_longest_rows(dataset, size)))
+            if peak is not None and peak < _budget():
+                return size
+        return 1
+    finally:
+        model.train(was_training)
+
+
+def plan_checkpointing(model, dataset, collator, micro_batch: int) -> CheckpointPlan | None:
+    """Measure activation memory per token with all and with no layers checkpointed, on the
+    longest rows, and return the per-micro-batch plan (None without a GPU: nothing to fit)."""
+    if not torch.cuda.is_available():
+        return None
+    layers = len(decoder_layers(model))
+    rows = _longest_rows(dataset, micro_batch)
+    was_training = model.training
+    model.train()
+    try:
+        checkpoint_layers(model, layers)
+        batch = collator(rows)
+        full = _probe(model, batch)
+        if full is None:  # even full checkpointing does not fit: nothing left to plan
+            return CheckpointPlan(layers, 0.0, math.inf, math.inf)
+        per_token_full = full / batch["input_ids"].numel()
+        per_token_none = math.inf
+        checkpoint_layers(model, 0)
+        while rows:  # fewer rows until one probe without checkpointing fits
+            batch = collator(rows)
+            peak = _probe(model, batch)
+            if peak is not None:
+                per_token_none = max(peak / batch["input_ids"].numel(), per_token_full)
+                break
+            rows = rows[: len(rows) // 2]
+        return CheckpointPlan(layers, _budget(), per_token_full, per_token_none)
+    finally:
+        checkpoint_layers(model, layers)
+        model.train(was_training)
