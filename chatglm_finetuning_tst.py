@@ -24,7 +24,7 @@ import glmtune
 from glmtune.checkpoint import needs_gpu
 from glmtune.comparison import Sample, aggregate_table, plot_aggregate, score, write_log, write_report
 from glmtune.data import DataError, read_dataset
-from glmtune.generation import Decoding, generate_answers, reference_perplexity
+from glmtune.generation import Decoding, cast_adapters, generate_answers, reference_perplexity, warm_up
 from glmtune.metrics import DEFAULT_LEXICON_PATH, Lexicon
 from glmtune.prompts import prompt_ids
 from glmtune.runs import read_run_config
@@ -133,6 +133,7 @@ def load_model(args, run: dict):
                      f"({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}). "
                      "Pass the --base-model it was trained on.")
         raise
+    cast_adapters(model, model.get_input_embeddings().weight.dtype)
     return model.eval(), base, quantization
 
 
@@ -168,6 +169,7 @@ def main(args: argparse.Namespace, run: dict) -> None:
     prompts = [prompt_ids(tokenizer, q, run["settings"]["prompt_format"]) for q, _ in pairs]
     # model: one copy of the weights; the base side runs with the adapter disabled
     model, base, quantization = load_model(args, run)
+    warm_up(model, tokenizer, prompts, args.batch_size)
     loaded = time.perf_counter()
     tuned, tuned_ppl, tuned_timing = run_side(model, tokenizer, "tuned", prompts, pairs, args, run)
     with model.disable_adapter():
@@ -192,7 +194,7 @@ def main(args: argparse.Namespace, run: dict) -> None:
     write_report(report, settings, aggregate, timing, rows)
     plot_aggregate(chart, aggregate)
     print("\n".join(table))
-    print(f"total {time.perf_counter() - began:.1f} s: loading {timing['load_s']:.1f} s, scoring {timing['score_s']:.1f} s")
+    print(f"total {time.perf_counter() - began:.1f} s: loading and warm-up {timing['load_s']:.1f} s, scoring {timing['score_s']:.1f} s")
     print(f"wrote {args.log_file}, {report} and {chart}")
 
 
