@@ -2,8 +2,9 @@
 seed recipe vs our defaults vs our low-memory setting, and the comparison script's speed.
 
 On one GPU, with ../shared beside the repo (or --shared PATH):
-    python bench/bench_gpu.py --part train      # ~5 min on an H100
-    python bench/bench_gpu.py --part compare    # ~5 min on an H100
+    python bench/bench_gpu.py --part train      # ~2 min on an H200, after building the checkpoint
+    python bench/bench_gpu.py --part compare    # ~3 min on an H200
+    python bench/bench_gpu.py --part ablate     # each speed setting on and off, side by side; ~3 min
 Each part builds (or reuses) a random-weight checkpoint in the ORIGINAL ChatGLM3 layout under
 --workdir, prints a table and merges its numbers into bench/results/latest.json. Then, wherever the
 JSON ends up:
@@ -32,8 +33,10 @@ import glmtune  # noqa: E402
 from glmtune.data import Example, read_dataset, write_seed_format  # noqa: E402
 from glmtune.runs import library_versions, write_run_config  # noqa: E402
 from glmtune.tiny import random_original_weights  # noqa: E402
-from glmtune.training import NATIVE_TARGETS, PadCollator, fit_micro_batch, resolve_lora_targets  # noqa: E402
-from glmtune.training import tokenize_examples  # noqa: E402
+from glmtune.generation import Decoding, cast_adapters, generate_answers, warm_up  # noqa: E402
+from glmtune.memory import checkpoint_layers, decoder_layers  # noqa: E402
+from glmtune.prompts import prompt_ids  # noqa: E402
+from glmtune.training import NATIVE_TARGETS, PadCollator, resolve_lora_targets, tokenize_examples  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 OURS_PRECISION, SEED_PRECISION = ("bf16", "fp16") if CUDA else ("fp32", "fp32")
@@ -107,7 +110,8 @@ class PadToMax(PadCollator):
         super().__init__(pad_id, multiple_of=max_length)
 
 
-def timed_training(name, model, dataset, collator, micro, accum, precision, steps, warmup, grouped, workdir):
+def timed_training(name, model, dataset, collator, micro, accum, precision, steps, warmup, grouped, workdir,
+                   plan=None):
     counter = CountingCollator(collator)
     clock = StepClock(counter)
     training_args = TrainingArguments(
@@ -116,9 +120,10 @@ def timed_training(name, model, dataset, collator, micro, accum, precision, step
         fp16=precision == "fp16", save_strategy="no", logging_steps=1, report_to="none",
         remove_unused_columns=False, disable_tqdm=True, seed=0,
     )
+    extra = {"checkpoint_plan": plan} if grouped else {}
     trainer_class = job.GroupedTrainer if grouped else Trainer
     trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, data_collator=counter,
-                            callbacks=[clock])
+                            callbacks=[clock], **extra)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -127,17 +132,19 @@ def timed_training(name, model, dataset, collator, micro, accum, precision, step
     return {
         "mode": name, "micro_batch": micro, "grad_accum": accum, "precision": precision,
         "step_s": (t1 - t0) / steps, "real_tok_s": (r1 - r0) / (t1 - t0), "padded_fraction": 1 - (r1 - r0) / (p1 - p0),
-        "peak_gib": peak_gib(), "losses": losses,
+        "peak_gib": peak_gib(), "losses": losses, "checkpoint_plan": plan.summary() if plan else None,
     }
 
 
-def profile_step(model, dataset, collator, micro: int) -> dict:
-    """One forward+backward of a length-grouped micro-batch under the profiler: how many kernels it
-    launches and how much of the wall time the GPU is busy."""
+def profile_step(model, dataset, collator, micro: int, plan=None) -> dict:
+    """One forward+backward of a median-length micro-batch under the profiler: how many kernels it
+    launches, how much of the wall time the GPU is busy, and which operators take the CPU's time."""
     from torch.profiler import ProfilerActivity, profile
 
     rows = sorted(range(len(dataset)), key=lambda i: dataset[i]["length"])[len(dataset) // 2:][:micro]
     batch = {k: v.cuda() for k, v in collator([dataset[i] for i in rows]).items()}
+    if plan is not None:
+        plan.apply(model, batch["input_ids"].numel())
     model.train()
     for _ in range(2):  # warm-up, then the profiled pass
         sync()
@@ -152,8 +159,15 @@ def profile_step(model, dataset, collator, micro: int) -> dict:
     top = {}
     for e in kernels:
         top[e.name[:60]] = top.get(e.name[:60], 0) + e.device_time / 1e6
-    return {"tokens": int(batch["attention_mask"].sum()), "wall_s": wall, "gpu_busy_s": busy,
-            "kernels": len(kernels), "top_kernels_s": dict(sorted(top.items(), key=lambda kv: -kv[1])[:12])}
+    with profile(activities=[ProfilerActivity.CPU]) as cpu_prof, torch.autocast("cuda", dtype=torch.bfloat16):
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    cpu_ops = sorted(cpu_prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
+    return {"tokens": int(batch["attention_mask"].sum()), "padded_tokens": batch["input_ids"].numel(),
+            "wall_s": wall, "gpu_busy_s": busy, "kernels": len(kernels),
+            "top_kernels_s": dict(sorted(top.items(), key=lambda kv: -kv[1])[:12]),
+            "top_cpu_ops": {e.key[:60]: {"calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6}
+                            for e in cpu_ops}}
 
 
 def part_train(args, ckpt: Path, shared: Path) -> dict:
@@ -165,35 +179,119 @@ def part_train(args, ckpt: Path, shared: Path) -> dict:
     model = job.build_model(parsed, OURS_PRECISION, resolve_lora_targets(parsed.lora_target))
     load_s = time.perf_counter() - began
     pad = tokenizer.pad_token_id
-    results = {"load_nf4_s": load_s, "median_tokens": stats.median}
+    results = {"load_nf4_s": load_s, "median_tokens": stats.median, "max_tokens": stats.max}
+    # Every mode starts from the same LoRA weights, so ours and ours_ckpt_all see the same data, init
+    # and seed: their losses must agree (checkpointing recomputes exactly), which checks the fast path.
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    # ours, default flags: length-grouped dynamic padding, auto micro-batch, bf16
-    micro = fit_micro_batch(model, dataset, PadCollator(pad), parsed.grad_accum)
-    results["ours"] = timed_training("ours", model, dataset, PadCollator(pad), micro, parsed.grad_accum // micro,
-                                     OURS_PRECISION, args.steps, args.warmup, True, args.workdir)
+    def reset():
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in initial:
+                    p.copy_(initial[n])
+
+    # ours, default flags: batch and checkpointing fitted exactly as chatglm_finetuning.py does
+    began = time.perf_counter()
+    micro, accum, plan = job.fit_memory(parsed, model, dataset, PadCollator(pad))
+    results["fit_s"] = time.perf_counter() - began
+    # An untimed pass over the very batches the modes below run (same seed, same order): the first
+    # pass over each new batch shape pays one-off costs (library kernel choice, allocator growth)
+    # that a real run amortises over thousands of steps, and whichever mode ran first would carry them.
+    timed_training("shape_warmup", model, dataset, PadCollator(pad), micro, accum, OURS_PRECISION,
+                   args.steps, args.warmup, True, args.workdir, plan)
+    if plan:
+        plan.used.clear()
+    reset()
+    results["ours"] = timed_training("ours", model, dataset, PadCollator(pad), micro, accum, OURS_PRECISION,
+                                     args.steps, args.warmup, True, args.workdir, plan)
     if CUDA:
-        results["profile_ours"] = profile_step(model, dataset, PadCollator(pad), micro)
-    # ours without activation checkpointing: a third less compute and launches, more memory
-    model.gradient_checkpointing_disable()
-    results["ours_no_ckpt"] = timed_training("ours_no_ckpt", model, dataset, PadCollator(pad), micro,
-                                             parsed.grad_accum // micro, OURS_PRECISION, args.steps, args.warmup,
-                                             True, args.workdir)
+        results["profile_ours"] = profile_step(model, dataset, PadCollator(pad), micro, plan)
+    # the same with every layer checkpointed on every step (the seed's setting, our previous default)
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    # the seed recipe: pad to 1024, micro-batch 1, fp16, random order
+    reset()
+    results["ours_ckpt_all"] = timed_training("ours_ckpt_all", model, dataset, PadCollator(pad), micro, accum,
+                                              OURS_PRECISION, args.steps, args.warmup, True, args.workdir)
+    pairs = list(zip(results["ours"]["losses"], results["ours_ckpt_all"]["losses"]))
+    results["loss_max_abs_diff_ours_vs_ckpt_all"] = max(abs(a - b) for a, b in pairs)
+    # the seed recipe: pad to 1024, micro-batch 1, fp16, random order, every layer checkpointed
     for module in model.modules():
         if hasattr(module, "compute_dtype"):
             module.compute_dtype = torch.float16
+    reset()
     results["seed"] = timed_training("seed", model, dataset, PadToMax(pad, 1024), 1, 16, SEED_PRECISION,
                                      max(1, args.steps // 2), args.warmup, False, args.workdir)
     for module in model.modules():
         if hasattr(module, "compute_dtype"):
             module.compute_dtype = torch.bfloat16
-    # low memory: micro-batch 1 on full 1,024-token samples
+    # low memory: micro-batch 1 on full 1,024-token samples, every layer checkpointed
     long_text = "".join(ex.answer for ex in examples[:40])
     long = [Example(ex.question, long_text, 0) for ex in examples[:64]]
     long_ds, _ = tokenize_examples(long, tokenizer, "glm3", 1024, False)
     results["lowmem"] = timed_training("lowmem", model, long_ds, PadCollator(pad), 1, 4, OURS_PRECISION,
                                        2, 1, True, args.workdir)
+    return results
+
+
+def part_ablate(args, ckpt: Path, shared: Path) -> dict:
+    """Each speed setting on and off, side by side on one loaded model: the CUDA allocator's
+    expandable segments and the per-micro-batch checkpoint plan in training (same data, init and
+    seed for every mode), and bf16 adapter weights in batched decoding."""
+    from peft import LoraConfig, get_peft_model
+
+    parsed = job.build_parser().parse_args(["--model", str(ckpt), "--output-dir", str(args.workdir / "run")])
+    tokenizer = glmtune.load_tokenizer(ckpt)
+    examples = realistic_examples(shared)
+    dataset, _ = tokenize_examples(examples, tokenizer, "glm3", 1024, False)
+    model = job.build_model(parsed, OURS_PRECISION, resolve_lora_targets(parsed.lora_target))
+    pad = tokenizer.pad_token_id
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    micro, accum, plan = job.fit_memory(parsed, model, dataset, PadCollator(pad))
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    layers = len(decoder_layers(model))
+    results = {"train": {}, "decode": {}}
+    runs = [(True, "ckpt_all"), (True, "plan"), (False, "ckpt_all"), (False, "plan"), (True, "ckpt_all")]
+    for i, (expandable, mode) in enumerate(runs):
+        if CUDA:
+            torch.cuda.empty_cache()
+            torch.cuda.memory._set_allocator_settings(f"expandable_segments:{expandable}")
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in initial:
+                    p.copy_(initial[n])
+        checkpoint_layers(model, layers)
+        name = f"{i}_{mode}_{'expandable' if expandable else 'plain'}"
+        results["train"][name] = timed_training(name, model, dataset, PadCollator(pad), micro, accum, OURS_PRECISION,
+                                                args.steps, args.warmup, True, args.workdir,
+                                                plan if mode == "plan" else None)
+    del model
+    if CUDA:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+        torch.cuda.empty_cache()
+
+    model = glmtune.load_model(ckpt, quantization="nf4").eval()
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, init_lora_weights=False, task_type="CAUSAL_LM",
+                      target_modules=list(NATIVE_TARGETS))
+    model = get_peft_model(model, lora).eval()
+    prompts = [prompt_ids(tokenizer, ex.question, "glm3") for ex in examples[: args.prompts]]
+    decoding = Decoding(max_new_tokens=64)
+
+    def timed(label):
+        sync()
+        began = time.perf_counter()
+        answers = generate_answers(model, tokenizer, prompts, decoding, batch_size=len(prompts), desc=label)
+        wall = time.perf_counter() - began
+        new = sum(a.new_tokens for a in answers)
+        results["decode"][label] = {"wall_s": wall, "new_tokens": new, "tok_per_s": new / wall}
+        return [a.text for a in answers]
+
+    warm_up(model, tokenizer, prompts, len(prompts))
+    with model.disable_adapter():
+        timed("base")
+    fp32 = timed("tuned_fp32_adapter")
+    cast_adapters(model, torch.bfloat16)
+    bf16 = timed("tuned_bf16_adapter")
+    results["decode"]["same_answers_fp32_vs_bf16"] = sum(a == b for a, b in zip(fp32, bf16))
+    results["decode"]["prompts"], results["decode"]["new_tokens_each"] = len(prompts), 64
     return results
 
 
@@ -234,16 +332,37 @@ def table(results: dict) -> list[str]:
         t = results["train"]
         lines += [f"{'training (6B, NF4, LoRA r=16)':34} {'micro x acc':>11} {'real tok/s':>10} {'padded':>7} "
                   f"{'step s':>7} {'peak GiB':>8}"]
-        for key in ("seed", "ours", "ours_no_ckpt", "lowmem"):
+        for key in ("seed", "ours_ckpt_all", "ours", "lowmem"):
+            if key not in t:
+                continue
             r = t[key]
             lines.append(f"{key + ' (' + r['precision'] + ')':34} {str(r['micro_batch']) + ' x ' + str(r['grad_accum']):>11} "
                          f"{r['real_tok_s']:>10.0f} {100 * r['padded_fraction']:>6.0f}% {r['step_s']:>7.2f} "
                          f"{r['peak_gib']:>8.2f}")
         lines.append(f"ours / seed recipe: {t['ours']['real_tok_s'] / t['seed']['real_tok_s']:.1f}x real tokens/s")
+        if "ours_ckpt_all" in t:
+            lines.append(f"ours / ours_ckpt_all: {t['ours']['real_tok_s'] / t['ours_ckpt_all']['real_tok_s']:.2f}x; "
+                         f"max |loss difference| over {len(t['ours']['losses'])} steps: "
+                         f"{t['loss_max_abs_diff_ours_vs_ckpt_all']:.4f}")
+        plan = t["ours"].get("checkpoint_plan")
+        if plan:
+            lines.append(f"ours checkpoint plan: {plan['per_token_mib']['none_checkpointed']:.2f} MiB/token without, "
+                         f"{plan['per_token_mib']['all_checkpointed']:.2f} with all {plan['layers']} layers; "
+                         f"checkpointed layers per micro-batch {plan['checkpointed_layers_per_micro_batch']}")
         if "profile_ours" in t:
             p = t["profile_ours"]
             lines.append(f"profile of one ours micro-batch ({p['tokens']} tokens): {p['kernels']} kernels, GPU busy "
                          f"{p['gpu_busy_s']:.3f} s of {p['wall_s']:.3f} s wall")
+    if "ablate" in results:
+        for name, r in results["ablate"]["train"].items():
+            lines.append(f"ablate train {name:28} {r['real_tok_s']:>6.0f} real tok/s, step {r['step_s']:.3f} s, "
+                         f"peak {r['peak_gib']:.1f} GiB, losses {[round(x, 4) for x in r['losses']]}")
+        d = results["ablate"]["decode"]
+        for label in ("base", "tuned_fp32_adapter", "tuned_bf16_adapter"):
+            lines.append(f"ablate decode {label:20} {d[label]['tok_per_s']:>6.0f} new tok/s ({d[label]['wall_s']:.1f} s, "
+                         f"{d['prompts']} prompts x {d['new_tokens_each']} tokens)")
+        lines.append(f"ablate decode: {d['same_answers_fp32_vs_bf16']} of {d['prompts']} greedy answers identical "
+                     "with fp32 and bf16 adapter weights")
     if "compare" in results:
         for label, r in results["compare"].items():
             lines.append(f"compare {label}: {r['prompts']} prompts x {r['new_tokens_each']} tokens, batch "
@@ -278,23 +397,31 @@ def main(args):
     results = json.loads(out.read_text()) if out.is_file() else {}
     results |= {"device": torch.cuda.get_device_name(0) if CUDA else "CPU (smoke)", "date": time.strftime("%Y-%m-%d"),
                 "versions": library_versions()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written after each part, so a run cut short still keeps what it measured.
     if args.part in ("train", "all"):
         results["train"] = part_train(args, ckpt, args.shared)
         results["train_real_tok_s"] = results["train"]["ours"]["real_tok_s"]
         results["seed_recipe_real_tok_s"] = results["train"]["seed"]["real_tok_s"]
         results["lowmem_peak_gib"] = results["train"]["lowmem"]["peak_gib"]
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
+    if args.part == "ablate":
+        results["ablate"] = part_ablate(args, ckpt, args.shared)
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
     if args.part in ("compare", "all"):
         results["compare"] = part_compare(args, ckpt, args.shared)
         results["compare_wall_s"] = results["compare"]["batched"]["process_wall_s"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print("\n".join(table(results)))
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--part", choices=("train", "compare", "all"), default="all", help="what to measure")
+    p.add_argument("--part", choices=("train", "compare", "all", "ablate"), default="all",
+                   help="what to measure; ablate: each speed setting on and off, side by side")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with chatglm3/ and realdata/")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/glmtune-bench"), help="checkpoint and scratch space")
     p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per training mode")
