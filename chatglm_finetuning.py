@@ -25,8 +25,8 @@ from transformers import TrainingArguments, set_seed
 import glmtune
 from glmtune.checkpoint import DEFAULT_MODEL, needs_gpu
 from glmtune.data import DataError, read_dataset, write_seed_format
-from glmtune.prompts import PROMPT_FORMATS
 from glmtune.memory import fit_micro_batch, plan_checkpointing
+from glmtune.prompts import PROMPT_FORMATS
 from glmtune.runs import file_sha256, prepare_output_dir, write_run_config
 from glmtune.training import (
     GroupedTrainer,
