@@ -2,7 +2,7 @@
 
 Activation checkpointing saves memory by recomputing each decoder layer's forward in the backward
 pass. On a large GPU it mostly costs time: with every layer checkpointed, a 6B QLoRA step took 2.7x
-as long as without (bench/RESULTS.md, H100). Activation memory grows with the tokens of a
+as long as without on an H100 and 2.0x on an H200 (bench/RESULTS.md). Activation memory grows with the tokens of a
 micro-batch, and length-grouped micro-batches differ several-fold in tokens, so one setting for the
 whole run is either unsafe for the longest batch or slow for all the others. So we decide per
 micro-batch: two probes on the longest rows measure activation bytes per token with every layer
@@ -28,10 +28,10 @@ def decoder_layers(model) -> list[GradientCheckpointingLayer]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def checkpoint_layers(model, count: int) -> None:
-    """Checkpoint the first `count` decoder layers and keep the others' activations. Needs
-    `activation_checkpointing_enable()` once before, which installs the recompute function."""
-    for index, layer in enumerate(decoder_layers(model)):
+def checkpoint_layers(layers: list[GradientCheckpointingLayer], count: int) -> None:
+    """Checkpoint the first `count` of `decoder_layers(model)` and keep the others' activations.
+    Needs `activation_checkpointing_enable()` once before, which installs the recompute function."""
+    for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < count
 
 
@@ -52,13 +52,14 @@ class CheckpointPlan:
         if excess <= 0:
             return 0
         saved_per_layer = tokens * (self.per_token_none - self.per_token_full) / self.layers
-        if not saved_per_layer > 0:  # nothing to gain per layer (or nothing fits: inf - inf)
-            return self.layers
-        return min(self.layers, math.ceil(excess / saved_per_layer))
+        needed = excess / saved_per_layer if saved_per_layer > 0 else math.inf
+        # not-less-than also catches NaN: an unmeasured (infinite) cost means checkpoint everything
+        return self.layers if not needed < self.layers else math.ceil(needed)
 
-    def apply(self, model, tokens: int) -> int:
+    def apply(self, layers: list[GradientCheckpointingLayer], tokens: int) -> int:
+        """Set the checkpointing of `layers` (the model's `decoder_layers`) for one micro-batch."""
         count = self.layers_for(tokens)
-        checkpoint_layers(model, count)
+        checkpoint_layers(layers, count)
         self.used[count] += 1
         return count
 
@@ -95,9 +96,9 @@ def _budget() -> float:
     return MEMORY_FRACTION * torch.cuda.get_device_properties(0).total_memory - torch.cuda.memory_allocated()
 
 
-def _longest_rows(dataset, count: int) -> list[dict]:
-    order = sorted(range(len(dataset)), key=lambda i: -dataset[i]["length"])
-    return [dataset[i] for i in order[:count]]
+def _longest_first(dataset) -> list[int]:
+    lengths = dataset["length"]  # one column read; dataset[i] would decode every column of each row
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 def fit_micro_batch(model, dataset, collator, effective_batch: int) -> int:
@@ -107,11 +108,12 @@ def fit_micro_batch(model, dataset, collator, effective_batch: int) -> int:
     if not torch.cuda.is_available():
         return effective_batch
     candidates = [b for b in (64, 32, 16, 8, 4, 2, 1) if b <= effective_batch and effective_batch % b == 0]
+    order = _longest_first(dataset)
     was_training = model.training
     model.train()
     try:
         for size in candidates:
-            peak = _probe(model, collator(_longest_rows(dataset, size)))
+            peak = _probe(model, collator([dataset[i] for i in order[:size]]))
             if peak is not None and peak < _budget():
                 return size
         return 1
@@ -124,19 +126,19 @@ def plan_checkpointing(model, dataset, collator, micro_batch: int) -> Checkpoint
     longest rows, and return the per-micro-batch plan (None without a GPU: nothing to fit)."""
     if not torch.cuda.is_available():
         return None
-    layers = len(decoder_layers(model))
-    rows = _longest_rows(dataset, micro_batch)
+    layers = decoder_layers(model)
+    rows = [dataset[i] for i in _longest_first(dataset)[:micro_batch]]
     was_training = model.training
     model.train()
     try:
-        checkpoint_layers(model, layers)
+        checkpoint_layers(layers, len(layers))
         batch = collator(rows)
         full = _probe(model, batch)
         if full is None:  # even full checkpointing does not fit: nothing left to plan
-            return CheckpointPlan(layers, 0.0, math.inf, math.inf)
+            return CheckpointPlan(len(layers), 0.0, math.inf, math.inf)
         per_token_full = full / batch["input_ids"].numel()
         per_token_none = math.inf
-        checkpoint_layers(model, 0)
+        checkpoint_layers(layers, 0)
         while rows:  # fewer rows until one probe without checkpointing fits
             batch = collator(rows)
             peak = _probe(model, batch)
@@ -144,7 +146,7 @@ def plan_checkpointing(model, dataset, collator, micro_batch: int) -> Checkpoint
                 per_token_none = max(peak / batch["input_ids"].numel(), per_token_full)
                 break
             rows = rows[: len(rows) // 2]
-        return CheckpointPlan(layers, _budget(), per_token_full, per_token_none)
+        return CheckpointPlan(len(layers), _budget(), per_token_full, per_token_none)
     finally:
-        checkpoint_layers(model, layers)
+        checkpoint_layers(layers, len(layers))
         model.train(was_training)

@@ -93,6 +93,8 @@ def test_checkpoint_plan_checkpoints_the_fewest_layers_that_fit():
     nothing_fits = CheckpointPlan(layers=28, budget_bytes=0.0, per_token_full=float("inf"),
                                   per_token_none=float("inf"))
     assert nothing_fits.layers_for(1) == 28
+    unmeasured = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=float("inf"))
+    assert unmeasured.layers_for(10) == 28  # no probe without checkpointing fitted: checkpoint all
 
 
 class CyclingPlan(CheckpointPlan):
