@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -110,6 +111,37 @@ class PadToMax(PadCollator):
         super().__init__(pad_id, multiple_of=max_length)
 
 
+def lora_snapshot(model):
+    """A function that puts the trainable (LoRA) weights back as they are now, so that every mode
+    starts from the same weights: with the same data and seed, their losses must then agree."""
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def reset():
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in initial:
+                    p.copy_(initial[n])
+
+    return reset
+
+
+def random_lora() -> LoraConfig:
+    """The default LoRA shape with random (not zero) B, so the adapter changes the outputs."""
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, init_lora_weights=False, task_type="CAUSAL_LM",
+                      target_modules=list(NATIVE_TARGETS))
+
+
+def training_setup(args, ckpt: Path, shared: Path):
+    """Parsed default flags, tokenizer, examples, their dataset and stats, the NF4+LoRA model, load time."""
+    parsed = job.build_parser().parse_args(["--model", str(ckpt), "--output-dir", str(args.workdir / "run")])
+    tokenizer = glmtune.load_tokenizer(ckpt)
+    examples = realistic_examples(shared)
+    dataset, stats = tokenize_examples(examples, tokenizer, "glm3", 1024, False)
+    began = time.perf_counter()
+    model = job.build_model(parsed, OURS_PRECISION, resolve_lora_targets(parsed.lora_target))
+    return parsed, tokenizer, examples, dataset, stats, model, time.perf_counter() - began
+
+
 def timed_training(name, model, dataset, collator, micro, accum, precision, steps, warmup, grouped, workdir,
                    plan=None):
     counter = CountingCollator(collator)
@@ -144,7 +176,7 @@ def profile_step(model, dataset, collator, micro: int, plan=None) -> dict:
     rows = sorted(range(len(dataset)), key=lambda i: dataset[i]["length"])[len(dataset) // 2:][:micro]
     batch = {k: v.cuda() for k, v in collator([dataset[i] for i in rows]).items()}
     if plan is not None:
-        plan.apply(model, batch["input_ids"].numel())
+        plan.apply(decoder_layers(model), batch["input_ids"].numel())
     model.train()
     for _ in range(2):  # warm-up, then the profiled pass
         sync()
@@ -171,24 +203,11 @@ def profile_step(model, dataset, collator, micro: int, plan=None) -> dict:
 
 
 def part_train(args, ckpt: Path, shared: Path) -> dict:
-    parsed = job.build_parser().parse_args(["--model", str(ckpt), "--output-dir", str(args.workdir / "run")])
-    tokenizer = glmtune.load_tokenizer(ckpt)
-    examples = realistic_examples(shared)
-    dataset, stats = tokenize_examples(examples, tokenizer, "glm3", 1024, False)
-    began = time.perf_counter()
-    model = job.build_model(parsed, OURS_PRECISION, resolve_lora_targets(parsed.lora_target))
-    load_s = time.perf_counter() - began
+    parsed, tokenizer, examples, dataset, stats, model, load_s = training_setup(args, ckpt, shared)
     pad = tokenizer.pad_token_id
     results = {"load_nf4_s": load_s, "median_tokens": stats.median, "max_tokens": stats.max}
-    # Every mode starts from the same LoRA weights, so ours and ours_ckpt_all see the same data, init
-    # and seed: their losses must agree (checkpointing recomputes exactly), which checks the fast path.
-    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    def reset():
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in initial:
-                    p.copy_(initial[n])
+    # Checkpointing recomputes exactly, so ours and ours_ckpt_all, from the same start, must agree.
+    reset = lora_snapshot(model)
 
     # ours, default flags: batch and checkpointing fitted exactly as chatglm_finetuning.py does
     began = time.perf_counter()
@@ -236,29 +255,20 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
     """Each speed setting on and off, side by side on one loaded model: the CUDA allocator's
     expandable segments and the per-micro-batch checkpoint plan in training (same data, init and
     seed for every mode), and bf16 adapter weights in batched decoding."""
-    from peft import LoraConfig, get_peft_model
-
-    parsed = job.build_parser().parse_args(["--model", str(ckpt), "--output-dir", str(args.workdir / "run")])
-    tokenizer = glmtune.load_tokenizer(ckpt)
-    examples = realistic_examples(shared)
-    dataset, _ = tokenize_examples(examples, tokenizer, "glm3", 1024, False)
-    model = job.build_model(parsed, OURS_PRECISION, resolve_lora_targets(parsed.lora_target))
+    parsed, tokenizer, examples, dataset, _, model, _ = training_setup(args, ckpt, shared)
     pad = tokenizer.pad_token_id
-    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    reset = lora_snapshot(model)
     micro, accum, plan = job.fit_memory(parsed, model, dataset, PadCollator(pad))
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    layers = len(decoder_layers(model))
+    layers = decoder_layers(model)
     results = {"train": {}, "decode": {}}
     runs = [(True, "ckpt_all"), (True, "plan"), (False, "ckpt_all"), (False, "plan"), (True, "ckpt_all")]
     for i, (expandable, mode) in enumerate(runs):
         if CUDA:
             torch.cuda.empty_cache()
             torch.cuda.memory._set_allocator_settings(f"expandable_segments:{expandable}")
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in initial:
-                    p.copy_(initial[n])
-        checkpoint_layers(model, layers)
+        reset()
+        checkpoint_layers(layers, len(layers))
         name = f"{i}_{mode}_{'expandable' if expandable else 'plain'}"
         results["train"][name] = timed_training(name, model, dataset, PadCollator(pad), micro, accum, OURS_PRECISION,
                                                 args.steps, args.warmup, True, args.workdir,
@@ -268,10 +278,7 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
         torch.cuda.empty_cache()
 
-    model = glmtune.load_model(ckpt, quantization="nf4").eval()
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, init_lora_weights=False, task_type="CAUSAL_LM",
-                      target_modules=list(NATIVE_TARGETS))
-    model = get_peft_model(model, lora).eval()
+    model = get_peft_model(glmtune.load_model(ckpt, quantization="nf4"), random_lora()).eval()
     prompts = [prompt_ids(tokenizer, ex.question, "glm3") for ex in examples[: args.prompts]]
     decoding = Decoding(max_new_tokens=64)
 
@@ -297,14 +304,10 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
 
 def part_compare(args, ckpt: Path, shared: Path) -> dict:
     """Runs the real comparison script on 200 held-out-style prompts with a LoRA adapter of ours."""
-    from peft import LoraConfig, get_peft_model
-
     adapter = args.workdir / "adapter"
     if not (adapter / "adapter_model.safetensors").is_file():
         model = glmtune.load_model(ckpt, quantization="nf4")
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, init_lora_weights=False, task_type="CAUSAL_LM",
-                          target_modules=list(NATIVE_TARGETS))
-        get_peft_model(model, lora).save_pretrained(adapter, save_embedding_layers=False)
+        get_peft_model(model, random_lora()).save_pretrained(adapter, save_embedding_layers=False)
         del model
     settings = vars(job.build_parser().parse_args(["--model", str(ckpt)]))
     write_run_config(adapter, {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}, {})
