@@ -18,7 +18,11 @@ from transformers.conversion_mapping import (
 )
 from transformers.core_model_loading import Split, WeightConverter, WeightRenaming
 
-DEFAULT_MODEL = "THUDM/chatglm3-6b"
+from . import device
+from .config import DEFAULT_MODEL
+from .errors import ModelLoadError
+from .hub import resolve_model_dir
+
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 # Original ChatGLM3 name -> native Glm name. Renamings chain, then one converter may fire.
@@ -50,10 +54,6 @@ SUPPORTED_VARIANT = {
 }
 
 
-class ModelLoadError(ValueError):
-    """A model folder or setting that cannot be loaded, with what to do about it."""
-
-
 def register_chatglm_mapping() -> None:
     """Teach transformers to load original ChatGLM3 names into `GlmForCausalLM` (idempotent).
     The mapping does not touch native Glm names, so native checkpoints load as before."""
@@ -64,60 +64,15 @@ def register_chatglm_mapping() -> None:
         GlmForCausalLM._keys_to_ignore_on_load_unexpected = [*ignored, *IGNORED_KEYS]
 
 
-def resolve_model_dir(name_or_path: str | Path, weights: bool = True) -> Path:
-    """`tiny` -> the cached tiny checkpoint; an existing folder -> itself; else a hub id, downloaded
-    (without the weight shards when `weights` is False: the tokenizer needs only the small files)."""
-    if str(name_or_path) == "tiny":
-        from .tiny import ensure_tiny
-
-        return ensure_tiny()
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelLoadError(f"{path} is a file; --model wants the checkpoint folder that holds config.json")
-    if str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
-        raise ModelLoadError(f"{name_or_path}: no such folder. Give a ChatGLM3 folder, a hub id, or 'tiny'.")
-    return _download(str(name_or_path), weights)
-
-
-def _download(repo_id: str, weights: bool) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        if not weights:
-            return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.model"]))
-        # Safetensors when the repo has them; the official repo also has .bin shards, not needed twice.
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.model", "*.safetensors"]))
-        if not list(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.model", "*.bin"]))
-    except Exception as err:  # offline, gated, or mistyped: all need the same advice
-        raise ModelLoadError(
-            f"could not download {repo_id} from the Hugging Face hub ({type(err).__name__}: {err}). "
-            "Download it once elsewhere and pass the local folder, or use --model tiny for a CPU demo."
-        ) from err
-    return folder
-
-
-def needs_gpu(name_or_path: str | Path) -> bool:
-    """True for anything but `tiny` or a local checkpoint under ~1B parameters (hub ids are 6B)."""
-    if str(name_or_path) == "tiny":
-        return False
-    config = Path(name_or_path) / "config.json"
-    if not config.is_file():
-        return True
-    raw = json.loads(config.read_text(encoding="utf-8"))
-    hidden = raw.get("hidden_size", 0)
-    layers = raw.get("num_layers", raw.get("num_hidden_layers", 0))
-    return 12 * layers * hidden * hidden >= 1e9  # transformer blocks' parameters, roughly
-
-
 def read_config(folder: Path) -> GlmConfig:
     """The native `GlmConfig` for a ChatGLM3 (`model_type: chatglm`) or Glm folder."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{folder}: no config.json. Is this the ChatGLM3 checkpoint folder?")
-    raw = json.loads(config_file.read_text(encoding="utf-8"))
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ModelLoadError(f"{config_file}: not valid JSON ({err}); download the checkpoint's config.json again") from None
     model_type = raw.get("model_type")
     if model_type == "glm":
         return GlmConfig.from_pretrained(str(folder))
@@ -172,13 +127,9 @@ def nf4_config() -> BitsAndBytesConfig:
             "quantization='nf4' needs bitsandbytes (pip install bitsandbytes); "
             "or load in full precision with --quantization none."
         ) from err
-    if torch.cuda.is_available():
-        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        compute = torch.float32  # bitsandbytes' CPU path; CPU training runs in fp32
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_compute_dtype=device.dtype(),
     )
 
 
@@ -204,15 +155,11 @@ def load_model(
             "Download the full checkpoint, including its weight shards."
         )
     register_chatglm_mapping()
-    if dtype is None:
-        if torch.cuda.is_available():
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.float32
+    dtype = dtype or device.dtype()
     kwargs = {}
     if quantization == "nf4":
         kwargs["quantization_config"] = nf4_config()
-        device_map = device_map or ({"": 0} if torch.cuda.is_available() else {"": "cpu"})
+        device_map = device_map or ({"": 0} if device.cuda() else {"": "cpu"})
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -226,7 +173,7 @@ def load_model(
                 "(a CUDA GPU, or its CPU backend), or use --quantization none."
             ) from err
         raise
-    if quantization == "nf4" and not torch.cuda.is_available():
+    if quantization == "nf4" and not device.cuda():
         _keep_cpu_nf4_trainable(model)
     return model
 

@@ -1,151 +1,166 @@
-"""Scoring base vs fine-tuned answers, and writing the comparison log, JSON report and chart."""
+"""The comparison job, in named stages: the training run → prompts → tokenizer and model (one copy
+of the weights: the base side is the same model with the adapter disabled) → both sides' answers →
+scores and reports. `chatglm_finetuning_tst.py` runs the stages; `compare(config)` runs them all.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import time
 
-from .generation import Generated
-from .metrics import Lexicon, change_rate, char_bleu4, char_len, distinct_n, prompt_overlap, rouge_zh, summarize
+from . import device
+from .config import CompareConfig
+from .data import Example, read_dataset
+from .errors import ConfigError, DataError, ModelLoadError
+from .hub import needs_gpu
+from .runs import RunRecord
 
-SIDES = ("base", "tuned")
-# (key, label, higher-is-better or None when neither)
-METRICS = [
-    ("chars", "output length (chars)", None),
-    ("tokens", "output length (tokens)", None),
-    ("term_per_100", "medical terms / 100 chars", True),
-    ("term_distinct", "distinct medical terms", True),
-    ("overlap_word", "prompt overlap (jieba words)", None),
-    ("overlap_bigram", "prompt overlap (char bigrams)", None),
-    ("rouge1", "ROUGE-1 F vs reference", True),
-    ("rouge2", "ROUGE-2 F vs reference", True),
-    ("rougeL", "ROUGE-L F vs reference", True),
-    ("bleu4", "char BLEU-4 vs reference", True),
-    ("ppl", "reference perplexity", False),
-    ("latency_s", "latency per answer (s)", False),
-]
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Scoring keeps full-vocabulary logits of whole sequences (65,024 x length x batch, in fp32 for the
+# loss); generation batches of 100+ would need tens of GiB for it.
+PERPLEXITY_BATCH = 16
 
 
-@dataclass
-class Sample:
-    prompt: str
-    reference: str | None
-    answers: dict[str, Generated]
-    ppl: dict[str, float | None] = field(default_factory=dict)
+class Comparison:
+    """Base vs fine-tuned on the same prompts. Each stage leaves its results as attributes."""
+
+    def __init__(self, config: CompareConfig):
+        self.config = config
+        self.began = time.perf_counter()
+
+    def load_run(self) -> None:
+        """The training run's record: which base, quantization and prompt layout to use."""
+        c = self.config
+        missing = [f for f in ADAPTER_FILES if not (c.adapter / f).is_file()]
+        if missing:
+            raise ConfigError("adapter", f"{c.adapter} is incomplete: {', '.join(missing)} missing. Did the training "
+                                         "run finish? Run it again with --resume.")
+        self.run = RunRecord.load(c.adapter)
+        self.base = c.base_model or self.run.config.model
+        self.quantization = self.run.config.quantization if c.quantization == "as-trained" else c.quantization
+        self.prompt_format = self.run.resolved.prompt_format
+        if not device.cuda() and needs_gpu(self.base):
+            raise ConfigError("base_model", f"this adapter's base is {self.base}, a 6B model that needs a CUDA GPU. "
+                                            "For a CPU demo, train with --model tiny and compare that adapter.")
+
+    def load_prompts(self) -> None:
+        """(example, reference answer or None) pairs: ad-hoc questions, --data, or the eval split."""
+        c = self.config
+        if c.prompt:
+            self.items = [(Example(q, "", 0), None) for q in c.prompt]
+            self.source = "--prompt"
+            return
+        path = c.data or c.adapter / self.run.resolved.eval_file
+        self.source = str(path)
+        try:
+            examples = read_dataset(path).examples
+        except DataError as err:
+            if c.data is None and "no usable examples" in str(err):
+                examples = []
+            else:
+                raise
+        self.items = [(ex, ex.answer) for ex in examples][: c.num_samples or None]
+        if not self.items:
+            raise DataError(f"{path}: no prompts to compare. The eval split is empty (train with --eval-ratio > 0), "
+                            "or pass --data FILE or --prompt QUESTION")
+        if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
+            raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, which "
+                            "has none; compare it on question/answer data")
+
+    def load_model(self) -> None:
+        """The tokenizer saved with the adapter, and the base with the adapter attached."""
+        from .checkpoint import load_model
+        from .generation import cast_adapters
+        from .lora import load_adapter
+        from .prompts import example_prompt_ids
+        from .tokenizer import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.config.adapter)
+        self.prompts = [example_prompt_ids(self.tokenizer, ex, self.prompt_format) for ex, _ in self.items]
+        model = load_model(self.base, quantization=None if self.quantization == "none" else "nf4")
+        try:
+            model = load_adapter(model, self.config.adapter)
+        except RuntimeError as err:
+            if "size mismatch" not in str(err):
+                raise
+            detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+            raise ModelLoadError(f"the adapter in {self.config.adapter} was trained on a base with other shapes than "
+                                 f"{self.base} ({detail}). Pass the --base-model it was trained on.") from None
+        cast_adapters(model, model.get_input_embeddings().weight.dtype)
+        self.model = model.eval()
+
+    def generate(self) -> None:
+        """Both sides' answers (and reference perplexities), each timed on its own."""
+        from .generation import warm_up
+
+        warm_up(self.model, self.tokenizer, self.prompts, self.config.batch_size)
+        self.loaded = time.perf_counter()
+        self.tuned = self._side("tuned")
+        with self.model.disable_adapter():
+            self.plain = self._side("base")
+
+    def _side(self, side: str) -> tuple[list, list, dict]:
+        from .generation import Decoding, generate_answers, reference_perplexity
+
+        c = self.config
+        device.reset_peak()
+        began = time.perf_counter()
+        decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed)
+        answers = generate_answers(self.model, self.tokenizer, self.prompts, decoding, c.batch_size, desc=side)
+        wall = time.perf_counter() - began
+        ppl: list = [None] * len(self.items)
+        referenced = [i for i, (_, reference) in enumerate(self.items) if reference is not None]
+        if referenced and not c.no_perplexity:
+            values = reference_perplexity(self.model, self.tokenizer, [self.items[i][0] for i in referenced],
+                                          self.prompt_format, self.run.config.max_length,
+                                          min(c.batch_size, PERPLEXITY_BATCH))
+            for i, v in zip(referenced, values):
+                ppl[i] = v
+        new_tokens = sum(a.new_tokens for a in answers)
+        timing = {"wall_s": wall, "new_tokens": new_tokens, "tok_per_s": new_tokens / wall if wall else 0.0,
+                  "peak_gpu_gib": device.peak_gib()}
+        return answers, ppl, timing
+
+    def report(self) -> list[str]:
+        """Score both sides; write the log, the JSON report and the chart; return the table."""
+        from .metrics import DEFAULT_LEXICON_PATH, Lexicon
+        from .plots import plot_aggregate
+        from .scoring import METRICS, SIDES, Sample, aggregate_table, score, write_log, write_report
+
+        c = self.config
+        scoring = time.perf_counter()
+        terms = c.terms_file or DEFAULT_LEXICON_PATH
+        (tuned, tuned_ppl, tuned_timing), (plain, base_ppl, base_timing) = self.tuned, self.plain
+        samples = [Sample(ex.question, reference, {"base": plain[i], "tuned": tuned[i]},
+                          {"base": base_ppl[i], "tuned": tuned_ppl[i]})
+                   for i, (ex, reference) in enumerate(self.items)]
+        rows, aggregate = score(samples, Lexicon.load(terms))
+        self.timing = {"base": base_timing, "tuned": tuned_timing, "load_s": self.loaded - self.began,
+                       "score_s": time.perf_counter() - scoring}
+        settings = {"adapter": str(c.adapter), "base_model": self.base, "quantization": self.quantization,
+                    "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
+                    "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
+                    "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(terms), "device": device.name()}
+        table = aggregate_table(aggregate, self.timing)
+        self.outputs = [c.log_file, c.report or c.log_file.with_suffix(".json"), c.chart or c.log_file.with_suffix(".png")]
+        write_log(self.outputs[0], settings, table, rows, c.examples)
+        write_report(self.outputs[1], settings, aggregate, self.timing, rows)
+        plot_aggregate(self.outputs[2], aggregate, METRICS, SIDES)
+        return table
+
+    def closing_lines(self) -> list[str]:
+        t = self.timing
+        return [f"total {time.perf_counter() - self.began:.1f} s: loading and warm-up {t['load_s']:.1f} s, "
+                f"scoring {t['score_s']:.1f} s",
+                f"wrote {', '.join(str(p) for p in self.outputs)}"]
 
 
-def score_answer(sample: Sample, side: str, lexicon: Lexicon) -> dict[str, float | None]:
-    answer = sample.answers[side].text
-    density = lexicon.term_density(answer)
-    overlap = prompt_overlap(sample.prompt, answer, lexicon.segment)
-    row: dict[str, float | None] = {
-        "chars": char_len(answer), "tokens": sample.answers[side].new_tokens,
-        "term_per_100": density.per_100_chars, "term_distinct": density.distinct,
-        "overlap_word": overlap.word, "overlap_bigram": overlap.bigram,
-        "latency_s": sample.answers[side].latency_s, "ppl": sample.ppl.get(side),
-        "rouge1": None, "rouge2": None, "rougeL": None, "bleu4": None,
-    }
-    if sample.reference is not None:
-        rouge = rouge_zh(answer, sample.reference, lexicon.segment)
-        row |= {"rouge1": rouge["rouge-1"], "rouge2": rouge["rouge-2"], "rougeL": rouge["rouge-l"],
-                "bleu4": char_bleu4(answer, sample.reference)}
-    return row
+def compare(config: CompareConfig) -> Comparison:
+    """Run every stage of a comparison; returns the finished job (its `timing`, `outputs`, ...)."""
+    job = Comparison(config)
+    job.load_run()
+    job.load_prompts()
+    job.load_model()
+    job.generate()
+    job.report()
+    return job
 
-
-def score(samples: list[Sample], lexicon: Lexicon) -> tuple[list[dict], dict]:
-    """Per-sample rows and the aggregate (mean/median per metric and side, plus corpus-level numbers)."""
-    rows = []
-    for i, sample in enumerate(samples):
-        per_side = {side: score_answer(sample, side, lexicon) for side in SIDES}
-        rows.append({
-            "index": i, "prompt": sample.prompt, "reference": sample.reference,
-            **{side: {"answer": sample.answers[side].text, **per_side[side]} for side in SIDES},
-            "change": {"chars": change_rate(per_side["base"]["chars"], per_side["tuned"]["chars"]),
-                       "tokens": change_rate(per_side["base"]["tokens"], per_side["tuned"]["tokens"])},
-        })
-    aggregate: dict = {side: {key: summarize([r[side][key] for r in rows]) for key, _, _ in METRICS}
-                       for side in SIDES}
-    aggregate["change"] = {key: summarize([r["change"][key] for r in rows]) for key in ("chars", "tokens")}
-    for side in SIDES:
-        texts = [r[side]["answer"] for r in rows]
-        aggregate[side]["distinct1"] = distinct_n(texts, 1)
-        aggregate[side]["distinct2"] = distinct_n(texts, 2)
-        aggregate[side]["empty_answers"] = sum(not t for t in texts)
-    return rows, aggregate
-
-
-def aggregate_table(aggregate: dict, timing: dict) -> list[str]:
-    """The table printed on the console and at the top of the log."""
-    head = f"{'metric':34} {'base mean':>10} {'tuned mean':>10} {'base med':>9} {'tuned med':>9} {'change':>9}"
-    lines = [head, "-" * len(head)]
-
-    def fmt(v):
-        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-
-    for key, label, _ in METRICS:
-        b, t = aggregate["base"][key], aggregate["tuned"][key]
-        if b["n"] == 0 and t["n"] == 0:
-            continue
-        change = None
-        if key in aggregate["change"]:
-            change = aggregate["change"][key]["mean"]
-            change = None if change is None else f"{100 * change:+.1f}%"
-        elif b["mean"] is not None and t["mean"] is not None:
-            change = f"{t['mean'] - b['mean']:+.4g}"
-        lines.append(f"{label:34} {fmt(b['mean']):>10} {fmt(t['mean']):>10} {fmt(b['median']):>9} "
-                     f"{fmt(t['median']):>9} {fmt(change):>9}")
-    for key, label in (("distinct1", "distinct-1 (corpus)"), ("distinct2", "distinct-2 (corpus)"),
-                       ("empty_answers", "empty answers")):
-        b, t = aggregate["base"][key], aggregate["tuned"][key]
-        lines.append(f"{label:34} {fmt(b):>10} {fmt(t):>10} {'':>9} {'':>9} {'':>9}")
-    for side in SIDES:
-        s = timing[side]
-        peak = "n/a" if s["peak_gpu_gib"] is None else f"{s['peak_gpu_gib']:.2f} GiB"
-        lines.append(f"{side:6} generation: {s['wall_s']:.1f} s wall, {s['new_tokens']} new tokens, "
-                     f"{s['tok_per_s']:.1f} new tok/s, peak GPU memory {peak}")
-    return lines
-
-
-def write_log(path: Path, settings: dict, table: list[str], rows: list[dict], n_examples: int) -> None:
-    out = ["ChatGLM3 fine-tune comparison: base (adapter disabled) vs fine-tuned (adapter on)", "",
-           "settings:"]
-    out += [f"  {k}: {v}" for k, v in settings.items()]
-    out += ["", "aggregate (mean / median over prompts):", *table, ""]
-    for r in rows[:n_examples]:
-        out += [f"=== example {r['index'] + 1} ===", f"[prompt] {r['prompt']}"]
-        if r["reference"] is not None:
-            out.append(f"[reference] {r['reference']}")
-        for side in SIDES:
-            s = r[side]
-            out.append(f"[{side}] ({s['chars']} chars, {s['term_per_100']:.2f} terms/100) {s['answer'] or '(empty)'}")
-        out.append("")
-    path.write_text("\n".join(out), encoding="utf-8")
-
-
-def write_report(path: Path, settings: dict, aggregate: dict, timing: dict, rows: list[dict]) -> None:
-    payload = {"settings": settings, "aggregate": aggregate, "timing": timing, "samples": rows}
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-def plot_aggregate(path: Path, aggregate: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [(key, label) for key, label, _ in METRICS if aggregate["base"][key]["n"]]
-    shown += [("distinct1", "distinct-1"), ("distinct2", "distinct-2")]
-    cols = 4
-    fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(4 * cols, 2.6 * -(-len(shown) // cols)))
-    for ax, (key, label) in zip(axes.flat, shown):
-        values = [aggregate[side][key]["mean"] if isinstance(aggregate[side][key], dict) else aggregate[side][key]
-                  for side in SIDES]
-        ax.bar(SIDES, [v or 0 for v in values], color=["#9aa5b1", "#2f7ed8"])
-        ax.set_title(label, fontsize=9)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.axis("off")
-    fig.suptitle("base vs fine-tuned (means over prompts)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

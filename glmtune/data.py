@@ -22,7 +22,13 @@ sequences become newlines, HTML entities are unescaped, odd spaces and control
 characters are mapped, and outer whitespace is stripped.
 
 CSV (``department,title,ask,answer``), JSONL and JSON files are read too;
-:func:`read_dataset` picks the reader by file extension.
+:func:`read_dataset` picks the reader by file extension. JSON records are
+question/answer pairs, alpaca instruction/input/output, or conversations:
+ChatGLM3's finetune_demo ``{"conversations": [{"role", "content"}]}``,
+ShareGPT ``{"conversations": [{"from", "value"}], "system"}`` and
+``{"messages": [{"role", "content"}]}``, with an optional leading system turn.
+A conversation becomes one example: its last user turn and reply, with the
+earlier turns as ``history`` (the training loss covers every reply).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import csv
 import html
 import io
 import json
+import random
 import re
 import unicodedata
 from collections import Counter
@@ -39,10 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .errors import DataError
+
 __all__ = [
     "DataError",
     "Dataset",
     "Example",
+    "split_eval",
+    "write_examples",
     "ParsedLine",
     "Skipped",
     "clean_text",
@@ -77,10 +88,6 @@ _ANSWER_ESCAPES = "&\\,\n"
 _RAW_CLIP = 200
 
 
-class DataError(ValueError):
-    """A data file cannot be read at all (as opposed to one unusable record)."""
-
-
 @dataclass(frozen=True)
 class ParsedLine:
     title: str
@@ -95,6 +102,23 @@ class Example:
     question: str
     answer: str
     line_no: int  # 1-based line where the record starts
+    history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns of a conversation
+    system: str | None = None  # a conversation's system prompt
+
+    @property
+    def conversational(self) -> bool:
+        """Needs the chat layout: a system prompt or earlier turns."""
+        return bool(self.history) or self.system is not None
+
+    def messages(self, with_answer: bool = True) -> list[dict[str, str]]:
+        """ChatGLM3 chat messages: system, the turns, and the answer unless `with_answer` is False."""
+        out = [{"role": "system", "content": self.system}] if self.system is not None else []
+        for user, assistant in self.history:
+            out += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        out.append({"role": "user", "content": self.question})
+        if with_answer:
+            out.append({"role": "assistant", "content": self.answer})
+        return out
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,10 @@ class Dataset:
     repaired: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     duplicates_removed: int = 0
+
+    @property
+    def conversational(self) -> bool:
+        return any(ex.conversational for ex in self.examples)
 
     def report_lines(self) -> list[str]:
         lines = [
@@ -256,7 +284,7 @@ def parse_record(line: str) -> ParsedLine:
     cut = title_end.end() if title_end else next((i for i, ch in enumerate(head) if ch.isspace()), len(head))
     title, ask, field_repairs = _clean_title_ask(head[:cut], head[cut + 1 :])
     answer, answer_repairs = _clean(text[comma + 1 :])
-    question, answer, repairs = _checked(title + ask, answer, repairs | field_repairs | answer_repairs)
+    question, answer, repairs, *_ = _checked(title + ask, answer, repairs | field_repairs | answer_repairs)
     return ParsedLine(title, ask, question, answer, tuple(sorted(repairs)))
 
 
@@ -308,9 +336,45 @@ def write_seed_format(examples: Iterable[Example], path: str | Path) -> None:
             f.write(format_seed_line(ex.question, ex.answer) + "\n")
 
 
+def write_examples(examples: list[Example], folder: Path) -> Path:
+    """Write an eval split where the comparison finds it: `eval.txt` in the seed format, or
+    `eval.jsonl` of `messages` when any example is a conversation (the seed format has no turns)."""
+    if any(ex.conversational for ex in examples):
+        path = folder / "eval.jsonl"
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            for ex in examples:
+                f.write(json.dumps({"messages": ex.messages()}, ensure_ascii=False) + "\n")
+        return path
+    path = folder / "eval.txt"
+    write_seed_format(examples, path)
+    return path
+
+
+def split_eval(examples: list, ratio: float, seed: int) -> tuple[list, list]:
+    """A seeded split: the same examples and seed always hold out the same ones."""
+    if not 0 <= ratio < 1:
+        raise ValueError(f"eval ratio must be in [0, 1), not {ratio}")
+    n_eval = round(len(examples) * ratio) if len(examples) > 1 else 0
+    if ratio > 0:
+        n_eval = min(max(n_eval, 1), len(examples) - 1)
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    evaluation = [ex for i, ex in enumerate(examples) if i in held]
+    return train, evaluation
+
+
 # --- file readers -------------------------------------------------------------------
 
-_Pair = tuple[str, str, set[str]]
+class _Pair(NamedTuple):
+    question: str
+    answer: str
+    repairs: set[str]
+    history: tuple[tuple[str, str], ...] = ()
+    system: str | None = None
+
+
 _Records = Iterator[tuple[int, str, Any]]
 
 
@@ -349,7 +413,7 @@ def _seed_records(text: str, path: Path) -> _Records:
 
 def _seed_pair(line: str) -> _Pair:
     parsed = parse_record(line)
-    return parsed.question, parsed.answer, set(parsed.repairs)
+    return _Pair(parsed.question, parsed.answer, set(parsed.repairs))
 
 
 def _csv_records(text: str, path: Path) -> _Records:
@@ -431,9 +495,57 @@ def _string_field(obj: dict[str, Any], key: str) -> str:
     return value
 
 
+_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+
+
+def _conversation_pair(obj: dict[str, Any]) -> _Pair:
+    """A ChatGLM3 / ShareGPT / messages conversation: its last exchange, earlier ones as history."""
+    key = "messages" if "messages" in obj else "conversations"
+    turns = obj[key]
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{key!r} is not a non-empty list of turns")
+    system, repairs = None, set()
+    if obj.get("system") is not None:  # ShareGPT keeps the system prompt beside the turns
+        system, repairs = _clean(_string_field(obj, "system"))
+    messages: list[tuple[str, str]] = []
+    for number, turn in enumerate(turns, 1):
+        if not isinstance(turn, dict):
+            raise ValueError(f"turn {number} is not an object")
+        raw_role = turn.get("role", turn.get("from"))
+        role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
+        if role is None:
+            raise ValueError(f"turn {number}: role {raw_role!r} is not system, user or assistant "
+                             "(tool and observation turns are not supported)")
+        text = turn.get("content", turn.get("value"))
+        if not isinstance(text, str):
+            raise ValueError(f"turn {number}: content is not a string")
+        text, turn_repairs = _clean(text)
+        repairs |= turn_repairs
+        if not text:
+            raise ValueError(f"turn {number}: empty {role} turn")
+        if role == "system":
+            if messages or system is not None:
+                raise ValueError(f"turn {number}: a system turn may only come first")
+            system = text
+            continue
+        expected = "user" if len(messages) % 2 == 0 else "assistant"
+        if role != expected:
+            raise ValueError(f"turn {number}: expected a {expected} turn, found {role}")
+        messages.append((role, text))
+    if len(messages) % 2:
+        raise ValueError("the last turn is a user turn with no reply")
+    if not messages:
+        raise ValueError("no user turn answered by an assistant turn")
+    pairs = [(messages[i][1], messages[i + 1][1]) for i in range(0, len(messages), 2)]
+    question, answer = pairs[-1]
+    return _Pair(question, answer, repairs, tuple(pairs[:-1]), system or None)
+
+
 def _json_pair(obj: Any) -> _Pair:
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
+    if "messages" in obj or "conversations" in obj:
+        return _conversation_pair(obj)
     if "question" in obj and "answer" in obj:
         question, repairs = _clean(_string_field(obj, "question"))
         answer_key = "answer"
@@ -444,7 +556,7 @@ def _json_pair(obj: Any) -> _Pair:
         question = f"{question}\n{extra}" if question and extra else question or extra
         answer_key = "output"
     else:
-        raise ValueError("object has neither question/answer nor instruction/output keys")
+        raise ValueError("object has none of question/answer, instruction/output, conversations or messages")
     answer, answer_repairs = _clean(_string_field(obj, answer_key))
     return _checked(question, answer, repairs | answer_repairs)
 
@@ -454,7 +566,7 @@ def _checked(question: str, answer: str, repairs: set[str]) -> _Pair:
         raise ValueError("empty question")
     if not answer:
         raise ValueError("empty answer")
-    return question, answer, repairs
+    return _Pair(question, answer, repairs)
 
 
 class _Format(NamedTuple):
@@ -466,8 +578,10 @@ class _Format(NamedTuple):
 
 _FORMATS = {
     ".csv": _Format("csv", _csv_records, _csv_pair, "CSV rows with title, ask and answer columns"),
-    ".jsonl": _Format("jsonl", _jsonl_records, _json_pair, 'one {"question", "answer"} or alpaca object per line'),
-    ".json": _Format("json", _json_records, _json_pair, 'an array of {"question", "answer"} or alpaca objects'),
+    ".jsonl": _Format("jsonl", _jsonl_records, _json_pair,
+                      'one {"question", "answer"}, alpaca or conversation ("messages"/"conversations") object per line'),
+    ".json": _Format("json", _json_records, _json_pair,
+                     'an array of {"question", "answer"}, alpaca or conversation objects'),
 }
 _SEED = _Format("seed", _seed_records, _seed_pair, "one 'title？ ask,answer' record per line")
 
@@ -487,19 +601,20 @@ def read_dataset(path: str | Path) -> Dataset:
     fmt = _FORMATS.get(path.suffix.lower(), _SEED)
     text = _decode(path)
     data = Dataset(path=path, format=fmt.name, lines_read=_count_lines(text))
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple] = set()
     for line_no, raw, record in fmt.records(text, path):
         try:
-            question, answer, repairs = fmt.to_pair(record)
+            pair = fmt.to_pair(record)
         except ValueError as err:
             data.skipped.append(Skipped(line_no, str(err), raw[:_RAW_CLIP]))
             continue
-        if (question, answer) in seen:
+        key = (pair.system, pair.history, pair.question, pair.answer)
+        if key in seen:
             data.duplicates_removed += 1
             continue
-        seen.add((question, answer))
-        data.examples.append(Example(question, answer, line_no))
-        data.repaired += bool(repairs)
+        seen.add(key)
+        data.examples.append(Example(pair.question, pair.answer, line_no, pair.history, pair.system))
+        data.repaired += bool(pair.repairs)
     if not data.examples:
         reasons = Counter(s.reason for s in data.skipped).most_common(3)
         why = "; ".join(f"{reason}: {count}" for reason, count in reasons) or "no records"

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
-from .prompts import IGNORE_INDEX, encode_example
+from . import device
+from .prompts import IGNORE_INDEX, encode
 from .tokenizer import stop_token_ids
-from .training import PadCollator
+from .prompts import PadCollator
 
 
 @dataclass
@@ -46,11 +47,6 @@ def cast_adapters(model, dtype: torch.dtype) -> None:
             module.lora_B.to(dtype)
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def warm_up(model, tokenizer, prompts: list[list[int]], batch_size: int) -> None:
     """A two-token generate over the first batch, untimed. The first CUDA generate pays one-off
     costs (kernel loading, library handles): measured 10 s on an H200, which would otherwise land
@@ -72,12 +68,12 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
             batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
             batch = {k: v.to(model.device) for k, v in batch.items()}
             torch.manual_seed(decoding.seed)  # same draws for base and fine-tuned in sampling mode
-            _sync()
+            device.synchronize()
             began = time.perf_counter()
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=decoding.max_new_tokens, eos_token_id=stops,
                                      pad_token_id=tokenizer.pad_token_id, **sampling)
-            _sync()
+            device.synchronize()
             elapsed = time.perf_counter() - began
             width = batch["input_ids"].shape[1]
             for row, index in enumerate(chunk):
@@ -89,11 +85,11 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
     return results  # type: ignore[return-value]
 
 
-def reference_perplexity(model, tokenizer, pairs: list[tuple[str, str]], prompt_format: str, max_length: int,
+def reference_perplexity(model, tokenizer, examples, prompt_format: str, max_length: int,
                          batch_size: int) -> list[float]:
-    """exp(mean token NLL) of each reference answer (and its eos) given its prompt."""
+    """exp(mean token NLL) of each example's reference answer (and its eos) given its prompt."""
     collator = PadCollator(tokenizer.pad_token_id)
-    rows = [vars(encode_example(tokenizer, q, a, prompt_format, max_length)) for q, a in pairs]
+    rows = [vars(encode(tokenizer, ex, prompt_format, max_length)) for ex in examples]
     values: list[float] = []
     for start in range(0, len(rows), batch_size):
         batch = collator(rows[start:start + batch_size])

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from . import device
+
 MEMORY_FRACTION = 0.9  # of the GPU's memory; the rest absorbs fragmentation and the optimizer's buffers
 
 
@@ -70,10 +72,6 @@ class CheckpointPlan:
                 "checkpointed_layers_per_micro_batch": {str(k): v for k, v in sorted(self.used.items())}}
 
 
-def _autocast():
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-
-
 def _probe(model, batch: dict) -> float | None:
     """Peak bytes above the resting allocation for one forward+backward, or None if it ran out."""
     batch = {k: v.to(model.device) for k, v in batch.items()}
@@ -81,7 +79,7 @@ def _probe(model, batch: dict) -> float | None:
     resting = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     try:
-        with _autocast():
+        with device.autocast():
             model(**batch).loss.backward()
         return torch.cuda.max_memory_allocated() - resting
     except torch.OutOfMemoryError:
@@ -93,7 +91,7 @@ def _probe(model, batch: dict) -> float | None:
 
 
 def _budget() -> float:
-    return MEMORY_FRACTION * torch.cuda.get_device_properties(0).total_memory - torch.cuda.memory_allocated()
+    return MEMORY_FRACTION * device.total_memory() - device.allocated()
 
 
 def _longest_first(dataset) -> list[int]:
@@ -105,7 +103,7 @@ def fit_micro_batch(model, dataset, collator, effective_batch: int) -> int:
     """The largest micro-batch (a divisor of the effective batch) whose forward+backward on the
     LONGEST rows fits, with the model's checkpointing as it is set. Length grouping makes such
     batches real, so a size that fits here never runs out of memory later."""
-    if not torch.cuda.is_available():
+    if not device.cuda():
         return effective_batch
     candidates = [b for b in (64, 32, 16, 8, 4, 2, 1) if b <= effective_batch and effective_batch % b == 0]
     order = _longest_first(dataset)
@@ -124,7 +122,7 @@ def fit_micro_batch(model, dataset, collator, effective_batch: int) -> int:
 def plan_checkpointing(model, dataset, collator, micro_batch: int) -> CheckpointPlan | None:
     """Measure activation memory per token with all and with no layers checkpointed, on the
     longest rows, and return the per-micro-batch plan (None without a GPU: nothing to fit)."""
-    if not torch.cuda.is_available():
+    if not device.cuda():
         return None
     layers = decoder_layers(model)
     rows = [dataset[i] for i in _longest_first(dataset)[:micro_batch]]
@@ -150,3 +148,25 @@ def plan_checkpointing(model, dataset, collator, micro_batch: int) -> Checkpoint
     finally:
         checkpoint_layers(layers, len(layers))
         model.train(was_training)
+
+
+def uses_checkpointing(setting: str) -> bool:
+    """Whether the model needs activation checkpointing installed: 'on', or 'auto' on a GPU."""
+    return setting == "on" or (setting == "auto" and device.cuda())
+
+
+def fit_memory(model, dataset, collator, batch_size: str, grad_accum: int,
+               checkpointing: str) -> tuple[int, int, CheckpointPlan | None]:
+    """Micro-batch, accumulation and checkpoint plan; the effective batch stays as asked
+    (`batch_size` x `grad_accum`, with 'auto' counting as 1)."""
+    effective = (1 if batch_size == "auto" else int(batch_size)) * grad_accum
+    micro = fit_micro_batch(model, dataset, collator, effective) if batch_size == "auto" else int(batch_size)
+    plan = plan_checkpointing(model, dataset, collator, micro) if checkpointing == "auto" else None
+    return micro, effective // micro, plan
+
+
+def describe(checkpointing: str, plan: CheckpointPlan | None) -> str:
+    if plan is not None:
+        return (f"auto per micro-batch ({plan.per_token_none / 2**20:.2f} MiB/token without, "
+                f"{plan.per_token_full / 2**20:.2f} with all {plan.layers} layers; {plan.budget_bytes / 2**30:.1f} GiB free)")
+    return "on (every layer)" if uses_checkpointing(checkpointing) else "off"

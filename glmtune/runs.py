@@ -1,22 +1,37 @@
-"""The output folder of a training run: `run_config.json` and its guard against overwriting.
+"""The output folder of a training run: its record (`run_config.json`), its checkpoints, and the
+rules that keep one run from overwriting or silently restarting another.
 
-`run_config.json` holds every resolved setting, library versions and the data file's hash, so the
-comparison script (and a person, months later) knows exactly what produced an adapter.
+`run_config.json` is written first, before any other output, and rewritten atomically as the run
+learns more (the batch it fitted, the eval file) and when it finishes. It holds every setting, the
+data file's hash, library versions and the run's state, so the comparison script (and a person,
+months later) knows exactly what produced an adapter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
+import re
 import shutil
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from .config import TrainConfig
+from .errors import RunDirError
+from .files import write_atomic
+
 RUN_CONFIG = "run_config.json"
-# Settings that do not change what a run computes, so they do not make it "a different run".
-NOT_IDENTITY = {"output_dir", "resume", "overwrite"}
+RUNNING, FINISHED = "running", "finished"
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers")
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# What a run of this tool writes: --overwrite replaces a folder only if it holds nothing else.
+OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
+             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "README.md",
+             "comparison"}
 
 
 def file_sha256(path: Path) -> str:
@@ -37,48 +52,143 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def prepare_output_dir(output_dir: Path, settings: dict, resume: bool, overwrite: bool) -> None:
-    """Create the folder; refuse to mix a different run into it unless told to overwrite."""
-    previous = output_dir / RUN_CONFIG
-    if output_dir.exists() and any(output_dir.iterdir()):
-        old = json.loads(previous.read_text(encoding="utf-8"))["settings"] if previous.is_file() else None
-        same = old is not None and _identity(old) == _identity(settings)
-        if overwrite:
-            shutil.rmtree(output_dir)
-        elif resume and not same:
-            raise SystemExit(
-                f"error: --resume: {output_dir} holds a run with different settings "
-                f"({_difference(old, settings)}). Resume with the original flags, or drop --resume."
-            )
-        elif not resume and not same:
-            what = "files that are not a run of this tool" if old is None else _difference(old, settings)
-            raise SystemExit(
-                f"error: {output_dir} already holds {what}. "
-                "Pick another --output-dir, or pass --overwrite to replace it."
-            )
-    output_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Resolved:
+    """What the run decided from its settings, the data and the machine."""
+
+    prompt_format: str = ""
+    eval_file: str = ""  # in the run folder: eval.txt (seed format) or eval.jsonl (conversations)
+    precision: str = ""
+    lora_targets: list[str] = field(default_factory=list)
+    micro_batch: int = 0
+    grad_accum: int = 0
+    effective_batch: int = 0
+    checkpointing: str = ""
+    examples: dict = field(default_factory=dict)
+    tokens: dict = field(default_factory=dict)
 
 
-def _identity(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k not in NOT_IDENTITY}
+@dataclass
+class RunRecord:
+    config: TrainConfig
+    data_sha256: str
+    state: str = RUNNING
+    resolved: Resolved = field(default_factory=Resolved)
+    config_file: str | None = None
+    versions: dict = field(default_factory=library_versions)
+
+    def identity(self) -> dict:
+        """What makes two runs the same run: the settings that change the weights, and the data."""
+        settings = self.config.to_dict()
+        return {**{k: settings[k] for k in TrainConfig.identity_fields()}, "data_sha256": self.data_sha256}
+
+    def save(self, folder: Path) -> None:
+        payload = {"state": self.state, "settings": self.config.to_dict(), "data_sha256": self.data_sha256,
+                   "config_file": self.config_file, "resolved": dataclasses.asdict(self.resolved),
+                   "versions": self.versions}
+        write_atomic(folder / RUN_CONFIG, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> RunRecord:
+        """The record of the run in `folder`; RunDirError if it is missing or unreadable."""
+        path = folder / RUN_CONFIG
+        if not path.is_file():
+            raise RunDirError(f"{folder}: no {RUN_CONFIG}; this is not the output folder of a training run")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            resolved_fields = {f.name for f in dataclasses.fields(Resolved)}
+            resolved = Resolved(**{k: v for k, v in raw.get("resolved", {}).items() if k in resolved_fields})
+            config = TrainConfig.from_dict(raw["settings"])
+            sha = raw.get("data_sha256") or raw.get("resolved", {}).get("data_sha256", "")
+            resolved.prompt_format = resolved.prompt_format or config.prompt_format
+            resolved.eval_file = resolved.eval_file or "eval.txt"
+            return cls(config, sha, raw.get("state", FINISHED), resolved, raw.get("config_file"),
+                       raw.get("versions", {}))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise RunDirError(f"{path} is damaged ({type(err).__name__}: {err}); it cannot say which run this "
+                              "folder holds. Train again into a new --output-dir, or with --overwrite") from None
 
 
-def _difference(old: dict | None, new: dict) -> str:
+def checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint-N folders of a run, newest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*") if (m := CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last; a checkpoint cut short by a kill or a full disk
+    lacks it (or holds a truncated one)."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (checkpoint / "adapter_model.safetensors").is_file()
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    return next((c for c in checkpoints(folder) if is_complete(c)), None)
+
+
+def _difference(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    shown = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" if k != "data_sha256" else "the data file's contents changed"
+             for k in keys[:4]]
+    return ", ".join(shown)
+
+
+def prepare_output_dir(record: RunRecord) -> Path | None:
+    """Make the output folder ready for `record`'s run and return the checkpoint to resume from
+    (None: start at step 0). Refuses, with what to do, anything that would mix or lose runs."""
+    config = record.config
+    out = config.output_dir
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out} is a file; choose a folder for --output-dir")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        if config.resume:
+            raise RunDirError(f"nothing to resume: {out} holds no run. Drop --resume to start one")
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+    try:
+        old = RunRecord.load(out)
+    except RunDirError:
+        if not (out / RUN_CONFIG).is_file():
+            old = None
+        elif config.overwrite:
+            old = None
+        else:
+            raise
+    if config.overwrite:
+        foreign = [n for n in entries if n not in OUR_FILES and not CHECKPOINT.match(n) and not n.startswith(".")]
+        if (out / RUN_CONFIG).is_file() or not foreign:
+            shutil.rmtree(out)
+            out.mkdir(parents=True)
+            return None
+        raise RunDirError(f"{out} holds files that are not a run of this tool ({', '.join(foreign[:3])}); "
+                          "--overwrite replaces only runs of this tool. Choose another --output-dir")
     if old is None:
-        return "no run_config.json"
-    keys = sorted(k for k in set(old) | set(new) if k not in NOT_IDENTITY and old.get(k) != new.get(k))
-    return "different " + ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in keys[:4])
-
-
-def write_run_config(output_dir: Path, settings: dict, resolved: dict) -> None:
-    payload = {"settings": settings, "resolved": resolved, "versions": library_versions()}
-    (output_dir / RUN_CONFIG).write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-def read_run_config(adapter_dir: Path) -> dict:
-    path = adapter_dir / RUN_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{adapter_dir}: no {RUN_CONFIG}. Pass the --output-dir of a chatglm_finetuning.py run."
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise RunDirError(f"{out} already holds files that are not a run of this tool ({', '.join(entries[:3])}). "
+                          "Choose another --output-dir")
+    if old.identity() != record.identity():
+        difference = _difference(old.identity(), record.identity())
+        if config.resume:
+            raise RunDirError(f"cannot resume: {out} holds a run with other settings ({difference}). Resume with "
+                              "the original settings, or drop --resume")
+        raise RunDirError(f"{out} already holds another run ({difference}). Choose another --output-dir, or pass "
+                          "--overwrite to replace it")
+    if old.state == FINISHED:
+        raise RunDirError(f"{out} holds this run, finished. Compare it: python chatglm_finetuning_tst.py --adapter "
+                          f"{out}; or train it again with --overwrite")
+    if config.resume not in (None, "last"):
+        chosen = Path(config.resume)
+        if not is_complete(chosen):
+            raise RunDirError(f"{chosen} is not a complete checkpoint (no trainer_state.json or adapter); "
+                              "pass another, or --resume alone for the last complete one")
+        return chosen
+    last = last_checkpoint(out)
+    if config.resume:
+        return last  # None: killed before its first checkpoint, so step 0 is where it stands
+    if last is not None:
+        raise RunDirError(f"{out} holds this run, interrupted at {last.name}. Continue it with --resume, or start "
+                          "over with --overwrite")
+    return None  # interrupted before its first checkpoint: nothing to lose by starting again

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS = REPO_ROOT / "financial_data.txt"
+# A wheel carries the dataset in resources/; a source checkout has it at the repository root.
+_PACKAGED = Path(__file__).resolve().parent / "resources" / "financial_data.txt"
+DEFAULT_CORPUS = _PACKAGED if _PACKAGED.is_file() else Path(__file__).resolve().parent.parent / "financial_data.txt"
 # Bump when the generator changes, so stale caches are not reused.
 TINY_VERSION = 1
 

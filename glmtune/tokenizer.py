@@ -17,7 +17,8 @@ from tokenizers.models import BPE
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
-from .checkpoint import resolve_model_dir
+from .errors import ModelLoadError
+from .hub import resolve_model_dir
 
 SPECIAL_TOKENS = (
     "[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
@@ -70,7 +71,7 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
         return AutoTokenizer.from_pretrained(str(folder))
     sp_model = folder / "tokenizer.model"
     if not sp_model.is_file():
-        raise FileNotFoundError(
+        raise ModelLoadError(
             f"{folder}: no tokenizer.model (ChatGLM3's SentencePiece file) and no tokenizer.json. "
             "Point --model at the full ChatGLM3 checkpoint folder, or copy tokenizer.model into it."
         )

@@ -51,23 +51,22 @@ def data_file(tmp_path_factory):
     return path
 
 
-def tiny_args(data_file, out, *extra):
-    """Parsed and validated training flags for a quick tiny-model run."""
-    import chatglm_finetuning as job
+def tiny_config(data_file, out, *extra):
+    """Training settings for a quick tiny-model run, parsed from flags as the script parses them."""
+    from glmtune import cli
+    from glmtune.config import TrainConfig
 
-    parser = job.build_parser()
-    args = parser.parse_args(["--model", "tiny", "--data", str(data_file), "--output-dir", str(out),
-                              "--eval-ratio", "0.1", "--grad-accum", "2", "--batch-size", "4",
-                              "--logging-steps", "1", *extra])
-    job.validate(args, parser)
-    return args
+    config, _ = cli.parse_args(TrainConfig, "test", ["--model", "tiny", "--data", str(data_file), "--output-dir",
+                                                     str(out), "--eval-ratio", "0.1", "--grad-accum", "2",
+                                                     "--batch-size", "4", "--logging-steps", "1", *extra])
+    return config
 
 
 @pytest.fixture(scope="session")
 def trained(data_file, tmp_path_factory):
     """A finished tiny run: (output folder, the trained peft model)."""
-    import chatglm_finetuning as job
+    from glmtune.finetune import train
 
     out = tmp_path_factory.mktemp("run")
-    model = job.main(tiny_args(data_file, out, "--learning-rate", "5e-3", "--max-steps", "12"))
-    return out, model
+    job = train(tiny_config(data_file, out, "--learning-rate", "5e-3", "--max-steps", "12"))
+    return out, job.model

@@ -1,18 +1,17 @@
 """The comparison script on a tiny trained adapter: one copy of the weights, fair decoding, reports."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-import torch
 from peft import PeftModel
 
 import glmtune
+from glmtune.comparison import compare
+from glmtune.config import CompareConfig
+from glmtune.data import Example
+from glmtune.errors import ConfigError, DataError, ModelLoadError
 from glmtune.generation import Decoding, generate_answers, reference_perplexity
 from glmtune.prompts import prompt_ids
-
-from conftest import REPO
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
 
@@ -58,7 +57,7 @@ def test_sampling_is_seeded_and_same_for_both_models(tuned):
 
 def test_reference_perplexity_batched_equals_single_and_drops_with_training(tuned, data_file):
     model, tok = tuned
-    pairs = [line.split(",", 1) for line in data_file.read_text(encoding="utf-8").splitlines()[:4]]
+    pairs = [Example(*line.split(",", 1), 0) for line in data_file.read_text(encoding="utf-8").splitlines()[:4]]
     batched = reference_perplexity(model, tok, pairs, "glm3", 256, batch_size=4)
     single = reference_perplexity(model, tok, pairs, "glm3", 256, batch_size=1)
     assert batched == pytest.approx(single, rel=1e-4)
@@ -67,15 +66,15 @@ def test_reference_perplexity_batched_equals_single_and_drops_with_training(tune
     assert all(t < b for t, b in zip(batched, base))  # trained on these very lines
 
 
-def run_tst(*argv, cwd):
-    return subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), *argv],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+def run_compare(adapter, tmp_path, **settings):
+    config = CompareConfig(adapter=adapter, log_file=tmp_path / "chatglm_comparison.log", **settings)
+    config.validate()
+    return compare(config)
 
 
-def test_end_to_end_writes_log_json_and_chart(trained, tmp_path):
+def test_compare_writes_log_json_and_chart(trained, tmp_path):
     out, _ = trained
-    result = run_tst("--adapter", str(out), "--max-new-tokens", "24", "--batch-size", "4", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    job = run_compare(out, tmp_path, max_new_tokens=24, batch_size=4)
     log = (tmp_path / "chatglm_comparison.log").read_text(encoding="utf-8")
     for family in ["output length (chars)", "output length (tokens)", "medical terms / 100 chars",
                    "prompt overlap (jieba words)", "prompt overlap (char bigrams)", "ROUGE-L F", "char BLEU-4",
@@ -89,27 +88,25 @@ def test_end_to_end_writes_log_json_and_chart(trained, tmp_path):
         assert {"answer", "chars", "tokens", "term_per_100", "rouge1", "bleu4", "ppl", "latency_s"} <= sample[side].keys()
         assert report["aggregate"][side]["rougeL"]["n"] == len(eval_lines)
     assert (tmp_path / "chatglm_comparison.png").read_bytes()[:4] == b"\x89PNG"
-    assert "medical terms / 100 chars" in result.stdout  # the table on the console
+    assert job.outputs == [tmp_path / f"chatglm_comparison.{ext}" for ext in ("log", "json", "png")]
 
 
 def test_ad_hoc_prompts_have_no_reference_metrics(trained, tmp_path):
     out, _ = trained
-    result = run_tst("--adapter", str(out), "--prompt", "头痛怎么办？", "--prompt", "失眠怎么办？",
-                     "--max-new-tokens", "8", "--log-file", str(tmp_path / "adhoc.log"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((tmp_path / "adhoc.json").read_text(encoding="utf-8"))
+    run_compare(out, tmp_path, prompt=["头痛怎么办？", "失眠怎么办？"], max_new_tokens=8)
+    report = json.loads((tmp_path / "chatglm_comparison.json").read_text(encoding="utf-8"))
     assert report["settings"]["prompts"] == 2
     assert report["samples"][0]["tuned"]["rouge1"] is None and report["samples"][0]["tuned"]["ppl"] is None
 
 
 def test_missing_and_incomplete_adapter_folders(trained, tmp_path):
-    result = run_tst("--adapter", str(tmp_path / "nope"), cwd=tmp_path)
-    assert result.returncode == 2 and "no such folder" in result.stderr
+    with pytest.raises(ConfigError, match="no such folder"):
+        CompareConfig(adapter=tmp_path / "nope").validate()
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "adapter_config.json").write_text("{}")
-    result = run_tst("--adapter", str(partial), cwd=tmp_path)
-    assert result.returncode == 2 and "adapter_model.safetensors missing" in result.stderr
+    with pytest.raises(ConfigError, match="adapter_model.safetensors missing"):
+        run_compare(partial, tmp_path)
 
 
 def test_adapter_on_a_different_base_is_named(trained, tmp_path):
@@ -118,13 +115,13 @@ def test_adapter_on_a_different_base_is_named(trained, tmp_path):
 
     config = original_config(3000, **{**TINY_SHAPE, "hidden_size": 192})
     write_original_checkpoint(tmp_path / "other", config, random_original_weights(config))
-    result = run_tst("--adapter", str(out), "--base-model", str(tmp_path / "other"), cwd=tmp_path)
-    assert result.returncode != 0 and "trained on a base with other shapes" in result.stderr
+    with pytest.raises(ModelLoadError, match="trained on a base with other shapes"):
+        run_compare(out, tmp_path, base_model=str(tmp_path / "other"))
 
 
 def test_empty_prompt_set_is_an_error(trained, tmp_path):
     out, _ = trained
     empty = tmp_path / "empty.jsonl"
     empty.write_text("", encoding="utf-8")
-    result = run_tst("--adapter", str(out), "--data", str(empty), cwd=tmp_path)
-    assert result.returncode != 0 and "empty.jsonl" in result.stderr
+    with pytest.raises(DataError, match="empty.jsonl"):
+        run_compare(out, tmp_path, data=empty)

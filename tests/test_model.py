@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import glmtune
-from glmtune.checkpoint import ModelLoadError, chatglm_to_glm_config
+from glmtune.checkpoint import chatglm_to_glm_config
+from glmtune.errors import ModelLoadError
 from glmtune.tiny import TINY_SHAPE, original_config, random_original_weights, write_original_checkpoint
 
 
@@ -180,7 +181,7 @@ def test_bad_folders_raise_clearly(tmp_path, setup, message):
 
 def test_missing_tokenizer_model_raises(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="no tokenizer.model"):
+    with pytest.raises(ModelLoadError, match="no tokenizer.model"):
         glmtune.load_tokenizer(tmp_path)
 
 

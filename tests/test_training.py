@@ -1,8 +1,6 @@
-"""The training job on the tiny model: prompts/labels, learning, saving, resuming, and the CLI."""
+"""The training job on the tiny model: prompts/labels, learning, saving, resuming."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import sentencepiece as spm
@@ -10,13 +8,18 @@ import torch
 from peft import PeftModel
 from transformers import TrainerCallback
 
-import chatglm_finetuning as job
 import glmtune
-from glmtune.prompts import IGNORE_INDEX, encode_example
+import glmtune.finetune
+import glmtune.memory
+from glmtune.data import split_eval
+from glmtune.errors import ConfigError
+from glmtune.finetune import train
+from glmtune.lora import resolve_lora_targets
 from glmtune.memory import CheckpointPlan
-from glmtune.training import GroupedTrainer, StopOnNonFiniteLoss, resolve_lora_targets, split_eval
+from glmtune.prompts import IGNORE_INDEX, encode_example
+from glmtune.trainer import StopOnNonFiniteLoss
 
-from conftest import REPO, tiny_args
+from conftest import tiny_config
 
 QUESTION, ANSWER = "头痛三天怎么办？ 女，30岁，太阳穴胀痛。", "多为紧张性头痛，注意休息；若剧烈头痛伴呕吐请立即就医。"
 GMASK, SOP, USER, ASSISTANT = 64790, 64792, 64795, 64796
@@ -63,8 +66,9 @@ def test_lora_targets_accept_chatglm_names():
     assert resolve_lora_targets("query_key_value,dense,dense_h_to_4h,dense_4h_to_h") == \
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
     assert resolve_lora_targets("q_proj, v_proj") == ["q_proj", "v_proj"]
-    with pytest.raises(ValueError, match="unknown module 'mlp'"):
+    with pytest.raises(ConfigError, match="unknown module 'mlp'") as err:
         resolve_lora_targets("mlp")
+    assert err.value.field == "lora_target"
 
 
 def test_eval_split_is_deterministic_and_disjoint():
@@ -106,12 +110,12 @@ class CyclingPlan(CheckpointPlan):
 
 def test_checkpointing_changes_memory_not_numbers(data_file, tmp_path, monkeypatch):
     flags = ("--max-steps", "4", "--learning-rate", "5e-3")
-    every = job.main(tiny_args(data_file, tmp_path / "on", *flags, "--gradient-checkpointing", "on"))
-    none = job.main(tiny_args(data_file, tmp_path / "off", *flags, "--gradient-checkpointing", "off"))
+    every = train(tiny_config(data_file, tmp_path / "on", *flags, "--gradient-checkpointing", "on")).model
+    none = train(tiny_config(data_file, tmp_path / "off", *flags, "--gradient-checkpointing", "off")).model
     plan = CyclingPlan(layers=2, budget_bytes=0.0, per_token_full=1.0, per_token_none=1.0)
-    monkeypatch.setattr(job, "uses_checkpointing", lambda args: True)  # auto is off without a GPU
-    monkeypatch.setattr(job, "plan_checkpointing", lambda *args: plan)
-    planned = job.main(tiny_args(data_file, tmp_path / "auto", *flags, "--gradient-checkpointing", "auto"))
+    monkeypatch.setattr(glmtune.finetune, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
+    monkeypatch.setattr(glmtune.memory, "plan_checkpointing", lambda *args: plan)
+    planned = train(tiny_config(data_file, tmp_path / "auto", *flags, "--gradient-checkpointing", "auto")).model
     assert plan.used == {0: 3, 1: 3, 2: 2}  # 4 steps x 2 micro-batches, in the order the plan gave
     weights = [{n: p for n, p in m.named_parameters() if "lora_" in n} for m in (every, none, planned)]
     for name, value in weights[0].items():
@@ -129,8 +133,9 @@ def test_run_leaves_every_output(trained):
                  "eval.txt", "train_metrics.json", "loss.png", "data_report.txt"]:
         assert (out / name).is_file(), name
     run = json.loads((out / "run_config.json").read_text())
-    assert run["settings"]["model"] == "tiny" and len(run["resolved"]["data_sha256"]) == 64
+    assert run["settings"]["model"] == "tiny" and len(run["data_sha256"]) == 64 and run["state"] == "finished"
     assert run["resolved"]["micro_batch"] * run["resolved"]["grad_accum"] == 8
+    assert run["resolved"]["prompt_format"] == "glm3" and run["resolved"]["eval_file"] == "eval.txt"
     assert run["versions"]["transformers"].startswith("5.")
     assert len((out / "eval.txt").read_text(encoding="utf-8").splitlines()) == run["resolved"]["examples"]["eval"]
 
@@ -154,68 +159,26 @@ def test_saved_adapter_reloads_to_identical_logits(trained):
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(data_file, tmp_path, monkeypatch):
+class KillAtStep(TrainerCallback):
+    """A kill -9 stand-in: the process dies right after step `step`, saving nothing more."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(data_file, tmp_path):
     flags = ("--max-steps", "6", "--save-steps", "3", "--learning-rate", "5e-3")  # crosses an epoch
-    straight = job.main(tiny_args(data_file, tmp_path / "a", *flags))
-
-    class KillAfterStep4(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 4:  # checkpoint-3 is on disk, step 4 is not
-                raise KeyboardInterrupt
-
-    class KilledTrainer(GroupedTrainer):
-        def __init__(self, *a, callbacks=(), **kw):
-            super().__init__(*a, callbacks=[*callbacks, KillAfterStep4()], **kw)
-
-    monkeypatch.setattr(job, "GroupedTrainer", KilledTrainer)
+    straight = train(tiny_config(data_file, tmp_path / "a", *flags)).model
     with pytest.raises(KeyboardInterrupt):
-        job.main(tiny_args(data_file, tmp_path / "b", *flags))
+        train(tiny_config(data_file, tmp_path / "b", *flags), callbacks=[KillAtStep(4)])
     assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "adapter_model.safetensors").exists()
-    monkeypatch.undo()
-    resumed = job.main(tiny_args(data_file, tmp_path / "b", *flags, "--resume"))
+    resumed = train(tiny_config(data_file, tmp_path / "b", *flags, "--resume")).model
     a = {n: p for n, p in straight.named_parameters() if "lora_" in n}
     b = {n: p for n, p in resumed.named_parameters() if "lora_" in n}
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], msg=name)
-
-
-# ---------- the command line ----------
-
-def run_cli(*argv):
-    return subprocess.run([sys.executable, str(REPO / "chatglm_finetuning.py"), *argv],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
-
-
-def test_cli_rejects_unknown_and_bad_flags(data_file, tmp_path):
-    result = run_cli("--model", "tiny", "--lora-rank", "8")
-    assert result.returncode == 2 and "unrecognized arguments: --lora-rank" in result.stderr
-    result = run_cli("--model", "tiny", "--data", str(data_file), "--lora-r", "0")
-    assert result.returncode == 2 and "--lora-r must be at least 1" in result.stderr
-    result = run_cli("--model", "tiny", "--data", str(tmp_path / "missing.txt"))
-    assert result.returncode == 2 and "missing.txt: no such file" in result.stderr
-    result = run_cli("--model", "tiny", "--data", str(data_file), "--lora-target", "attn")
-    assert result.returncode == 2 and "unknown module 'attn'" in result.stderr
-
-
-def test_cli_default_model_without_gpu_points_to_tiny(data_file):
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    result = run_cli("--data", str(data_file))
-    assert result.returncode == 2 and "--model tiny" in result.stderr
-
-
-def test_cli_rejects_a_data_file_with_no_usable_line(tmp_path):
-    bad = tmp_path / "bad.txt"
-    bad.write_text("没有逗号也没有答案\n只有一句话\n", encoding="utf-8")
-    result = run_cli("--model", "tiny", "--data", str(bad), "--output-dir", str(tmp_path / "out"))
-    assert result.returncode != 0 and "bad.txt" in result.stderr
-    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
-
-
-def test_output_dir_with_a_different_run_is_not_overwritten(trained, data_file):
-    out, _ = trained
-    before = (out / "adapter_model.safetensors").read_bytes()
-    result = run_cli("--model", "tiny", "--data", str(data_file), "--output-dir", str(out), "--lora-r", "8")
-    assert result.returncode != 0 and "--overwrite" in result.stderr
-    assert (out / "adapter_model.safetensors").read_bytes() == before

@@ -1,0 +1,251 @@
+"""The settings of the two jobs, declared once: each field is a flag (with its type, default, help
+and the spellings users bring from HF Trainer, TRL and LLaMA-Factory), a key of a `--config` YAML
+file, and an entry of `run_config.json`. Nothing here imports torch, so a bad setting is reported
+in the first second, before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .lora import resolve_lora_targets
+
+DEFAULT_MODEL = "THUDM/chatglm3-6b"
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+# Trainer integrations and the module each needs.
+REPORTERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow",
+             "swanlab": "swanlab", "trackio": "trackio"}
+
+
+def opt(default=None, help: str = "", *, group: str = "", aliases: tuple[str, ...] = (), choices=None,
+        nargs=None, const=None, consts: dict | None = None, metavar=None, identity: bool = True,
+        factory=None):
+    """A setting. aliases: other spellings (underscored, without dashes); consts: extra flags that
+    set a fixed value (HF's --bf16); identity: whether changing it makes a different training run."""
+    meta = dict(help=help, group=group, aliases=aliases, choices=choices, nargs=nargs, const=const,
+                consts=consts or {}, metavar=metavar, identity=identity)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Settings:
+    """Shared behaviour of the job configs: a dict round trip for run_config.json."""
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """Rebuild from run_config.json; keys of older or newer versions that are unknown are dropped."""
+        from .cli import convert  # the same conversion as flags and YAML
+
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        return cls(**{k: convert(cls, fields[k], v) for k, v in values.items() if k in fields})
+
+    @classmethod
+    def identity_fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("identity", True)]
+
+
+@dataclass
+class TrainConfig(Settings):
+    # model and data
+    model: str = opt(DEFAULT_MODEL, "ChatGLM3 hub id (e.g. THUDM/chatglm3-6b; ZhipuAI/chatglm3-6b is looked up in "
+                     "the ModelScope cache first), a local checkpoint folder, or 'tiny' (CPU demo model)",
+                     group="model and data", aliases=("model_name_or_path",))
+    data: Path = opt(Path("financial_data.txt"),
+                     "training data: .txt seed lines '问题？ 描述,回答'; .csv (department,title,ask,answer); "
+                     ".jsonl/.json with question/answer, instruction/input/output, or conversations "
+                     "(ChatGLM3 'conversations' role/content, ShareGPT from/value, 'messages')",
+                     group="model and data", aliases=("train_file", "data_path"))
+    output_dir: Path = opt(Path("chatglm3-medical-lora"),
+                           "where the adapter, tokenizer, run_config.json, the eval split, metrics and loss.png go",
+                           group="model and data", identity=False)
+    eval_ratio: float = opt(0.05, "fraction of examples held out for evaluation (saved next to the adapter)",
+                            group="model and data", aliases=("val_size",))
+    seed: int = opt(42, "seed for the eval split, LoRA init and data order", group="model and data")
+    overwrite: bool = opt(False, "replace an output folder that holds another run (or this one, to train again)",
+                          group="model and data", aliases=("overwrite_output_dir",), identity=False)
+    resume: str | None = opt(None, "continue the interrupted run in --output-dir from its last complete "
+                             "checkpoint, or from the checkpoint folder given", group="model and data",
+                             aliases=("resume_from_checkpoint",), nargs="?", const="last", metavar="PATH",
+                             identity=False)
+
+    # prompt
+    prompt_format: str = opt("auto", "glm3: '[Round 1]\\n\\n问：{q}\\n\\n答：'; chat: ChatGLM3's <|user|>/<|assistant|> "
+                             "turns; auto: chat for conversation data, else glm3", group="prompt",
+                             choices=("auto", "glm3", "chat"), aliases=("template",))
+    max_length: int = opt(1024, "tokens per example; the question is cut to half of it at most, then the answer's "
+                          "end (conversations drop their oldest turns first)", group="prompt",
+                          aliases=("max_seq_length", "cutoff_len"))
+    train_on_prompt: bool = opt(False, "also compute the loss on prompt tokens", group="prompt")
+
+    # LoRA
+    lora_r: int = opt(16, "LoRA rank", group="LoRA", aliases=("lora_rank",))
+    lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r)", group="LoRA")
+    lora_dropout: float = opt(0.1, "dropout on the LoRA input", group="LoRA")
+    lora_target: str = opt("query_key_value,dense,dense_h_to_4h,dense_4h_to_h",
+                           "modules, comma-separated: ChatGLM3 names (query_key_value,dense,dense_h_to_4h,"
+                           "dense_4h_to_h) or native ones (q_proj,k_proj,v_proj,o_proj,gate_up_proj,down_proj)",
+                           group="LoRA", aliases=("lora_target_modules", "target_modules"))
+
+    # optimisation
+    epochs: float = opt(3.0, "passes over the training split", group="optimisation", aliases=("num_train_epochs",))
+    max_steps: int = opt(-1, "optimizer steps; overrides --epochs when > 0", group="optimisation")
+    learning_rate: float = opt(1e-4, "peak learning rate", group="optimisation", aliases=("lr",))
+    lr_scheduler: str = opt("linear", "learning-rate schedule after warm-up", group="optimisation",
+                            choices=SCHEDULERS, aliases=("lr_scheduler_type",))
+    warmup_ratio: float = opt(0.03, "fraction of steps spent warming up", group="optimisation")
+    weight_decay: float = opt(0.0, "AdamW weight decay on the LoRA weights", group="optimisation")
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 = no clipping)", group="optimisation")
+    batch_size: str = opt("auto", "micro-batch per step, or 'auto' to fit it to free GPU memory; the effective batch "
+                          "stays batch-size x grad-accum (auto: 1 x grad-accum)", group="optimisation",
+                          aliases=("per_device_train_batch_size",))
+    grad_accum: int = opt(16, "micro-batches per optimizer step", group="optimisation",
+                          aliases=("gradient_accumulation_steps",))
+    gradient_checkpointing: str = opt("auto", "recompute activations in backward to save memory. auto: on a GPU, "
+                                      "each micro-batch checkpoints the fewest layers that fit (none when it fits "
+                                      "without); off on CPU. on: every layer, every step (the seed's setting)",
+                                      group="optimisation", choices=("auto", "on", "off"), nargs="?", const="on")
+
+    # logging and checkpoints
+    logging_steps: int = opt(5, "log the training loss every N optimizer steps", group="logging and checkpoints",
+                             identity=False)
+    eval_steps: int | None = opt(None, "evaluate every N optimizer steps (default: at the end of each epoch)",
+                                 group="logging and checkpoints", identity=False)
+    save_steps: int = opt(50, "checkpoint every N optimizer steps (for --resume)", group="logging and checkpoints",
+                          identity=False)
+    save_total_limit: int | None = opt(2, "keep only the newest N checkpoints (0 or none: keep all)",
+                                       group="logging and checkpoints", identity=False)
+    report_to: str = opt("none", "where to log metrics, comma-separated: none, tensorboard (in OUTPUT_DIR/runs), "
+                         "wandb, mlflow, swanlab, trackio", group="logging and checkpoints", identity=False)
+
+    # hardware
+    quantization: str = opt("nf4", "nf4: 4-bit NF4 base weights (QLoRA); none: full-precision base",
+                            group="hardware", choices=("nf4", "none"))
+    precision: str = opt("auto", "compute precision; auto: bf16 where the GPU has it, else fp16; fp32 on CPU",
+                         group="hardware", choices=("auto", "bf16", "fp16", "fp32"),
+                         consts={"bf16": "bf16", "fp16": "fp16"})
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first setting that cannot work. Touches no GPU and no model."""
+        checks = [
+            ("lora_r", self.lora_r >= 1, "must be at least 1"),
+            ("lora_alpha", self.lora_alpha >= 1, "must be at least 1"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("learning_rate", self.learning_rate > 0, "must be positive"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be 0 or more"),
+            ("max_grad_norm", self.max_grad_norm >= 0, "must be 0 (no clipping) or more"),
+            ("eval_ratio", 0 <= self.eval_ratio < 1, "must be in [0, 1)"),
+            ("epochs", self.epochs > 0 or self.max_steps > 0, "must be positive (or give --max-steps)"),
+            ("grad_accum", self.grad_accum >= 1, "must be at least 1"),
+            ("max_length", self.max_length >= 64, "must be at least 64 tokens"),
+            ("save_steps", self.save_steps >= 1, "must be at least 1"),
+            ("logging_steps", self.logging_steps >= 1, "must be at least 1"),
+            ("eval_steps", self.eval_steps is None or self.eval_steps >= 1, "must be at least 1"),
+            ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 0, "must be 0 or more"),
+            ("batch_size", self.batch_size == "auto" or (self.batch_size.isdigit() and int(self.batch_size) >= 1),
+             f"must be 'auto' or a positive integer, not {self.batch_size!r}"),
+            ("resume", not (self.resume and self.overwrite), "and --overwrite contradict each other; pick one"),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                raise ConfigError(name, message)
+        check_choices(self)
+        check_file(self.data, "data")
+        resolve_lora_targets(self.lora_target)
+        if self.resume not in (None, "last") and not Path(self.resume).is_dir():
+            raise ConfigError("resume", f"{self.resume}: no such checkpoint folder; pass a checkpoint-N folder of "
+                                        "this run, or --resume alone for its last checkpoint")
+        for name in self.reporters():
+            module = REPORTERS.get(name, "")
+            if module == "":
+                raise ConfigError("report_to", f"unknown integration {name!r}; use some of: {', '.join(REPORTERS)}")
+            if module and importlib.util.find_spec(module) is None:
+                raise ConfigError("report_to", f"{name} is not installed; pip install {name}, or --report-to none")
+
+    def reporters(self) -> list[str]:
+        names = [part.strip() for part in self.report_to.split(",") if part.strip()]
+        return [n for n in names if n != "none"]
+
+
+@dataclass
+class CompareConfig(Settings):
+    # what to compare
+    adapter: Path = opt(Path("chatglm3-medical-lora"),
+                        "output folder of chatglm_finetuning.py (adapter + run_config.json + eval split)",
+                        group="what to compare", aliases=("adapter_name_or_path",))
+    base_model: str | None = opt(None, "base model folder or hub id; default: the one recorded in run_config.json",
+                                 group="what to compare", aliases=("model", "model_name_or_path"))
+    quantization: str = opt("as-trained", "how to load the base weights", group="what to compare",
+                            choices=("as-trained", "nf4", "none"))
+    # prompts
+    data: Path | None = opt(None, "prompts with reference answers, any format the training script reads; "
+                            "default: the eval split held out at training time", group="prompts")
+    num_samples: int = opt(50, "use the first N prompts of --data (0 = all)", group="prompts",
+                           aliases=("max_samples",))
+    prompt: list[str] = opt(help="an ad-hoc question without reference (repeatable); replaces --data",
+                            group="prompts", metavar="QUESTION", factory=list)
+    # decoding
+    max_new_tokens: int = opt(256, "new tokens per answer at most", group="decoding")
+    batch_size: int = opt(128, "prompts per generate() call (1 = one at a time); decoding is launch-bound, so large "
+                          "batches cost little more time per step than one prompt", group="decoding",
+                          aliases=("per_device_eval_batch_size",))
+    do_sample: bool = opt(False, "sample instead of greedy decoding", group="decoding")
+    temperature: float = opt(0.8, "sampling temperature (with --do-sample)", group="decoding")
+    top_p: float = opt(0.8, "nucleus sampling mass (with --do-sample)", group="decoding")
+    seed: int = opt(42, "sampling seed, the same for both models", group="decoding")
+    # metrics and outputs
+    terms_file: Path | None = opt(None, "medical-term lexicon, one term per line, '#' lines are comments/categories "
+                                  "(default: the one shipped with glmtune)", group="metrics and outputs")
+    no_perplexity: bool = opt(False, "skip perplexity of the reference answers", group="metrics and outputs")
+    log_file: Path = opt(Path("chatglm_comparison.log"), "the comparison log", group="metrics and outputs")
+    report: Path | None = opt(None, "JSON report with every number (default: the log file with .json)",
+                              group="metrics and outputs")
+    chart: Path | None = opt(None, "PNG chart (default: the log file with .png)", group="metrics and outputs")
+    examples: int = opt(5, "side-by-side examples written to the log", group="metrics and outputs")
+
+    def validate(self) -> None:
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be at least 1"),
+            ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("num_samples", self.num_samples >= 0, "must be 0 (all) or more"),
+            ("temperature", self.temperature > 0, "must be positive"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("examples", self.examples >= 0, "must be 0 or more"),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                raise ConfigError(name, message)
+        check_choices(self)
+        if not self.adapter.is_dir():
+            raise ConfigError("adapter", f"{self.adapter}: no such folder; pass the --output-dir of a training run")
+        if self.data is not None:
+            check_file(self.data, "data")
+        if self.terms_file is not None:
+            check_file(self.terms_file, "terms_file")
+        for question in self.prompt:
+            if not question.strip():
+                raise ConfigError("prompt", "is empty; give a question, e.g. --prompt \"孩子发烧怎么办？\"")
+
+
+def check_choices(config: Settings) -> None:
+    """Choices again: values from a YAML file do not pass through argparse's own check."""
+    for f in dataclasses.fields(config):
+        choices, value = f.metadata.get("choices"), getattr(config, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f.name, f"must be one of {', '.join(choices)}, not {value!r}")
+
+
+def check_file(path: Path, name: str) -> None:
+    if path.is_dir():
+        raise ConfigError(name, f"{path} is a folder; give the file itself")
+    if not path.is_file():
+        raise ConfigError(name, f"{path}: no such file")

@@ -1,0 +1,76 @@
+"""The device and number formats of a run: the one place that asks CUDA what it has.
+
+Rule: bf16 where the GPU supports it, else fp16; fp32 on CPU (bitsandbytes' and PyTorch's CPU
+paths are fp32, and CPU runs are demos where exactness beats speed).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@functools.cache
+def cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+@functools.cache
+def bf16_supported() -> bool:
+    return cuda() and torch.cuda.is_bf16_supported()
+
+
+def resolve_precision(choice: str = "auto") -> str:
+    """'auto' -> the rule above; an explicit choice is returned as is (see `check_precision`)."""
+    if choice != "auto":
+        return choice
+    if not cuda():
+        return "fp32"
+    return "bf16" if bf16_supported() else "fp16"
+
+
+def check_precision(choice: str) -> str | None:
+    """Why `choice` cannot run on this machine, or None when it can."""
+    if choice in ("bf16", "fp16") and not cuda():
+        return f"{choice} needs a CUDA GPU; use fp32 (or auto) on CPU"
+    if choice == "bf16" and not bf16_supported():
+        return "this GPU has no bf16; use fp16 (or auto)"
+    return None
+
+
+def dtype(precision: str = "auto") -> torch.dtype:
+    return PRECISIONS[resolve_precision(precision)]
+
+
+def autocast():
+    """Mixed precision for GPU forward passes outside the Trainer (memory probes)."""
+    return torch.autocast("cuda", dtype=dtype())
+
+
+def name() -> str:
+    return torch.cuda.get_device_name(0) if cuda() else "CPU"
+
+
+def total_memory() -> int:
+    return torch.cuda.get_device_properties(0).total_memory if cuda() else 0
+
+
+def allocated() -> int:
+    return torch.cuda.memory_allocated() if cuda() else 0
+
+
+def peak_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if cuda() else None
+
+
+def reset_peak() -> None:
+    if cuda():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def synchronize() -> None:
+    if cuda():
+        torch.cuda.synchronize()

@@ -1,0 +1,228 @@
+"""The QLoRA training job, in named stages: prepare the output folder → data → tokenizer → model →
+train → save. `chatglm_finetuning.py` runs the stages one by one; `train(config)` runs them all.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import device
+from .config import TrainConfig
+from .data import read_dataset, split_eval, write_examples
+from .errors import ConfigError, Interrupted, TrainingError
+from .hub import needs_gpu
+from .lora import attach_lora, count_parameters, resolve_lora_targets
+from .memory import describe, fit_memory, uses_checkpointing
+from .prompts import PadCollator, tokenize_examples
+from .files import write_atomic
+from .runs import FINISHED, RunRecord, file_sha256, prepare_output_dir
+
+
+def resolve_prompt_format(choice: str, conversational: bool) -> str:
+    if conversational and choice == "glm3":
+        raise ConfigError("prompt_format", "glm3 has no system prompt or earlier turns, and this data has "
+                                           "conversations; use chat (or auto)")
+    if choice == "auto":
+        return "chat" if conversational else "glm3"
+    return choice
+
+
+def check_hardware(config: TrainConfig) -> None:
+    """What only the machine can tell: a GPU for a 6B model, and the precision it supports."""
+    problem = device.check_precision(config.precision)
+    if problem:
+        raise ConfigError("precision", problem)
+    if not device.cuda() and needs_gpu(config.model):
+        raise ConfigError("model", f"{config.model} is a 6B-parameter model that needs a CUDA GPU, and none was "
+                                   "found. For a CPU demo run: --model tiny")
+
+
+class FineTune:
+    """One training run. Each stage leaves its results as attributes for the next."""
+
+    def __init__(self, config: TrainConfig, config_file: Path | None = None):
+        self.config, self.out = config, config.output_dir
+        self.record = RunRecord(config, "", config_file=str(config_file) if config_file else None)
+        self.callbacks: list = []  # extra TrainerCallbacks (tests, benchmarks)
+
+    def prepare(self) -> None:
+        """Check the machine, then make the output folder ready: a new run, the continuation of an
+        interrupted one, or a refusal that says what to do."""
+        check_hardware(self.config)
+        self.record.data_sha256 = file_sha256(self.config.data)
+        self.resume_from = prepare_output_dir(self.record)
+        self.record.save(self.out)  # first of all, so an interrupted run is always recognised
+
+    def load_data(self) -> None:
+        """Read and check the data file, write its report, hold out and save the eval split."""
+        self.dataset = read_dataset(self.config.data)
+        self.record.resolved.prompt_format = resolve_prompt_format(self.config.prompt_format,
+                                                                   self.dataset.conversational)
+        write_atomic(self.out / "data_report.txt", "\n".join(self.dataset.report_lines()) + "\n")
+        if self.dataset.skipped:
+            write_atomic(self.out / "skipped_lines.txt", self.dataset.skipped_report())
+        self.train_examples, self.eval_examples = split_eval(self.dataset.examples, self.config.eval_ratio,
+                                                             self.config.seed)
+        self.record.resolved.eval_file = write_examples(self.eval_examples, self.out).name
+
+    def load_tokenizer(self) -> None:
+        """The tokenizer, and the examples as token ids and labels."""
+        from .tokenizer import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.config.model)
+        c, fmt = self.config, self.record.resolved.prompt_format
+        self.train_ds, self.stats = tokenize_examples(self.train_examples, self.tokenizer, fmt, c.max_length,
+                                                      c.train_on_prompt)
+        self.eval_ds, _ = tokenize_examples(self.eval_examples, self.tokenizer, fmt, c.max_length, c.train_on_prompt)
+        with open(self.out / "data_report.txt", "a", encoding="utf-8") as report:
+            report.write("\n".join(self.stats.lines()) + "\n")
+
+    def build_model(self) -> None:
+        """The base (NF4 unless told otherwise) with LoRA adapters, and the batch that fits memory."""
+        from transformers import set_seed
+
+        from .checkpoint import load_model
+
+        c, resolved = self.config, self.record.resolved
+        set_seed(c.seed)
+        resolved.precision = device.resolve_precision(c.precision)
+        resolved.lora_targets = resolve_lora_targets(c.lora_target)
+        model = load_model(c.model, quantization=None if c.quantization == "none" else "nf4",
+                           dtype=device.PRECISIONS[resolved.precision])
+        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+        if uses_checkpointing(c.gradient_checkpointing):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        self.model = attach_lora(model, c.lora_r, c.lora_alpha, c.lora_dropout, resolved.lora_targets)
+        self.collator = PadCollator(self.tokenizer.pad_token_id)
+        micro, accum, self.plan = fit_memory(self.model, self.train_ds, self.collator, c.batch_size, c.grad_accum,
+                                             c.gradient_checkpointing)
+        resolved.micro_batch, resolved.grad_accum, resolved.effective_batch = micro, accum, micro * accum
+        resolved.checkpointing = describe(c.gradient_checkpointing, self.plan)
+        resolved.examples = {"train": len(self.train_ds), "eval": len(self.eval_ds)}
+        resolved.tokens = asdict(self.stats)
+        self.record.save(self.out)
+
+    def plan_summary(self) -> str:
+        """The one screen printed before training: what will run, on what, into where."""
+        c, r, d = self.config, self.record.resolved, self.dataset
+        trainable, total = count_parameters(self.model)
+        memory = f"; {device.allocated() / 2**30:.1f} GiB allocated after loading" if device.cuda() else ""
+        resumed = f"; resuming from {self.resume_from.name}" if self.resume_from else ""
+        lines = [
+            f"data       {c.data}: {len(d.examples)} examples used of {d.lines_read} lines read "
+            f"({len(d.skipped)} skipped, {d.duplicates_removed} duplicates, {d.repaired} repaired)",
+            f"split      {len(self.train_examples)} train / {len(self.eval_examples)} eval (seed {c.seed}); "
+            f"prompt layout {r.prompt_format}",
+            f"tokens     {self.stats.lines()[0]}; {self.stats.lines()[1]}",
+            f"model      {c.model} ({c.quantization}, {r.precision}); LoRA r={c.lora_r} alpha={c.lora_alpha} "
+            f"on {', '.join(r.lora_targets)}",
+            f"params     {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)",
+            f"batch      micro {r.micro_batch} x accum {r.grad_accum} = effective {r.effective_batch}; "
+            "length-grouped, dynamic padding",
+            f"memory     activation checkpointing {r.checkpointing}",
+            f"device     {device.name()}{memory}",
+            f"output     {self.out}{resumed}",
+        ]
+        return "\n".join(["=" * 80, *lines, "=" * 80])
+
+    def train(self) -> None:
+        """Run the Trainer. Ctrl-C saves a checkpoint and raises Interrupted; a NaN loss raises
+        TrainingError; neither leaves a final adapter behind."""
+        from .trainer import GroupedTrainer, StopOnInterrupt, StopOnNonFiniteLoss, training_arguments
+
+        r = self.record.resolved
+        self.nan_guard, self.interrupt = StopOnNonFiniteLoss(), StopOnInterrupt()
+        args = training_arguments(self.config, r.micro_batch, r.grad_accum, r.precision, len(self.eval_ds) > 0)
+        self.trainer = GroupedTrainer(
+            model=self.model, args=args, train_dataset=self.train_ds,
+            eval_dataset=self.eval_ds if len(self.eval_ds) else None, data_collator=self.collator,
+            callbacks=[self.nan_guard, self.interrupt, *self.callbacks], checkpoint_plan=self.plan)
+        began = time.perf_counter()
+        start_epoch = _epoch_of(self.resume_from)
+        self.result = self.trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
+        self.train_seconds = time.perf_counter() - began
+        epochs_run = max(0.0, (self.trainer.state.epoch or 0.0) - start_epoch)
+        self.tokens_per_s = epochs_run * sum(self.train_ds["length"]) / max(self.train_seconds, 1e-9)
+        if self.nan_guard.bad_step is not None:
+            raise TrainingError(
+                f"the training loss became NaN/inf at step {self.nan_guard.bad_step}; no final adapter was saved. "
+                "Lower --learning-rate (e.g. 5e-5), use --precision bf16 instead of fp16 (fp16 overflows), "
+                "or check the data report for broken lines")
+        if self.interrupt.stopped_at is not None:
+            step = self.interrupt.stopped_at
+            raise Interrupted(f"stopped at step {step}; checkpoint-{step} is saved in {self.out}. Continue with the "
+                              "same command and --resume", checkpoint=str(self.out / f"checkpoint-{step}"))
+
+    def save(self) -> None:
+        """The adapter and tokenizer (moved into place whole), metrics, the loss plot, and the run
+        record marked finished, last: a folder whose record says finished is complete."""
+        from .plots import plot_losses
+
+        with tempfile.TemporaryDirectory(dir=self.out, prefix=".saving-") as scratch:
+            self.model.save_pretrained(scratch)
+            self.tokenizer.save_pretrained(scratch)
+            for item in Path(scratch).iterdir():
+                item.replace(self.out / item.name)
+        metrics = dict(self.result.metrics)
+        if len(self.eval_ds):
+            metrics |= self.trainer.evaluate()
+        if self.plan is not None:
+            metrics["checkpoint_plan"] = self.plan.summary()
+        metrics |= {"train_seconds": self.train_seconds, "train_tokens_per_s": self.tokens_per_s,
+                    "log_history": self.trainer.state.log_history}
+        self.metrics = metrics
+        write_atomic(self.out / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        plot_losses(self.trainer.state.log_history, self.out / "loss.png")
+        self.record.state = FINISHED
+        self.record.save(self.out)
+
+    def final_summary(self) -> str:
+        """What the user reads when training ends: losses, speed, where things are, what next."""
+        history = self.trainer.state.log_history
+        train_loss = next((h["loss"] for h in reversed(history) if "loss" in h), None)
+        eval_loss = self.metrics.get("eval_loss")
+        if train_loss is not None:
+            losses = f"final train loss {train_loss:.4f}"
+        else:  # fewer steps than --logging-steps: only the run's mean was recorded
+            losses = f"mean train loss {self.metrics.get('train_loss', float('nan')):.4f}"
+        if eval_loss is not None:
+            losses += f", eval loss {eval_loss:.4f} on {len(self.eval_ds)} held-out examples"
+        minutes, seconds = divmod(round(self.train_seconds), 60)
+        lines = [
+            f"finished   {self.trainer.state.global_step} steps in {minutes} min {seconds} s, "
+            f"{self.tokens_per_s:,.0f} tokens/s",
+            f"losses     {losses}",
+            f"saved      {self.out}: adapter, tokenizer, run_config.json, {self.record.resolved.eval_file}, "
+            "train_metrics.json, loss.png",
+        ]
+        if self.config.reporters():
+            lines.append(f"logs       {', '.join(self.config.reporters())}"
+                         + (f" (tensorboard --logdir {self.out / 'runs'})" if "tensorboard" in self.config.reporters()
+                            else ""))
+        lines.append(f"next       python chatglm_finetuning_tst.py --adapter {self.out}")
+        return "\n".join(lines)
+
+
+def _epoch_of(checkpoint: Path | None) -> float:
+    if checkpoint is None:
+        return 0.0
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return float(state.get("epoch") or 0.0)
+
+
+def train(config: TrainConfig, config_file: Path | None = None, callbacks: list | None = None) -> FineTune:
+    """Run every stage of a training run; returns the finished job (its `model`, `metrics`, ...)."""
+    job = FineTune(config, config_file)
+    job.callbacks = list(callbacks or [])
+    job.prepare()
+    job.load_data()
+    job.load_tokenizer()
+    job.build_model()
+    job.train()
+    job.save()
+    return job

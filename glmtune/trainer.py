@@ -1,0 +1,126 @@
+"""The HF Trainer as this job runs it: length-grouped, reproducible batches, the per-micro-batch
+checkpoint plan, a NaN guard, and a Ctrl-C that stops at a clean checkpoint."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+from . import device
+from .config import TrainConfig
+from .memory import decoder_layers
+
+
+def training_arguments(config: TrainConfig, micro: int, accum: int, precision: str, has_eval: bool,
+                       **overrides) -> TrainingArguments:
+    every = config.eval_steps
+    return TrainingArguments(**{
+        "output_dir": str(config.output_dir), "num_train_epochs": config.epochs, "max_steps": config.max_steps,
+        "per_device_train_batch_size": micro, "per_device_eval_batch_size": micro,
+        "gradient_accumulation_steps": accum, "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.lr_scheduler, "warmup_steps": config.warmup_ratio,
+        "weight_decay": config.weight_decay, "max_grad_norm": config.max_grad_norm,
+        "bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not device.cuda(),
+        "eval_strategy": ("steps" if every else "epoch") if has_eval else "no", "eval_steps": every,
+        "save_strategy": "steps", "save_steps": config.save_steps, "save_total_limit": config.save_total_limit or None,
+        "logging_steps": config.logging_steps, "logging_nan_inf_filter": False,
+        "report_to": config.reporters() or "none",  # TensorBoard writes to OUTPUT_DIR/runs/
+        "seed": config.seed, "data_seed": config.seed, "remove_unused_columns": False,
+        "dataloader_pin_memory": device.cuda(), "optim": "adamw_torch_fused", **overrides,
+    })
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length grouping whose shuffle is seeded per epoch. The Trainer's own sampler draws from the
+    global RNG, so a run resumed from a checkpoint shuffled every later epoch differently."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class GroupedTrainer(Trainer):
+    """The HF Trainer with rows of similar length batched together (little padding), reproducibly,
+    and, given a `CheckpointPlan`, only as much activation checkpointing as each micro-batch needs."""
+
+    def __init__(self, *args, checkpoint_plan=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checkpoint_plan = checkpoint_plan
+        # Found once: walking every module of a 6B model on each micro-batch is wasted time.
+        self.decoder_layers = decoder_layers(self.model) if checkpoint_plan is not None else []
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.checkpoint_plan is not None:
+            self.checkpoint_plan.apply(self.decoder_layers, inputs["input_ids"].numel())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def evaluate(self, *args, **kwargs):
+        # Creating the eval DataLoader draws from the global RNG. An evaluation that runs after a
+        # checkpoint would then shift every later dropout mask, and a run resumed from that
+        # checkpoint would train differently from an uninterrupted one.
+        with torch.random.fork_rng(devices=[]):
+            return super().evaluate(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return SeededLengthGroupedSampler(group, dataset["length"], self.args.data_seed or self.args.seed)
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stops at the first NaN/inf training loss instead of burning GPU hours on garbage."""
+
+    def __init__(self):
+        self.bad_step: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.bad_step = state.global_step
+            control.should_training_stop = True
+
+
+class StopOnInterrupt(TrainerCallback):
+    """The first Ctrl-C lets the current optimizer step finish, saves a checkpoint and stops, so
+    --resume continues exactly there; a second Ctrl-C stops at once (nothing half-written is used:
+    an incomplete checkpoint is never resumed from)."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None
+        self._requested = False
+        self._previous = None
+
+    def request(self, *_) -> None:
+        if self._requested:
+            raise KeyboardInterrupt
+        self._requested = True
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self.request)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._requested:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
