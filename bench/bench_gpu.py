@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -27,17 +26,21 @@ from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # the GPU machine runs from a copy of the repo, without `pip install -e .`
 
-import chatglm_finetuning as job  # noqa: E402
 import glmtune  # noqa: E402
+from glmtune.checkpoint import load_model  # noqa: E402
+from glmtune.config import TrainConfig  # noqa: E402
 from glmtune.data import Example, read_dataset, write_seed_format  # noqa: E402
-from glmtune.runs import library_versions, write_run_config  # noqa: E402
-from glmtune.tiny import random_original_weights  # noqa: E402
 from glmtune.generation import Decoding, cast_adapters, generate_answers, warm_up  # noqa: E402
-from glmtune.memory import checkpoint_layers, decoder_layers  # noqa: E402
-from glmtune.prompts import prompt_ids  # noqa: E402
-from glmtune.training import NATIVE_TARGETS, PadCollator, resolve_lora_targets, tokenize_examples  # noqa: E402
+from glmtune.hub import resolve_model_dir  # noqa: E402
+from glmtune.finetune import build_peft_model  # noqa: E402
+from glmtune.lora import NATIVE_TARGETS  # noqa: E402
+from glmtune.memory import checkpoint_layers, decoder_layers, fit_memory  # noqa: E402
+from glmtune.prompts import PadCollator, prompt_ids, tokenize_examples  # noqa: E402
+from glmtune.runs import FINISHED, RunRecord, file_sha256, library_versions  # noqa: E402
+from glmtune.tiny import random_original_weights  # noqa: E402
+from glmtune.trainer import GroupedTrainer  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 OURS_PRECISION, SEED_PRECISION = ("bf16", "fp16") if CUDA else ("fp32", "fp32")
@@ -132,14 +135,19 @@ def random_lora() -> LoraConfig:
 
 
 def training_setup(args, ckpt: Path, shared: Path):
-    """Parsed default flags, tokenizer, examples, their dataset and stats, the NF4+LoRA model, load time."""
-    parsed = job.build_parser().parse_args(["--model", str(ckpt), "--output-dir", str(args.workdir / "run")])
+    """Default settings, tokenizer, examples, their dataset and stats, the NF4+LoRA model (built as
+    the training job builds it), load time."""
+    config = TrainConfig(model=str(ckpt), output_dir=args.workdir / "run")
     tokenizer = glmtune.load_tokenizer(ckpt)
     examples = realistic_examples(shared)
     dataset, stats = tokenize_examples(examples, tokenizer, "glm3", 1024, False)
     began = time.perf_counter()
-    model = job.build_model(parsed, OURS_PRECISION, resolve_lora_targets(parsed.lora_target))
-    return parsed, tokenizer, examples, dataset, stats, model, time.perf_counter() - began
+    model = build_peft_model(config)
+    return config, tokenizer, examples, dataset, stats, model, time.perf_counter() - began
+
+
+def fit(config: TrainConfig, model, dataset, collator):
+    return fit_memory(model, dataset, collator, config.batch_size, config.grad_accum, config.gradient_checkpointing)
 
 
 def timed_training(name, model, dataset, collator, micro, accum, precision, steps, warmup, grouped, workdir,
@@ -153,7 +161,7 @@ def timed_training(name, model, dataset, collator, micro, accum, precision, step
         remove_unused_columns=False, disable_tqdm=True, seed=0,
     )
     extra = {"checkpoint_plan": plan} if grouped else {}
-    trainer_class = job.GroupedTrainer if grouped else Trainer
+    trainer_class = GroupedTrainer if grouped else Trainer
     trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, data_collator=counter,
                             callbacks=[clock], **extra)
     if CUDA:
@@ -211,7 +219,7 @@ def part_train(args, ckpt: Path, shared: Path) -> dict:
 
     # ours, default flags: batch and checkpointing fitted exactly as chatglm_finetuning.py does
     began = time.perf_counter()
-    micro, accum, plan = job.fit_memory(parsed, model, dataset, PadCollator(pad))
+    micro, accum, plan = fit(parsed, model, dataset, PadCollator(pad))
     results["fit_s"] = time.perf_counter() - began
     # An untimed pass over the very batches the modes below run (same seed, same order): the first
     # pass over each new batch shape pays one-off costs (library kernel choice, allocator growth)
@@ -258,7 +266,7 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
     parsed, tokenizer, examples, dataset, _, model, _ = training_setup(args, ckpt, shared)
     pad = tokenizer.pad_token_id
     reset = lora_snapshot(model)
-    micro, accum, plan = job.fit_memory(parsed, model, dataset, PadCollator(pad))
+    micro, accum, plan = fit(parsed, model, dataset, PadCollator(pad))
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     layers = decoder_layers(model)
     results = {"train": {}, "decode": {}}
@@ -278,7 +286,7 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
         torch.cuda.empty_cache()
 
-    model = get_peft_model(glmtune.load_model(ckpt, quantization="nf4"), random_lora()).eval()
+    model = get_peft_model(load_model(ckpt, quantization="nf4"), random_lora()).eval()
     prompts = [prompt_ids(tokenizer, ex.question, "glm3") for ex in examples[: args.prompts]]
     decoding = Decoding(max_new_tokens=64)
 
@@ -306,13 +314,14 @@ def part_compare(args, ckpt: Path, shared: Path) -> dict:
     """Runs the real comparison script on 200 held-out-style prompts with a LoRA adapter of ours."""
     adapter = args.workdir / "adapter"
     if not (adapter / "adapter_model.safetensors").is_file():
-        model = glmtune.load_model(ckpt, quantization="nf4")
+        model = load_model(ckpt, quantization="nf4")
         get_peft_model(model, random_lora()).save_pretrained(adapter, save_embedding_layers=False)
         del model
-    settings = vars(job.build_parser().parse_args(["--model", str(ckpt)]))
-    write_run_config(adapter, {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}, {})
     glmtune.load_tokenizer(ckpt).save_pretrained(adapter)
     write_seed_format(realistic_examples(shared)[: args.prompts], adapter / "eval.txt")
+    record = RunRecord(TrainConfig(model=str(ckpt), output_dir=adapter), file_sha256(adapter / "eval.txt"), FINISHED)
+    record.resolved.prompt_format, record.resolved.eval_file = "glm3", "eval.txt"
+    record.save(adapter)
     results = {}
     for label, batch, count, tokens in (("batched", args.prompts, args.prompts, args.new_tokens),
                                         ("one_at_a_time", 1, 4, 64)):
@@ -391,7 +400,7 @@ def main(args):
         print("\n".join(table(results)))
         return
     if args.smoke:  # the whole pipeline on the tiny model, on CPU: checks the script, measures nothing
-        ckpt = glmtune.checkpoint.resolve_model_dir("tiny")
+        ckpt = resolve_model_dir("tiny")
     elif not CUDA:
         sys.exit("error: this benchmark needs a CUDA GPU (or --smoke for a CPU check of the script)")
     else:

@@ -85,19 +85,11 @@ class FineTune:
         """The base (NF4 unless told otherwise) with LoRA adapters, and the batch that fits memory."""
         from transformers import set_seed
 
-        from .checkpoint import load_model
-
         c, resolved = self.config, self.record.resolved
         set_seed(c.seed)
         resolved.precision = device.resolve_precision(c.precision)
         resolved.lora_targets = resolve_lora_targets(c.lora_target)
-        model = load_model(c.model, quantization=None if c.quantization == "none" else "nf4",
-                           dtype=device.PRECISIONS[resolved.precision])
-        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
-        if uses_checkpointing(c.gradient_checkpointing):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        self.model = attach_lora(model, c.lora_r, c.lora_alpha, c.lora_dropout, resolved.lora_targets)
+        self.model = build_peft_model(c)
         self.collator = PadCollator(self.tokenizer.pad_token_id)
         micro, accum, self.plan = fit_memory(self.model, self.train_ds, self.collator, c.batch_size, c.grad_accum,
                                              c.gradient_checkpointing)
@@ -206,6 +198,21 @@ class FineTune:
                             else ""))
         lines.append(f"next       python chatglm_finetuning_tst.py --adapter {self.out}")
         return "\n".join(lines)
+
+
+def build_peft_model(config: TrainConfig):
+    """The base model as training needs it (quantized, no KV cache, checkpointing installed where
+    it may be used) with fresh LoRA adapters."""
+    from .checkpoint import load_model
+
+    model = load_model(config.model, quantization=None if config.quantization == "none" else "nf4",
+                       dtype=device.dtype(config.precision))
+    model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    if uses_checkpointing(config.gradient_checkpointing):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return attach_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
+                       resolve_lora_targets(config.lora_target))
 
 
 def _epoch_of(checkpoint: Path | None) -> float:

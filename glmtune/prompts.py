@@ -21,6 +21,7 @@ Truncation policy for `max_length` (whole sequence, eos included):
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
@@ -128,13 +129,11 @@ def encode(tokenizer, example, prompt_format: str, max_length: int, train_on_pro
     while history:
         enc = _conversation(tokenizer, history, example.question, example.answer, example.system, train_on_prompt)
         if len(enc.input_ids) <= max_length:
-            return enc
+            return enc if len(history) == len(example.history) else dataclasses.replace(enc, truncated=True)
         history.pop(0)
     enc = encode_example(tokenizer, example.question, example.answer, prompt_format, max_length, train_on_prompt,
                          system=example.system)
-    if example.history:
-        return Encoded(enc.input_ids, enc.labels, enc.prompt_len, True)
-    return enc
+    return dataclasses.replace(enc, truncated=True) if example.history else enc
 
 
 @dataclass
