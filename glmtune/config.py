@@ -160,6 +160,7 @@ class TrainConfig(Settings):
                 raise ConfigError(name, message)
         check_choices(self)
         check_file(self.data, "data")
+        check_model(self.model, "model")
         resolve_lora_targets(self.lora_target)
         if self.resume not in (None, "last") and not Path(self.resume).is_dir():
             raise ConfigError("resume", f"{self.resume}: no such checkpoint folder; pass a checkpoint-N folder of "
@@ -227,6 +228,8 @@ class CompareConfig(Settings):
         check_choices(self)
         if not self.adapter.is_dir():
             raise ConfigError("adapter", f"{self.adapter}: no such folder; pass the --output-dir of a training run")
+        if self.base_model is not None:
+            check_model(self.base_model, "base_model")
         if self.data is not None:
             check_file(self.data, "data")
         if self.terms_file is not None:
@@ -242,6 +245,19 @@ def check_choices(config: Settings) -> None:
         choices, value = f.metadata.get("choices"), getattr(config, f.name)
         if choices and value not in choices:
             raise ConfigError(f.name, f"must be one of {', '.join(choices)}, not {value!r}")
+
+
+def check_model(name_or_path: str, field_name: str) -> None:
+    """A local model must exist; 'tiny' and hub ids (ORG/NAME) are resolved when the model loads."""
+    from .hub import is_hub_id
+
+    path = Path(name_or_path).expanduser()
+    if name_or_path == "tiny" or path.is_dir() or (is_hub_id(name_or_path) and not path.exists()):
+        return
+    if path.exists():
+        raise ConfigError(field_name, f"{path} is a file; give the checkpoint folder that holds config.json")
+    raise ConfigError(field_name, f"{path}: no such folder; give a ChatGLM3 checkpoint folder, a hub id such as "
+                                  "THUDM/chatglm3-6b, or tiny")
 
 
 def check_file(path: Path, name: str) -> None:

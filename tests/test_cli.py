@@ -86,6 +86,8 @@ def test_bad_yaml_names_file_and_key(capsys, data_file, tmp_path, text, message)
     (["--report-to", "neptune"], "--report-to unknown integration 'neptune'"),
     (["--eval-steps", "0"], "--eval-steps must be at least 1"),
     (["--config", "/no/such.yaml"], "/no/such.yaml: no such file"),
+    (["--model", "/no/such/chatglm3"], "--model /no/such/chatglm3: no such folder"),
+    (["--model", "./models/chatglm3-6b"], "--model models/chatglm3-6b: no such folder"),
 ])
 def test_bad_flags_are_usage_errors_naming_the_flag(capsys, data_file, argv, message):
     assert message in usage_error(capsys, "--data", str(data_file), *argv)
