@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the GPU machine runs from a copy of the repo, without `pip install -e .`
 
 import glmtune  # noqa: E402
+from glmtune import device  # noqa: E402
 from glmtune.checkpoint import load_model  # noqa: E402
 from glmtune.config import TrainConfig  # noqa: E402
 from glmtune.data import Example, read_dataset, write_seed_format  # noqa: E402
@@ -42,17 +43,8 @@ from glmtune.runs import FINISHED, RunRecord, file_sha256, library_versions  # n
 from glmtune.tiny import random_original_weights  # noqa: E402
 from glmtune.trainer import GroupedTrainer  # noqa: E402
 
-CUDA = torch.cuda.is_available()
+CUDA = device.cuda()
 OURS_PRECISION, SEED_PRECISION = ("bf16", "fp16") if CUDA else ("fp32", "fp32")
-
-
-def sync() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
-
-
-def peak_gib() -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0
 
 
 def build_checkpoint(shared: Path, folder: Path) -> Path:
@@ -92,7 +84,7 @@ class StepClock(TrainerCallback):
         self.counter, self.marks = counter, []
 
     def on_step_end(self, args, state, control, **kwargs):
-        sync()
+        device.synchronize()
         self.marks.append((time.perf_counter(), self.counter.real, self.counter.padded))
 
 
@@ -164,15 +156,14 @@ def timed_training(name, model, dataset, collator, micro, accum, precision, step
     trainer_class = GroupedTrainer if grouped else Trainer
     trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, data_collator=counter,
                             callbacks=[clock], **extra)
-    if CUDA:
-        torch.cuda.reset_peak_memory_stats()
+    device.reset_peak()
     trainer.train()
     (t0, r0, p0), (t1, r1, p1) = clock.marks[warmup - 1], clock.marks[-1]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
         "mode": name, "micro_batch": micro, "grad_accum": accum, "precision": precision,
         "step_s": (t1 - t0) / steps, "real_tok_s": (r1 - r0) / (t1 - t0), "padded_fraction": 1 - (r1 - r0) / (p1 - p0),
-        "peak_gib": peak_gib(), "losses": losses, "checkpoint_plan": plan.summary() if plan else None,
+        "peak_gib": device.peak_gib() or 0.0, "losses": losses, "checkpoint_plan": plan.summary() if plan else None,
     }
 
 
@@ -187,11 +178,11 @@ def profile_step(model, dataset, collator, micro: int, plan=None) -> dict:
         plan.apply(decoder_layers(model), batch["input_ids"].numel())
     model.train()
     for _ in range(2):  # warm-up, then the profiled pass
-        sync()
+        device.synchronize()
         began = time.perf_counter()
         with profile(activities=[ProfilerActivity.CUDA]) as prof, torch.autocast("cuda", dtype=torch.bfloat16):
             model(**batch).loss.backward()
-        sync()
+        device.synchronize()
         wall = time.perf_counter() - began
         model.zero_grad(set_to_none=True)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -291,7 +282,7 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
     decoding = Decoding(max_new_tokens=64)
 
     def timed(label):
-        sync()
+        device.synchronize()
         began = time.perf_counter()
         answers = generate_answers(model, tokenizer, prompts, decoding, batch_size=len(prompts), desc=label)
         wall = time.perf_counter() - began

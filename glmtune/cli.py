@@ -12,10 +12,10 @@ import argparse
 import dataclasses
 import errno
 import sys
-import types
 import typing
 from pathlib import Path
 
+from .config import base_type, convert, from_text
 from .errors import ConfigError, GlmtuneError, Interrupted
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -25,66 +25,9 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _base_type(cls, f: dataclasses.Field):
-    """The field's type without `| None`, and whether None is allowed."""
-    hint = typing.get_type_hints(cls)[f.name]
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        inner = [a for a in args if a is not type(None)]
-        return inner[0], True
-    return hint, False
-
-
-def _from_text(kind, text: str, optional: bool):
-    if optional and text.strip().lower() in ("none", "null", ""):
-        return None
-    if kind is int:
-        return int(text)
-    if kind is float:
-        return float(text)
-    if kind is Path:
-        return Path(text).expanduser()
-    return text
-
-
-def convert(cls, f: dataclasses.Field, value):
-    """A value from a YAML file or run_config.json, typed as the field is; ValueError if it cannot be."""
-    kind, optional = _base_type(cls, f)
-    if value is None:
-        if optional:
-            return None
-        raise ValueError("may not be empty")
-    if f.name == "gradient_checkpointing" and isinstance(value, bool):  # HF writes it as a boolean
-        return "on" if value else "off"
-    if f.name == "resume" and isinstance(value, bool):
-        return "last" if value else None
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"must be true or false, not {value!r}")
-        return value
-    if typing.get_origin(kind) is list:
-        values = value if isinstance(value, list) else [value]
-        return [str(v) for v in values]
-    if isinstance(value, bool) or isinstance(value, (list, dict)):
-        raise ValueError(f"must be a {kind.__name__}, not {value!r}")
-    if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"must be a whole number, not {value!r}")
-    return _from_text(kind, str(int(value) if kind is int and isinstance(value, float) else value), optional)
-
-
 def _names(f: dataclasses.Field) -> list[str]:
-    spellings = [f.name, *f.metadata.get("aliases", ())]
-    names = []
-    for s in spellings:
-        for option in (flag(s), "--" + s):
-            if option not in names:
-                names.append(option)
-    return names
-
-
-def _gradient_checkpointing(text: str) -> str:
-    """HF's boolean spellings of --gradient_checkpointing, next to our auto/on/off."""
-    return {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(text.lower(), text)
+    spellings = [f.name, *f.metadata["aliases"]]
+    return list(dict.fromkeys(option for s in spellings for option in (flag(s), "--" + s)))
 
 
 def build_parser(cls, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -95,8 +38,10 @@ def build_parser(cls, description: str, epilog: str | None = None) -> argparse.A
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        kind, optional = _base_type(cls, f)
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        group = groups[meta["group"]]
+        kind, optional = base_type(cls, f)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = "" if default in (None, False, []) else f" (default: {default})"
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + shown)
@@ -105,14 +50,12 @@ def build_parser(cls, description: str, epilog: str | None = None) -> argparse.A
         elif typing.get_origin(kind) is list:
             kwargs |= dict(action="append", metavar=meta["metavar"])
         else:
-            def typed(text, kind=kind, optional=optional):
-                return _from_text(kind, text, optional)
+            def typed(text, kind=kind, optional=optional, normalize=meta["normalize"] or (lambda v: v)):
+                return from_text(kind, normalize(text), optional)
 
-            kwargs |= dict(type=_gradient_checkpointing if f.name == "gradient_checkpointing" else typed,
-                           choices=meta["choices"], nargs=meta["nargs"], const=meta["const"],
-                           metavar=meta["metavar"])
-            if meta["choices"]:
-                kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
+            choices = meta["choices"]
+            kwargs |= dict(type=typed, choices=choices, nargs=meta["nargs"], const=meta["const"],
+                           metavar="{" + ",".join(choices) + "}" if choices else meta["metavar"])
         group.add_argument(*_names(f), **kwargs)
         for option, value in meta["consts"].items():
             group.add_argument("--" + option, dest=f.name, action="store_const", const=value, default=argparse.SUPPRESS,
@@ -142,22 +85,21 @@ def read_yaml(cls, path: Path) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError("config", f"{path}: expected 'key: value' lines, found a {type(raw).__name__}")
-    spelling = {}
+    spelling, consts = {}, {}
     for f in dataclasses.fields(cls):
-        for name in (f.name, *f.metadata.get("aliases", ())):
-            spelling[name] = f
-            spelling[name.replace("_", "-")] = f
-    for option, value in ((o, v) for f in dataclasses.fields(cls) for o, v in f.metadata["consts"].items()):
-        spelling.setdefault(option, None)
+        for name in (f.name, *f.metadata["aliases"]):
+            spelling[name] = spelling[name.replace("_", "-")] = f
+        consts |= {option: (f.name, value) for option, value in f.metadata["consts"].items()}
     values = {}
     for key, value in raw.items():
-        f = spelling.get(str(key), "unknown")
-        if f == "unknown":
-            raise ConfigError("config", f"{path}: unknown setting {key!r}; see --help for the settings")
-        if f is None:  # bf16: true and the like
+        key = str(key)
+        if key in consts:  # bf16: true and the like
             if value is True:
-                values["precision"] = str(key)
+                values[consts[key][0]] = consts[key][1]
             continue
+        if key not in spelling:
+            raise ConfigError("config", f"{path}: unknown setting {key!r}; see --help for the settings")
+        f = spelling[key]
         try:
             values[f.name] = convert(cls, f, value)
         except ValueError as err:
@@ -189,7 +131,7 @@ class RunOptions:
 
 def message(err: BaseException) -> str:
     if isinstance(err, ConfigError) and err.field and err.field != "config":
-        return f"{flag(err.field)} {err}" if not str(err).startswith(flag(err.field)) else str(err)
+        return f"{flag(err.field)} {err}"
     return str(err)
 
 

@@ -51,17 +51,11 @@ class Comparison:
             return
         path = c.data or c.adapter / self.run.resolved.eval_file
         self.source = str(path)
-        try:
-            examples = read_dataset(path).examples
-        except DataError as err:
-            if c.data is None and "no usable examples" in str(err):
-                examples = []
-            else:
-                raise
-        self.items = [(ex, ex.answer) for ex in examples][: c.num_samples or None]
-        if not self.items:
-            raise DataError(f"{path}: no prompts to compare. The eval split is empty (train with --eval-ratio > 0), "
+        if c.data is None and path.is_file() and path.stat().st_size == 0:
+            raise DataError(f"{path}: no prompts to compare, the eval split is empty. Train with --eval-ratio > 0, "
                             "or pass --data FILE or --prompt QUESTION")
+        examples = read_dataset(path).examples  # DataError for a file with no usable example
+        self.items = [(ex, ex.answer) for ex in examples][: c.num_samples or None]
         if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
             raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, which "
                             "has none; compare it on question/answer data")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,14 +26,75 @@ REPORTERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlfl
 
 def opt(default=None, help: str = "", *, group: str = "", aliases: tuple[str, ...] = (), choices=None,
         nargs=None, const=None, consts: dict | None = None, metavar=None, identity: bool = True,
-        factory=None):
+        normalize=None, factory=None):
     """A setting. aliases: other spellings (underscored, without dashes); consts: extra flags that
-    set a fixed value (HF's --bf16); identity: whether changing it makes a different training run."""
+    set a fixed value (HF's --bf16); identity: whether changing it makes a different training run;
+    normalize: maps the other spellings of a value (from a flag or a YAML file) to ours."""
     meta = dict(help=help, group=group, aliases=aliases, choices=choices, nargs=nargs, const=const,
-                consts=consts or {}, metavar=metavar, identity=identity)
+                consts=consts or {}, metavar=metavar, identity=identity, normalize=normalize)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def on_off(value):
+    """HF's boolean --gradient_checkpointing (true/false, from a flag or YAML) as our on/off."""
+    words = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return words.get(value.lower(), value) if isinstance(value, str) else value
+
+
+def resume_spelling(value):
+    """HF's resume_from_checkpoint: true (the last checkpoint) or false (none), besides a path."""
+    if isinstance(value, bool):
+        return "last" if value else None
+    return value
+
+
+def base_type(cls, f: dataclasses.Field):
+    """The field's type without `| None`, and whether None is allowed."""
+    hint = typing.get_type_hints(cls)[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None)), True
+    return hint, False
+
+
+def from_text(kind, text: str, optional: bool):
+    """A flag's text (or a YAML scalar) as the field's type."""
+    if optional and text.strip().lower() in ("none", "null", ""):
+        return None
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    if kind is Path:
+        return Path(text).expanduser()
+    return text
+
+
+def convert(cls, f: dataclasses.Field, value):
+    """A value from a YAML file or run_config.json, typed as the field is; ValueError if it cannot be."""
+    kind, optional = base_type(cls, f)
+    if f.metadata["normalize"]:
+        value = f.metadata["normalize"](value)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("may not be empty")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, not {value!r}")
+        return value
+    if typing.get_origin(kind) is list:
+        return [str(v) for v in (value if isinstance(value, list) else [value])]
+    if isinstance(value, (bool, list, dict)):
+        raise ValueError(f"must be a {kind.__name__}, not {value!r}")
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"must be a whole number, not {value!r}")
+        return int(value)
+    return from_text(kind, str(value), optional)
 
 
 class Settings:
@@ -43,8 +106,6 @@ class Settings:
     @classmethod
     def from_dict(cls, values: dict):
         """Rebuild from run_config.json; keys of older or newer versions that are unknown are dropped."""
-        from .cli import convert  # the same conversion as flags and YAML
-
         fields = {f.name: f for f in dataclasses.fields(cls)}
         return cls(**{k: convert(cls, fields[k], v) for k, v in values.items() if k in fields})
 
@@ -75,7 +136,7 @@ class TrainConfig(Settings):
     resume: str | None = opt(None, "continue the interrupted run in --output-dir from its last complete "
                              "checkpoint, or from the checkpoint folder given", group="model and data",
                              aliases=("resume_from_checkpoint",), nargs="?", const="last", metavar="PATH",
-                             identity=False)
+                             identity=False, normalize=resume_spelling)
 
     # prompt
     prompt_format: str = opt("auto", "glm3: '[Round 1]\\n\\n问：{q}\\n\\n答：'; chat: ChatGLM3's <|user|>/<|assistant|> "
@@ -112,7 +173,8 @@ class TrainConfig(Settings):
     gradient_checkpointing: str = opt("auto", "recompute activations in backward to save memory. auto: on a GPU, "
                                       "each micro-batch checkpoints the fewest layers that fit (none when it fits "
                                       "without); off on CPU. on: every layer, every step (the seed's setting)",
-                                      group="optimisation", choices=("auto", "on", "off"), nargs="?", const="on")
+                                      group="optimisation", choices=("auto", "on", "off"), nargs="?", const="on",
+                                      normalize=on_off)
 
     # logging and checkpoints
     logging_steps: int = opt(5, "log the training loss every N optimizer steps", group="logging and checkpoints",

@@ -62,7 +62,8 @@ class FineTune:
         self.dataset = read_dataset(self.config.data)
         self.record.resolved.prompt_format = resolve_prompt_format(self.config.prompt_format,
                                                                    self.dataset.conversational)
-        write_atomic(self.out / "data_report.txt", "\n".join(self.dataset.report_lines()) + "\n")
+        self.report = self.dataset.report_lines()
+        write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
         if self.dataset.skipped:
             write_atomic(self.out / "skipped_lines.txt", self.dataset.skipped_report())
         self.train_examples, self.eval_examples = split_eval(self.dataset.examples, self.config.eval_ratio,
@@ -78,8 +79,8 @@ class FineTune:
         self.train_ds, self.stats = tokenize_examples(self.train_examples, self.tokenizer, fmt, c.max_length,
                                                       c.train_on_prompt)
         self.eval_ds, _ = tokenize_examples(self.eval_examples, self.tokenizer, fmt, c.max_length, c.train_on_prompt)
-        with open(self.out / "data_report.txt", "a", encoding="utf-8") as report:
-            report.write("\n".join(self.stats.lines()) + "\n")
+        self.report += self.stats.lines()
+        write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
 
     def build_model(self) -> None:
         """The base (NF4 unless told otherwise) with LoRA adapters, and the batch that fits memory."""

@@ -48,7 +48,7 @@ def load_adapter(model, folder):
     from peft import PeftModel
 
     with quiet_peft():
-        return _without_embedding_copies(PeftModel.from_pretrained(model, str(folder)))
+        return PeftModel.from_pretrained(model, str(folder))
 
 
 def _without_embedding_copies(model):

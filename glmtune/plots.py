@@ -22,7 +22,9 @@ def _save(fig, path: Path, dpi: int) -> None:
         scratch.replace(path)
     finally:
         scratch.unlink(missing_ok=True)
-        _pyplot().close(fig)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
 
 def plot_losses(log_history: list[dict], path: Path) -> None:

@@ -149,26 +149,19 @@ def prepare_output_dir(record: RunRecord) -> Path | None:
             raise RunDirError(f"nothing to resume: {out} holds no run. Drop --resume to start one")
         out.mkdir(parents=True, exist_ok=True)
         return None
-    try:
-        old = RunRecord.load(out)
-    except RunDirError:
-        if not (out / RUN_CONFIG).is_file():
-            old = None
-        elif config.overwrite:
-            old = None
-        else:
-            raise
+    has_record = (out / RUN_CONFIG).is_file()
     if config.overwrite:
         foreign = [n for n in entries if n not in OUR_FILES and not CHECKPOINT.match(n) and not n.startswith(".")]
-        if (out / RUN_CONFIG).is_file() or not foreign:
+        if has_record or not foreign:
             shutil.rmtree(out)
             out.mkdir(parents=True)
             return None
         raise RunDirError(f"{out} holds files that are not a run of this tool ({', '.join(foreign[:3])}); "
                           "--overwrite replaces only runs of this tool. Choose another --output-dir")
-    if old is None:
+    if not has_record:
         raise RunDirError(f"{out} already holds files that are not a run of this tool ({', '.join(entries[:3])}). "
                           "Choose another --output-dir")
+    old = RunRecord.load(out)
     if old.identity() != record.identity():
         difference = _difference(old.identity(), record.identity())
         if config.resume:

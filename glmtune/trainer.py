@@ -17,8 +17,8 @@ from .config import TrainConfig
 from .memory import decoder_layers
 
 
-def training_arguments(config: TrainConfig, micro: int, accum: int, precision: str, has_eval: bool,
-                       **overrides) -> TrainingArguments:
+def training_arguments(config: TrainConfig, micro: int, accum: int, precision: str,
+                       has_eval: bool) -> TrainingArguments:
     every = config.eval_steps
     return TrainingArguments(**{
         "output_dir": str(config.output_dir), "num_train_epochs": config.epochs, "max_steps": config.max_steps,
@@ -32,7 +32,7 @@ def training_arguments(config: TrainConfig, micro: int, accum: int, precision: s
         "logging_steps": config.logging_steps, "logging_nan_inf_filter": False,
         "report_to": config.reporters() or "none",  # TensorBoard writes to OUTPUT_DIR/runs/
         "seed": config.seed, "data_seed": config.seed, "remove_unused_columns": False,
-        "dataloader_pin_memory": device.cuda(), "optim": "adamw_torch_fused", **overrides,
+        "dataloader_pin_memory": device.cuda(), "optim": "adamw_torch_fused",
     })
 
 

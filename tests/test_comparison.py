@@ -1,6 +1,7 @@
 """The comparison script on a tiny trained adapter: one copy of the weights, fair decoding, reports."""
 
 import json
+import shutil
 
 import pytest
 from peft import PeftModel
@@ -125,3 +126,12 @@ def test_empty_prompt_set_is_an_error(trained, tmp_path):
     empty.write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="empty.jsonl"):
         run_compare(out, tmp_path, data=empty)
+
+
+def test_empty_eval_split_says_how_to_get_prompts(trained, tmp_path):
+    out, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    (run / "eval.txt").write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="the eval split is empty. Train with --eval-ratio > 0"):
+        run_compare(run, tmp_path)
