@@ -24,8 +24,9 @@ def main(config: CompareConfig) -> None:
     job.load_prompts()  # --prompt, --data, or the eval split held out at training time
     job.load_model()    # one copy of the weights; the base side runs with the adapter disabled
     job.generate()      # both sides' answers and reference perplexities, timed apart
-    table = job.report()
-    print("\n".join([*table, *job.closing_lines()]))
+    print("\n".join(job.score()), flush=True)  # the results reach the screen even if the disk is full
+    job.write()         # the log, JSON report and chart
+    print("\n".join(job.closing_lines()))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import base_type, convert, from_text
 from .errors import ConfigError, GlmtuneError, Interrupted
+from .files import FULL, write_failure
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -160,11 +161,17 @@ def run(main, *args, debug: bool = False) -> None:
             raise
         print(f"error: {os_error(err)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
+    except Exception as err:  # torch and safetensors report a full disk as their own error types
+        reason = write_failure(err)
+        if debug or reason is None:
+            raise
+        print(f"error: a write failed: {reason}; free some space and run the same command again", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
 
 
 def os_error(err: OSError) -> str:
     where = f"{err.filename}: " if err.filename else ""
-    if err.errno == errno.ENOSPC:
+    if err.errno in FULL:
         return f"{where}no space left on the device; free some space and run the same command again"
     if err.errno in (errno.EACCES, errno.EPERM):
         return f"{where}permission denied; choose a folder you can write to"

@@ -10,7 +10,7 @@ import time
 from . import device
 from .config import CompareConfig
 from .data import Example, read_dataset
-from .errors import ConfigError, DataError, ModelLoadError
+from .errors import ConfigError, DataError
 from .hub import needs_gpu
 from .runs import RunRecord
 
@@ -71,14 +71,7 @@ class Comparison:
         self.tokenizer = load_tokenizer(self.config.adapter)
         self.prompts = [example_prompt_ids(self.tokenizer, ex, self.prompt_format) for ex, _ in self.items]
         model = load_model(self.base, quantization=None if self.quantization == "none" else "nf4")
-        try:
-            model = load_adapter(model, self.config.adapter)
-        except RuntimeError as err:
-            if "size mismatch" not in str(err):
-                raise
-            detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-            raise ModelLoadError(f"the adapter in {self.config.adapter} was trained on a base with other shapes than "
-                                 f"{self.base} ({detail}). Pass the --base-model it was trained on.") from None
+        model = load_adapter(model, self.config.adapter, self.base)
         cast_adapters(model, model.get_input_embeddings().weight.dtype)
         self.model = model.eval()
 
@@ -114,11 +107,11 @@ class Comparison:
                   "peak_gpu_gib": device.peak_gib()}
         return answers, ppl, timing
 
-    def report(self) -> list[str]:
-        """Score both sides; write the log, the JSON report and the chart; return the table."""
+    def score(self) -> list[str]:
+        """Score both sides; return the aggregate table (printed before any file is written, so a
+        full disk cannot take the results with it)."""
         from .metrics import DEFAULT_LEXICON_PATH, Lexicon
-        from .plots import plot_aggregate
-        from .scoring import METRICS, SIDES, Sample, aggregate_table, score, write_log, write_report
+        from .scoring import Sample, aggregate_table, score
 
         c = self.config
         scoring = time.perf_counter()
@@ -127,19 +120,27 @@ class Comparison:
         samples = [Sample(ex.question, reference, {"base": plain[i], "tuned": tuned[i]},
                           {"base": base_ppl[i], "tuned": tuned_ppl[i]})
                    for i, (ex, reference) in enumerate(self.items)]
-        rows, aggregate = score(samples, Lexicon.load(terms))
+        self.rows, self.aggregate = score(samples, Lexicon.load(terms))
         self.timing = {"base": base_timing, "tuned": tuned_timing, "load_s": self.loaded - self.began,
                        "score_s": time.perf_counter() - scoring}
-        settings = {"adapter": str(c.adapter), "base_model": self.base, "quantization": self.quantization,
-                    "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
-                    "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
-                    "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(terms), "device": device.name()}
-        table = aggregate_table(aggregate, self.timing)
+        self.settings = {
+            "adapter": str(c.adapter), "base_model": self.base, "quantization": self.quantization,
+            "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
+            "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
+            "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(terms), "device": device.name()}
+        self.table = aggregate_table(self.aggregate, self.timing)
+        return self.table
+
+    def write(self) -> None:
+        """The log, the JSON report and the chart, each written whole or not at all."""
+        from .plots import plot_aggregate
+        from .scoring import METRICS, SIDES, write_log, write_report
+
+        c = self.config
         self.outputs = [c.log_file, c.report or c.log_file.with_suffix(".json"), c.chart or c.log_file.with_suffix(".png")]
-        write_log(self.outputs[0], settings, table, rows, c.examples)
-        write_report(self.outputs[1], settings, aggregate, self.timing, rows)
-        plot_aggregate(self.outputs[2], aggregate, METRICS, SIDES)
-        return table
+        write_log(self.outputs[0], self.settings, self.table, self.rows, c.examples)
+        write_report(self.outputs[1], self.settings, self.aggregate, self.timing, self.rows)
+        plot_aggregate(self.outputs[2], self.aggregate, METRICS, SIDES)
 
     def closing_lines(self) -> list[str]:
         t = self.timing
@@ -155,6 +156,7 @@ def compare(config: CompareConfig) -> Comparison:
     job.load_prompts()
     job.load_model()
     job.generate()
-    job.report()
+    job.score()
+    job.write()
     return job
 

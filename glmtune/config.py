@@ -299,6 +299,11 @@ class CompareConfig(Settings):
         for question in self.prompt:
             if not question.strip():
                 raise ConfigError("prompt", "is empty; give a question, e.g. --prompt \"孩子发烧怎么办？\"")
+            try:
+                question.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that were not UTF-8 reach argv as lone surrogates
+                raise ConfigError("prompt", f"{question!r} is not valid UTF-8 text; set the terminal to UTF-8 "
+                                            "(e.g. export LANG=C.UTF-8) or pass the questions with --data FILE") from None
 
 
 def check_choices(config: Settings) -> None:

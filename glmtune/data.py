@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import DataError
+from .files import write_atomic
 
 __all__ = [
     "DataError",
@@ -79,6 +80,7 @@ _FULLWIDTH_DELIMS = "，。；！？"
 _LITERAL_NEWLINE = re.compile(r"\\r\\n|\\n")
 _DELIM = re.compile(r"[，。；！？,.;!?]")
 # Whitespace other than space and newline, C0/C1 controls, zero-width characters, BOM.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ODD_CHAR = re.compile(r"\r\n?|[^\S \n]|[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
 _TITLE_END = re.compile(r"[？?](?=\s)")
 _TITLE_MARK = re.compile(r"[？?](?=\S)")
@@ -136,7 +138,11 @@ class Dataset:
     lines_read: int = 0
     repaired: int = 0
     skipped: list[Skipped] = field(default_factory=list)
-    duplicates_removed: int = 0
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (line, line of the copy kept)
+
+    @property
+    def duplicates_removed(self) -> int:
+        return len(self.duplicates)
 
     @property
     def conversational(self) -> bool:
@@ -151,12 +157,15 @@ class Dataset:
         ]
         for reason, count in Counter(s.reason for s in self.skipped).most_common(3):
             lines.append(f"    {count:5d}  {reason}")
-        lines.append(f"  duplicates removed: {self.duplicates_removed}")
+        shown = ", ".join(str(line) for line, _ in self.duplicates[:5]) + (", ..." if len(self.duplicates) > 5 else "")
+        lines.append(f"  duplicates removed: {self.duplicates_removed}" + (f" (lines {shown})" if shown else ""))
         return lines
 
     def skipped_report(self) -> str:
-        header = f"# {len(self.skipped)} skipped records in {self.path}\n"
-        return header + "".join(f"line {s.line_no}: {s.reason}: {s.raw!r}\n" for s in self.skipped)
+        """Every record not used, with its line: unusable ones with the reason, then duplicates."""
+        header = f"# {len(self.skipped)} skipped records and {len(self.duplicates)} duplicates in {self.path}\n"
+        return (header + "".join(f"line {s.line_no}: {s.reason}: {s.raw!r}\n" for s in self.skipped)
+                + "".join(f"line {line}: duplicate of line {first}\n" for line, first in self.duplicates))
 
 
 # --- text normalisation ----------------------------------------------------------
@@ -175,6 +184,10 @@ def _fix_char(ch: str) -> tuple[str, str]:
 
 
 def _clean(text: str) -> tuple[str, set[str]]:
+    if bad := _SURROGATE.search(text):
+        # Only a broken JSON escape ("\ud83d" without its pair) makes one; no tokenizer can encode it.
+        raise ValueError(f"lone surrogate {bad.group()!r} at character {bad.start()} (a broken \\u escape, "
+                         "usually half an emoji); fix or delete it")
     repairs: set[str] = set()
     if "\\n" in text:
         text = _LITERAL_NEWLINE.sub("\n", text)
@@ -198,7 +211,8 @@ def _clean(text: str) -> tuple[str, set[str]]:
 
 
 def clean_text(text: str) -> str:
-    """Normalise one field: literal \\n, HTML entities, odd spaces/controls, outer whitespace."""
+    """Normalise one field: literal \\n, HTML entities, odd spaces/controls, outer whitespace.
+    ValueError for text that is not valid Unicode (a lone surrogate)."""
     return _clean(text)[0]
 
 
@@ -331,9 +345,7 @@ def write_seed_format(examples: Iterable[Example], path: str | Path) -> None:
     read_dataset gives back the same examples, in order, as long as they are
     distinct; ValueError if one holds text that clean_text would change.
     """
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for ex in examples:
-            f.write(format_seed_line(ex.question, ex.answer) + "\n")
+    write_atomic(Path(path), "".join(format_seed_line(ex.question, ex.answer) + "\n" for ex in examples))
 
 
 def write_examples(examples: list[Example], folder: Path) -> Path:
@@ -341,9 +353,7 @@ def write_examples(examples: list[Example], folder: Path) -> Path:
     `eval.jsonl` of `messages` when any example is a conversation (the seed format has no turns)."""
     if any(ex.conversational for ex in examples):
         path = folder / "eval.jsonl"
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            for ex in examples:
-                f.write(json.dumps({"messages": ex.messages()}, ensure_ascii=False) + "\n")
+        write_atomic(path, "".join(json.dumps({"messages": ex.messages()}, ensure_ascii=False) + "\n" for ex in examples))
         return path
     path = folder / "eval.txt"
     write_seed_format(examples, path)
@@ -601,7 +611,7 @@ def read_dataset(path: str | Path) -> Dataset:
     fmt = _FORMATS.get(path.suffix.lower(), _SEED)
     text = _decode(path)
     data = Dataset(path=path, format=fmt.name, lines_read=_count_lines(text))
-    seen: set[tuple] = set()
+    seen: dict[tuple, int] = {}
     for line_no, raw, record in fmt.records(text, path):
         try:
             pair = fmt.to_pair(record)
@@ -610,9 +620,9 @@ def read_dataset(path: str | Path) -> Dataset:
             continue
         key = (pair.system, pair.history, pair.question, pair.answer)
         if key in seen:
-            data.duplicates_removed += 1
+            data.duplicates.append((line_no, seen[key]))
             continue
-        seen.add(key)
+        seen[key] = line_no
         data.examples.append(Example(pair.question, pair.answer, line_no, pair.history, pair.system))
         data.repaired += bool(pair.repairs)
     if not data.examples:

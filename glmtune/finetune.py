@@ -4,7 +4,9 @@ train → save. `chatglm_finetuning.py` runs the stages one by one; `train(confi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -18,8 +20,8 @@ from .hub import needs_gpu
 from .lora import attach_lora, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, uses_checkpointing
 from .prompts import PadCollator, tokenize_examples
-from .files import write_atomic
-from .runs import FINISHED, RunRecord, file_sha256, prepare_output_dir
+from .files import free_space, write_atomic, write_failure
+from .runs import FINISHED, RunRecord, checkpoints, file_sha256, is_complete, last_checkpoint, prepare_output_dir
 
 
 def resolve_prompt_format(choice: str, conversational: bool) -> str:
@@ -64,7 +66,7 @@ class FineTune:
                                                                    self.dataset.conversational)
         self.report = self.dataset.report_lines()
         write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
-        if self.dataset.skipped:
+        if self.dataset.skipped or self.dataset.duplicates:
             write_atomic(self.out / "skipped_lines.txt", self.dataset.skipped_report())
         self.train_examples, self.eval_examples = split_eval(self.dataset.examples, self.config.eval_ratio,
                                                              self.config.seed)
@@ -136,8 +138,16 @@ class FineTune:
             eval_dataset=self.eval_ds if len(self.eval_ds) else None, data_collator=self.collator,
             callbacks=[self.nan_guard, self.interrupt, *self.callbacks], checkpoint_plan=self.plan)
         began = time.perf_counter()
-        start_epoch = _epoch_of(self.resume_from)
-        self.result = self.trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
+        start_epoch = _state_of(self.resume_from).get("epoch") or 0.0
+        if _is_last(self.resume_from):
+            self._restore_last_checkpoint()
+        else:
+            try:
+                with self._stop_on_write_failure("a checkpoint"):
+                    self.result = self.trainer.train(
+                        resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
+            finally:
+                self.interrupt.restore()
         self.train_seconds = time.perf_counter() - began
         epochs_run = max(0.0, (self.trainer.state.epoch or 0.0) - start_epoch)
         self.tokens_per_s = epochs_run * sum(self.train_ds["length"]) / max(self.train_seconds, 1e-9)
@@ -156,7 +166,8 @@ class FineTune:
         record marked finished, last: a folder whose record says finished is complete."""
         from .plots import plot_losses
 
-        with tempfile.TemporaryDirectory(dir=self.out, prefix=".saving-") as scratch:
+        with self._stop_on_write_failure("the adapter"), \
+                tempfile.TemporaryDirectory(dir=self.out, prefix=".saving-") as scratch:
             self.model.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
             for item in Path(scratch).iterdir():
@@ -173,6 +184,40 @@ class FineTune:
         plot_losses(self.trainer.state.log_history, self.out / "loss.png")
         self.record.state = FINISHED
         self.record.save(self.out)
+
+    def _restore_last_checkpoint(self) -> None:
+        """Training ended but its final save did not (a kill or a full disk): the adapter and state
+        come from the last checkpoint. Resuming the Trainer there would take one step too many."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        checkpoint = self.resume_from
+        set_peft_model_state_dict(self.model, load_file(checkpoint / "adapter_model.safetensors"))
+        self.trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        losses = [h["loss"] for h in self.trainer.state.log_history if "loss" in h]
+        self.result = TrainOutput(self.trainer.state.global_step, losses[-1] if losses else float("nan"), {})
+
+    @contextlib.contextmanager
+    def _stop_on_write_failure(self, what: str):
+        """A full disk while writing `what`: drop the checkpoint it cut short (unusable, and it holds
+        space), and say where --resume will continue."""
+        try:
+            yield
+        except Exception as err:
+            reason = write_failure(err)
+            if reason is None:
+                raise
+            cut = [c for c in checkpoints(self.out) if not is_complete(c)]
+            for checkpoint in cut:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+            last = last_checkpoint(self.out)
+            where = f"from {last.name}" if last else "from step 0 (no checkpoint was complete)"
+            removed = f"; removed the incomplete {', '.join(c.name for c in cut)}" if cut else ""
+            raise TrainingError(f"could not write {what} in {self.out}: {reason} ({free_space(self.out)}){removed}. "
+                                f"Free some space and run the same command with --resume; it continues {where}"
+                                ) from err
 
     def final_summary(self) -> str:
         """What the user reads when training ends: losses, speed, where things are, what next."""
@@ -216,11 +261,16 @@ def build_peft_model(config: TrainConfig):
                        resolve_lora_targets(config.lora_target))
 
 
-def _epoch_of(checkpoint: Path | None) -> float:
+def _state_of(checkpoint: Path | None) -> dict:
     if checkpoint is None:
-        return 0.0
-    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    return float(state.get("epoch") or 0.0)
+        return {}
+    return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def _is_last(checkpoint: Path | None) -> bool:
+    """The checkpoint of a run's final step: the run stopped during its final save."""
+    state = _state_of(checkpoint)
+    return bool(state) and state.get("global_step", 0) >= state.get("max_steps", float("inf"))
 
 
 def train(config: TrainConfig, config_file: Path | None = None, callbacks: list | None = None) -> FineTune:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelLoadError
 from .quiet import quiet_peft
 
 NATIVE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
@@ -43,12 +44,37 @@ def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str]):
     return _without_embedding_copies(model)
 
 
-def load_adapter(model, folder):
-    """`model` with the trained adapter in `folder` attached (inference)."""
-    from peft import PeftModel
+def load_adapter(model, folder: Path, base: str):
+    """`model` (loaded from `base`) with the trained adapter in `folder` attached (inference).
+    A damaged adapter, or one trained on another base, is a ModelLoadError naming the file."""
+    from peft import PeftConfig, PeftModel
+    from safetensors import SafetensorError, safe_open
 
-    with quiet_peft():
-        return PeftModel.from_pretrained(model, str(folder))
+    config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    again = "copy the training run's folder again, or train again into a new --output-dir"
+    try:
+        config = PeftConfig.from_pretrained(str(folder))
+    except (ValueError, TypeError, KeyError) as err:  # bad JSON, a list, a field of the wrong type or name
+        raise ModelLoadError(f"{config_file} is damaged ({type(err).__name__}: {err}); {again}") from None
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except SafetensorError as err:
+        raise ModelLoadError(f"{weights} is damaged ({err}), e.g. cut short by a full disk or an interrupted "
+                             f"copy; {again}") from None
+    try:
+        with quiet_peft():
+            return PeftModel.from_pretrained(model, str(folder), config=config)
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ModelLoadError(f"the adapter in {folder} does not fit {base} ({detail}); pass the --base-model it was "
+                             "trained on") from None
+    except TypeError as err:  # a setting of the wrong type, e.g. "r": "16", surfaces only while building layers
+        raise ModelLoadError(f"{config_file} holds a setting peft cannot use ({err}); {again}") from None
+    except ValueError as err:  # peft's "Target modules {...} not found in the base model"
+        raise ModelLoadError(f"the adapter in {folder} does not fit {base}: {err}") from None
 
 
 def _without_embedding_copies(model):

@@ -20,6 +20,8 @@ def _save(fig, path: Path, dpi: int) -> None:
     try:
         fig.savefig(scratch, dpi=dpi, format="png")
         scratch.replace(path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
         scratch.unlink(missing_ok=True)
         import matplotlib.pyplot as plt

@@ -27,6 +27,7 @@ RUN_CONFIG = "run_config.json"
 RUNNING, FINISHED = "running", "finished"
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+SCRATCH = re.compile(r"^\.(.+\.tmp|saving-.*)$")  # files.write_atomic's and FineTune.save's scratch names
 # What a run of this tool writes: --overwrite replaces a folder only if it holds nothing else.
 OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
@@ -143,7 +144,8 @@ def prepare_output_dir(record: RunRecord) -> Path | None:
     out = config.output_dir
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out} is a file; choose a folder for --output-dir")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    # A kill during an atomic write leaves its scratch file; alone, it does not make a folder a run's.
+    entries = sorted(p.name for p in out.iterdir() if not SCRATCH.match(p.name)) if out.is_dir() else []
     if not entries:
         if config.resume:
             raise RunDirError(f"nothing to resume: {out} holds no run. Drop --resume to start one")
@@ -180,6 +182,8 @@ def prepare_output_dir(record: RunRecord) -> Path | None:
         return chosen
     last = last_checkpoint(out)
     if config.resume:
+        for cut in (c for c in checkpoints(out) if not is_complete(c)):
+            shutil.rmtree(cut)  # cut short by a kill or a full disk: unusable, and the Trainer would write into it
         return last  # None: killed before its first checkpoint, so step 0 is where it stands
     if last is not None:
         raise RunDirError(f"{out} holds this run, interrupted at {last.name}. Continue it with --resume, or start "

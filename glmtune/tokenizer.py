@@ -5,6 +5,11 @@ to state: SentencePiece BPE (byte fallback, dummy prefix, identity normalisation
 tokens appended after the 64,789 pieces, `[gMASK] sop` in front of every encoded text, pad = id 0.
 We rebuild exactly that as a `tokenizers` fast tokenizer, so `save_pretrained` writes a plain
 `tokenizer.json` that `AutoTokenizer.from_pretrained` reloads with no custom code.
+
+All text is SentencePiece text, as in the official tokenizer: "people" is one piece, not
+"p" + `eop` + "le", and a user who types "<|user|>" or "[gMASK]" does not inject a turn. Control
+tokens enter only as ids, from the code that builds prompts (`chat_ids`, the post-processor).
+`split_special_tokens=True` tells transformers exactly this, and it is saved with the tokenizer.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ def build_tokenizer(sp_model: str | Path) -> PreTrainedTokenizerFast:
         additional_special_tokens=list(SPECIAL_TOKENS),
         model_max_length=_model_max_length(Path(sp_model).parent),
         clean_up_tokenization_spaces=False,
+        split_special_tokens=True,
     )
 
 
@@ -68,7 +74,12 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
     or a folder this function saved before (`tokenizer.json`)."""
     folder = resolve_model_dir(name_or_path, weights=False)
     if (folder / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(folder))
+        try:
+            # Run folders written before text stopped being matched against control tokens lack the flag.
+            return AutoTokenizer.from_pretrained(str(folder), split_special_tokens=True)
+        except (ValueError, TypeError, KeyError) as err:  # truncated or hand-edited JSON
+            raise ModelLoadError(f"{folder}: tokenizer.json or tokenizer_config.json is damaged ({type(err).__name__}: "
+                                 f"{err}); copy the folder again, or train again into a new --output-dir") from None
     sp_model = folder / "tokenizer.model"
     if not sp_model.is_file():
         raise ModelLoadError(

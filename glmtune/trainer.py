@@ -121,6 +121,10 @@ class StopOnInterrupt(TrainerCallback):
             self.stopped_at = state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.restore()
+
+    def restore(self) -> None:
+        """Ctrl-C back to what it was; also called when training ends in an error (no on_train_end)."""
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None

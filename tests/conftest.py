@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -70,3 +71,15 @@ def trained(data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     job = train(tiny_config(data_file, out, "--learning-rate", "5e-3", "--max-steps", "12"))
     return out, job.model
+
+
+
+class KillAtStep(TrainerCallback):
+    """A kill -9 stand-in: the run stops dead right after step `step` (no checkpoint, no cleanup)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt

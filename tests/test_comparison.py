@@ -116,7 +116,7 @@ def test_adapter_on_a_different_base_is_named(trained, tmp_path):
 
     config = original_config(3000, **{**TINY_SHAPE, "hidden_size": 192})
     write_original_checkpoint(tmp_path / "other", config, random_original_weights(config))
-    with pytest.raises(ModelLoadError, match="trained on a base with other shapes"):
+    with pytest.raises(ModelLoadError, match="does not fit"):
         run_compare(out, tmp_path, base_model=str(tmp_path / "other"))
 
 

@@ -6,7 +6,6 @@ import pytest
 import sentencepiece as spm
 import torch
 from peft import PeftModel
-from transformers import TrainerCallback
 
 import glmtune
 import glmtune.finetune
@@ -19,7 +18,7 @@ from glmtune.memory import CheckpointPlan
 from glmtune.prompts import IGNORE_INDEX, encode_example
 from glmtune.trainer import StopOnNonFiniteLoss
 
-from conftest import tiny_config
+from conftest import KillAtStep, tiny_config
 
 QUESTION, ANSWER = "头痛三天怎么办？ 女，30岁，太阳穴胀痛。", "多为紧张性头痛，注意休息；若剧烈头痛伴呕吐请立即就医。"
 GMASK, SOP, USER, ASSISTANT = 64790, 64792, 64795, 64796
@@ -157,17 +156,6 @@ def test_saved_adapter_reloads_to_identical_logits(trained):
     ids = torch.arange(5, 40)[None]
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
-
-
-class KillAtStep(TrainerCallback):
-    """A kill -9 stand-in: the process dies right after step `step`, saving nothing more."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(data_file, tmp_path):

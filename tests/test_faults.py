@@ -1,0 +1,269 @@
+"""Faults a real user hits — kills, corrupt files, a full disk, odd text — each ending in one clear
+error or the right behaviour, never a lost run. Tests named `test_item_N_...` pin item N of the
+reliability issue; the rest are further probes of the same kinds."""
+
+import json
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import glmtune
+from glmtune import cli
+from glmtune.comparison import compare
+from glmtune.config import CompareConfig
+from glmtune.data import read_dataset
+from glmtune.errors import ModelLoadError, RunDirError, TrainingError
+from glmtune.finetune import train
+from glmtune.runs import RunRecord, checkpoints, last_checkpoint
+
+from conftest import KillAtStep, tiny_config
+
+FLAGS = ("--max-steps", "4", "--save-steps", "2", "--learning-rate", "5e-3")
+TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"  # torch.save, disk full
+
+
+def compare_config(adapter, *extra):
+    config, _ = cli.parse_args(CompareConfig, "test", ["--adapter", str(adapter), "--max-new-tokens", "4",
+                                                       "--num-samples", "2", "--no-perplexity", *extra])
+    return config
+
+
+def copy_run(trained, tmp_path) -> Path:
+    out, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    return copy
+
+
+def test_item_2_resume_of_a_run_killed_before_its_first_checkpoint(data_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[KillAtStep(1)])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a failed run gives Ctrl-C back
+    assert checkpoints(out) == [] and RunRecord.load(out).state == "running"
+    job = train(tiny_config(data_file, out, *FLAGS, "--resume"))  # starts at step 0: nothing was saved
+    assert job.trainer.state.global_step == 4 and RunRecord.load(out).state == "finished"
+
+
+def test_item_3_a_checkpoint_cut_short_is_never_resumed_from(data_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[KillAtStep(3)])
+    # checkpoint-4 as a kill during its save leaves it: the adapter written, trainer_state.json cut short
+    partial = out / "checkpoint-4"
+    shutil.copytree(out / "checkpoint-2", partial)
+    (partial / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+    assert last_checkpoint(out) == out / "checkpoint-2"
+    job = train(tiny_config(data_file, out, *FLAGS, "--resume"))
+    assert job.trainer.state.global_step == 4 and RunRecord.load(out).state == "finished"
+    assert json.loads((partial / "trainer_state.json").read_text())["global_step"] == 4  # rewritten whole
+
+
+def test_item_4_a_kill_before_the_run_record_does_not_block_the_rerun(data_file, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run_config.json.k2j3l4.tmp").write_text('{"settings": {"mod')  # write_atomic's scratch, cut short
+    job = train(tiny_config(data_file, out, "--max-steps", "1"))
+    assert RunRecord.load(out).state == "finished" and job.trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("damage", ['{"settings": {"model": "ti', "[1, 2]", '{"settings": {"lora_r": "many"}}'])
+def test_item_6_a_damaged_run_record_is_one_clear_error(data_file, trained, tmp_path, damage):
+    run = copy_run(trained, tmp_path)
+    (run / "run_config.json").write_text(damage)
+    with pytest.raises(RunDirError, match=r"run_config.json is damaged.*--output-dir"):
+        train(tiny_config(data_file, run, "--max-steps", "12", "--learning-rate", "5e-3", "--resume"))
+    with pytest.raises(RunDirError, match=r"run_config.json is damaged"):
+        compare(compare_config(run))
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("adapter_model.safetensors", lambda b: b[: len(b) // 2], "adapter_model.safetensors is damaged"),
+    ("adapter_model.safetensors", lambda b: b"", "adapter_model.safetensors is damaged"),
+    ("adapter_config.json", lambda b: b[:20], "adapter_config.json is damaged"),
+    ("adapter_config.json", lambda b: json.dumps({**json.loads(b), "r": "16"}).encode(),
+     "adapter_config.json holds a setting peft cannot use"),
+    ("tokenizer.json", lambda b: b[:1000], "tokenizer.json or tokenizer_config.json is damaged"),
+])
+def test_item_7_a_damaged_adapter_folder_is_named(trained, tmp_path, name, damage, message):
+    run = copy_run(trained, tmp_path)
+    path = run / name
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ModelLoadError, match=message):
+        compare(compare_config(run))
+
+
+def test_item_8_a_lone_surrogate_skips_its_record_with_the_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "头痛？", "answer": "休息。"}\n'
+                    '{"question": "发烧 \\ud83d 怎么办？", "answer": "多喝水。"}\n'
+                    '{"question": "咳嗽？", "answer": "止咳 \\udc00。"}\n'
+                    '{"question": "失眠？", "answer": "规律作息 \\ud83d\\ude00。"}\n', encoding="utf-8")
+    data = read_dataset(path)
+    assert [ex.line_no for ex in data.examples] == [1, 4] and data.examples[1].answer == "规律作息 😀。"
+    assert [(s.line_no, s.reason.split(" at ")[0]) for s in data.skipped] == [
+        (2, "lone surrogate '\\ud83d'"), (3, "lone surrogate '\\udc00'")]
+    tok = glmtune.load_tokenizer("tiny")
+    assert all(tok(ex.question + ex.answer).input_ids for ex in data.examples)
+
+
+def fail_when_saving(monkeypatch, in_folder: str):
+    """torch.save as it behaves on a full disk (a partial file, then torch's own error) for writes
+    into `in_folder`; the Trainer saves optimizer and RNG state with it."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if in_folder in str(f):
+            Path(f).write_bytes(b"PK\x03\x04")
+            raise RuntimeError(TORCH_FULL_DISK)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_item_9_disk_full_at_a_checkpoint_drops_it_and_resume_continues(data_file, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fail_when_saving(monkeypatch, "checkpoint-4")
+    with pytest.raises(TrainingError, match=r"could not write a checkpoint in .*: the disk is full or failing "
+                                            r"\(.* GiB free\); removed the incomplete checkpoint-4\. .*--resume; "
+                                            r"it continues from checkpoint-2"):
+        train(tiny_config(data_file, out, *FLAGS))
+    assert checkpoints(out) == [out / "checkpoint-2"] and not (out / "adapter_model.safetensors").exists()
+    monkeypatch.undo()  # space freed
+    job = train(tiny_config(data_file, out, *FLAGS, "--resume"))
+    assert job.trainer.state.global_step == 4 and RunRecord.load(out).state == "finished"
+
+
+def test_item_9_disk_full_at_the_final_save_keeps_the_last_checkpoint(data_file, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    out = tmp_path / "run"
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    class FailFinalSave(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            monkeypatch.setattr(model, "save_pretrained", full)
+
+    with pytest.raises(TrainingError, match=r"could not write the adapter in .*: no space left on the device.*"
+                                            r"it continues from checkpoint-4"):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[FailFinalSave()])
+    assert not list(out.glob(".saving-*")) and not (out / "adapter_model.safetensors").exists()
+    monkeypatch.undo()
+    job = train(tiny_config(data_file, out, *FLAGS, "--resume"))
+    assert RunRecord.load(out).state == "finished" and job.trainer.state.global_step == 4  # no extra step
+    final, last = (load_file(p / "adapter_model.safetensors") for p in (out, out / "checkpoint-4"))
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+
+
+@pytest.mark.parametrize("error, line", [
+    (RuntimeError(TORCH_FULL_DISK), "error: a write failed: the disk is full or failing; free some space"),
+    (OSError(122, "Disk quota exceeded", "out/eval.txt"), "error: out/eval.txt: no space left on the device"),
+])
+def test_item_9_write_failures_of_any_library_are_one_line(capsys, error, line):
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and line in err and len(err.strip().splitlines()) == 1
+
+    def bug():
+        raise RuntimeError("shape mismatch in my code")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        cli.run(bug)  # not a write failure: a bug keeps its traceback
+
+
+def test_item_9_comparison_scores_before_it_writes_and_writes_whole(trained, tmp_path, monkeypatch):
+    from glmtune.comparison import Comparison
+
+    run = copy_run(trained, tmp_path)
+    job = Comparison(compare_config(run, "--log-file", str(tmp_path / "cmp.log")))
+    job.load_run()
+    job.load_prompts()
+    job.load_model()
+    job.generate()
+    table = job.score()
+    assert any("rougeL" in line or "ROUGE-L" in line for line in table) and not list(tmp_path.glob("cmp.*"))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", full)
+    with pytest.raises(OSError) as failed:
+        job.write()
+    assert failed.value.filename == str(tmp_path / "cmp.png") and failed.value.errno == 28
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written chart left behind
+    json.loads((tmp_path / "cmp.json").read_text())  # what was written before the failure is whole
+
+
+def can_mount_tmpfs(target: Path) -> bool:
+    target.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(target)], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs), where the machine lets us mount one."""
+    disk = tmp_path / "disk"
+    if not can_mount_tmpfs(disk):
+        pytest.skip("cannot mount a tmpfs here (needs root); the injected faults above still run")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+class FillDiskAfterFirstSave(TrainerCallback):
+    def __init__(self, disk):
+        self.disk = disk
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            with open(self.disk / "filler", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                except OSError:
+                    pass
+
+
+def test_item_9_a_real_full_disk(data_file, small_disk):
+    out = small_disk / "run"
+    with pytest.raises(TrainingError, match=r"could not write a checkpoint.*(no space left|full).*checkpoint-2"):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[FillDiskAfterFirstSave(small_disk)])
+    assert checkpoints(out) == [out / "checkpoint-2"]
+    (small_disk / "filler").unlink()
+    assert train(tiny_config(data_file, out, *FLAGS, "--resume")).trainer.state.global_step == 4
+
+
+def test_item_10_a_model_folder_without_its_tokenizer_can_be_fixed_and_rerun(data_file, tiny_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    (model / "tokenizer.model").rename(tmp_path / "tokenizer.model")
+    out = tmp_path / "run"
+    config = tiny_config(data_file, out, "--max-steps", "1")
+    config.model = str(model)
+    with pytest.raises(ModelLoadError, match=r"no tokenizer.model .*copy tokenizer.model into it"):
+        train(config)
+    (tmp_path / "tokenizer.model").rename(model / "tokenizer.model")
+    assert train(config).trainer.state.global_step == 1  # the same command, once the folder is fixed
+
+
+def test_item_13_duplicates_are_reported_by_line(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("头痛？ 两天,休息。\n发烧？ 一天,喝水。\n头痛？ 两天,休息。\n咳嗽？ 一周,就医。\n头痛？ 两天,休息。\n",
+                    encoding="utf-8")
+    data = read_dataset(path)
+    assert data.duplicates == [(3, 1), (5, 1)] and data.duplicates_removed == 2
+    assert "duplicates removed: 2 (lines 3, 5)" in "\n".join(data.report_lines())
+    assert "line 5: duplicate of line 1" in data.skipped_report()
+    assert glmtune.parse_line("头痛？ 两天,休息。") == ("头痛？两天", "休息。")
