@@ -6,11 +6,14 @@ Other prompts, ad-hoc questions, sampling:
     python chatglm_finetuning_tst.py --adapter out --data my_eval.jsonl --num-samples 50
     python chatglm_finetuning_tst.py --adapter out --prompt "高血压患者能喝咖啡吗？" --prompt "孩子发烧怎么办？"
     python chatglm_finetuning_tst.py --adapter out --do-sample --temperature 0.8 --seed 1
-Writes chatglm_comparison.log (settings, aggregate table, side-by-side examples), a JSON report with
-every number, and a PNG chart; prints the aggregate table.
+Prints the verdict (did the fine-tune help, with 95% intervals) and the metric table, and writes them
+with every answer to ADAPTER/comparison/ (numbered comparison-2, ... on a rerun; --output, --overwrite):
+chatglm_comparison.log, .json (every number), .png (chart) and .html (open it in a browser).
 """
 
 from __future__ import annotations
+
+import shutil
 
 from glmtune import cli
 from glmtune.config import CompareConfig
@@ -24,8 +27,11 @@ def main(config: CompareConfig) -> None:
     job.load_prompts()  # --prompt, --data, or the eval split held out at training time
     job.load_model()    # one copy of the weights; the base side runs with the adapter disabled
     job.generate()      # both sides' answers and reference perplexities, timed apart
-    print("\n".join(job.score()), flush=True)  # the results reach the screen even if the disk is full
-    job.write()         # the log, JSON report and chart
+    summary = job.score()
+    if config.prompt:  # ad-hoc questions have no reference: their answers are the result
+        print("\n".join(job.answers_side_by_side(shutil.get_terminal_size().columns)))
+    print("\n".join(summary), flush=True)  # on screen before any file, so a full disk cannot take it
+    job.write()         # the log, JSON report, chart and HTML report, in ADAPTER/comparison/
     print("\n".join(job.closing_lines()))
 
 

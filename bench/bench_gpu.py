@@ -316,12 +316,12 @@ def part_compare(args, ckpt: Path, shared: Path) -> dict:
     results = {}
     for label, batch, count, tokens in (("batched", args.prompts, args.prompts, args.new_tokens),
                                         ("one_at_a_time", 1, 4, 64)):
-        log = args.workdir / f"compare_{label}.log"
+        folder = args.workdir / f"compare_{label}"
         began = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter),
                         "--num-samples", str(count), "--max-new-tokens", str(tokens), "--batch-size", str(batch),
-                        "--log-file", str(log)], check=True)
-        report = json.loads(log.with_suffix(".json").read_text(encoding="utf-8"))
+                        "--output", str(folder), "--overwrite"], check=True)
+        report = json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
         results[label] = {"prompts": count, "new_tokens_each": tokens, "batch_size": batch,
                           "process_wall_s": time.perf_counter() - began,
                           **{f"{side}_{k}": v for side in ("base", "tuned")

@@ -6,6 +6,7 @@ scores and reports. `chatglm_finetuning_tst.py` runs the stages; `compare(config
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from . import device
 from .config import CompareConfig
@@ -18,6 +19,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Scoring keeps full-vocabulary logits of whole sequences (65,024 x length x batch, in fp32 for the
 # loss); generation batches of 100+ would need tens of GiB for it.
 PERPLEXITY_BATCH = 16
+STEM = "chatglm_comparison"  # the files: STEM.log, .json, .png, .html
 
 
 class Comparison:
@@ -48,6 +50,7 @@ class Comparison:
         if c.prompt:
             self.items = [(Example(q, "", 0), None) for q in c.prompt]
             self.source = "--prompt"
+            self.output = output_dir(c)
             return
         path = c.data or c.adapter / self.run.resolved.eval_file
         self.source = str(path)
@@ -56,6 +59,7 @@ class Comparison:
                             "or pass --data FILE or --prompt QUESTION")
         examples = read_dataset(path).examples  # DataError for a file with no usable example
         self.items = [(ex, ex.answer) for ex in examples][: c.num_samples or None]
+        self.output = output_dir(c)  # decided now, made only when there is something to write
         if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
             raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, which "
                             "has none; compare it on question/answer data")
@@ -111,14 +115,14 @@ class Comparison:
         """Score both sides; return the aggregate table (printed before any file is written, so a
         full disk cannot take the results with it)."""
         from .metrics import DEFAULT_LEXICON_PATH, Lexicon
-        from .scoring import Sample, aggregate_table, score
+        from .scoring import Sample, score, summary_lines
 
         c = self.config
         scoring = time.perf_counter()
         terms = c.terms_file or DEFAULT_LEXICON_PATH
         (tuned, tuned_ppl, tuned_timing), (plain, base_ppl, base_timing) = self.tuned, self.plain
         samples = [Sample(ex.question, reference, {"base": plain[i], "tuned": tuned[i]},
-                          {"base": base_ppl[i], "tuned": tuned_ppl[i]})
+                          {"base": base_ppl[i], "tuned": tuned_ppl[i]}, ex.department)
                    for i, (ex, reference) in enumerate(self.items)]
         self.rows, self.aggregate = score(samples, Lexicon.load(terms))
         self.timing = {"base": base_timing, "tuned": tuned_timing, "load_s": self.loaded - self.began,
@@ -128,25 +132,58 @@ class Comparison:
             "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
             "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
             "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(terms), "device": device.name()}
-        self.table = aggregate_table(self.aggregate, self.timing)
-        return self.table
+        self.summary = summary_lines(self.aggregate, self.timing)
+        return self.summary
+
+    def answers_side_by_side(self, width: int) -> list[str]:
+        """Each prompt with both answers in two columns, for --prompt (where there is no reference
+        to score against, the answers are the result)."""
+        from .scoring import side_by_side
+
+        return side_by_side(self.rows, width)
 
     def write(self) -> None:
-        """The log, the JSON report and the chart, each written whole or not at all."""
+        """The log, the JSON report, the chart and the HTML report, each written whole or not at all."""
+        from .html_report import write_html
         from .plots import plot_aggregate
-        from .scoring import METRICS, SIDES, write_log, write_report
+        from .scoring import write_log, write_report
 
         c = self.config
-        self.outputs = [c.log_file, c.report or c.log_file.with_suffix(".json"), c.chart or c.log_file.with_suffix(".png")]
-        write_log(self.outputs[0], self.settings, self.table, self.rows, c.examples)
-        write_report(self.outputs[1], self.settings, self.aggregate, self.timing, self.rows)
-        plot_aggregate(self.outputs[2], self.aggregate, METRICS, SIDES)
+        self.output.mkdir(parents=True, exist_ok=True)
+        log, report, chart, html = (self.output / f"{STEM}.{ext}" for ext in ("log", "json", "png", "html"))
+        self.outputs = [log, report, chart, html]
+        write_log(log, self.settings, self.summary, self.rows, c.examples)
+        write_report(report, self.settings, self.aggregate, self.timing, self.rows)
+        plot_aggregate(chart, self.aggregate)
+        write_html(html, self.settings, self.aggregate, self.timing, self.rows, chart)
 
     def closing_lines(self) -> list[str]:
         t = self.timing
         return [f"total {time.perf_counter() - self.began:.1f} s: loading and warm-up {t['load_s']:.1f} s, "
                 f"scoring {t['score_s']:.1f} s",
-                f"wrote {', '.join(str(p) for p in self.outputs)}"]
+                f"wrote {self.output}/: {', '.join(p.name for p in self.outputs)}",
+                f"open   {self.outputs[-1]} in a browser for every answer side by side"]
+
+
+def output_dir(config: CompareConfig) -> Path:
+    """Where this comparison's files go: --output or ADAPTER/comparison, or with an earlier report
+    there (and no --overwrite), the first free NAME-2, NAME-3, ... Decided before any model loads."""
+    chosen = config.output or config.adapter / "comparison"
+    if chosen.exists() and not chosen.is_dir():
+        raise ConfigError("output", f"{chosen} is a file; choose a folder")
+    if config.overwrite:
+        foreign = [p.name for p in chosen.glob("*") if not p.name.startswith((f"{STEM}.", "."))]
+        if foreign:
+            raise ConfigError("output", f"{chosen} holds files that are not a comparison report "
+                                        f"({', '.join(foreign[:3])}); --overwrite replaces only reports. "
+                                        "Choose another --output")
+        return chosen
+    number = 1
+    folder = chosen
+    while folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        number += 1
+        folder = chosen.with_name(f"{chosen.name}-{number}")
+    return folder
 
 
 def compare(config: CompareConfig) -> Comparison:

@@ -269,11 +269,13 @@ class CompareConfig(Settings):
     terms_file: Path | None = opt(None, "medical-term lexicon, one term per line, '#' lines are comments/categories "
                                   "(default: the one shipped with glmtune)", group="metrics and outputs")
     no_perplexity: bool = opt(False, "skip perplexity of the reference answers", group="metrics and outputs")
-    log_file: Path = opt(Path("chatglm_comparison.log"), "the comparison log", group="metrics and outputs")
-    report: Path | None = opt(None, "JSON report with every number (default: the log file with .json)",
+    output: Path | None = opt(None, "folder for the log, JSON report, chart and HTML report (default: ADAPTER/"
+                              "comparison); when it already holds a report, the next free NAME-2, NAME-3, ... is used",
                               group="metrics and outputs")
-    chart: Path | None = opt(None, "PNG chart (default: the log file with .png)", group="metrics and outputs")
-    examples: int = opt(5, "side-by-side examples written to the log", group="metrics and outputs")
+    overwrite: bool = opt(False, "replace the report in --output (or ADAPTER/comparison) instead of numbering a new "
+                          "folder", group="metrics and outputs")
+    examples: int = opt(5, "side-by-side examples written to the log (the HTML report holds them all)",
+                        group="metrics and outputs")
 
     def validate(self) -> None:
         checks = [

@@ -106,6 +106,7 @@ class Example:
     line_no: int  # 1-based line where the record starts
     history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns of a conversation
     system: str | None = None  # a conversation's system prompt
+    department: str | None = None  # where the data names one (CSV column, JSON field, seed sidecar)
 
     @property
     def conversational(self) -> bool:
@@ -350,10 +351,15 @@ def write_seed_format(examples: Iterable[Example], path: str | Path) -> None:
 
 def write_examples(examples: list[Example], folder: Path) -> Path:
     """Write an eval split where the comparison finds it: `eval.txt` in the seed format, or
-    `eval.jsonl` of `messages` when any example is a conversation (the seed format has no turns)."""
-    if any(ex.conversational for ex in examples):
+    `eval.jsonl` when any example is a conversation or names a department (the seed format has
+    neither turns nor departments)."""
+    if any(ex.conversational or ex.department for ex in examples):
+        def record(ex: Example) -> dict:
+            fields = {"messages": ex.messages()} if ex.conversational else {"question": ex.question, "answer": ex.answer}
+            return fields | ({"department": ex.department} if ex.department else {})
+
         path = folder / "eval.jsonl"
-        write_atomic(path, "".join(json.dumps({"messages": ex.messages()}, ensure_ascii=False) + "\n" for ex in examples))
+        write_atomic(path, "".join(json.dumps(record(ex), ensure_ascii=False) + "\n" for ex in examples))
         return path
     path = folder / "eval.txt"
     write_seed_format(examples, path)
@@ -383,6 +389,7 @@ class _Pair(NamedTuple):
     repairs: set[str]
     history: tuple[tuple[str, str], ...] = ()
     system: str | None = None
+    department: str | None = None
 
 
 _Records = Iterator[tuple[int, str, Any]]
@@ -455,7 +462,8 @@ def _csv_pair(record: tuple[list[str], dict[str, int], int]) -> _Pair:
         raise ValueError(f"row has {'fewer' if len(row) < width else 'more'} fields than the header")
     title, ask, repairs = _clean_title_ask(row[index["title"]], row[index["ask"]])
     answer, answer_repairs = _clean(row[index["answer"]])
-    return _checked(title + ask, answer, repairs | answer_repairs)
+    pair = _checked(title + ask, answer, repairs | answer_repairs)
+    return pair._replace(department=_clean(row[index["department"]])[0] or None) if "department" in index else pair
 
 
 def _json_error(path: Path, line_no: int, err: json.JSONDecodeError, what: str) -> DataError:
@@ -554,6 +562,12 @@ def _conversation_pair(obj: dict[str, Any]) -> _Pair:
 def _json_pair(obj: Any) -> _Pair:
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
+    pair = _json_content(obj)
+    department = obj.get("department")
+    return pair._replace(department=_clean(department)[0] or None) if isinstance(department, str) else pair
+
+
+def _json_content(obj: dict[str, Any]) -> _Pair:
     if "messages" in obj or "conversations" in obj:
         return _conversation_pair(obj)
     if "question" in obj and "answer" in obj:
@@ -600,6 +614,24 @@ def _count_lines(text: str) -> int:
     return text.count("\n") + (not text.endswith("\n")) if text else 0
 
 
+def departments_file(path: Path) -> Path:
+    """The optional file beside seed-format data that names each line's department, line by line
+    (the seed format has no field for it): `financial_data.txt` -> `financial_data.departments.txt`."""
+    return path.with_name(f"{path.stem}.departments.txt")
+
+
+def _sidecar_departments(path: Path, lines: int) -> list[str | None] | None:
+    sidecar = departments_file(path)
+    if not sidecar.is_file():
+        return None
+    names = _decode(sidecar).split("\n")
+    names = names[:-1] if names and names[-1] == "" else names
+    if len(names) != lines:
+        raise DataError(f"{sidecar}: {len(names)} lines, but {path} has {lines}; it must name one department per "
+                        "line of the data file (or be deleted)")
+    return [name.strip() or None for name in names]
+
+
 def read_dataset(path: str | Path) -> Dataset:
     """Read a data file, chosen by extension: .csv, .jsonl, .json, else seed lines.
 
@@ -611,6 +643,7 @@ def read_dataset(path: str | Path) -> Dataset:
     fmt = _FORMATS.get(path.suffix.lower(), _SEED)
     text = _decode(path)
     data = Dataset(path=path, format=fmt.name, lines_read=_count_lines(text))
+    departments = _sidecar_departments(path, data.lines_read) if fmt is _SEED else None
     seen: dict[tuple, int] = {}
     for line_no, raw, record in fmt.records(text, path):
         try:
@@ -623,7 +656,8 @@ def read_dataset(path: str | Path) -> Dataset:
             data.duplicates.append((line_no, seen[key]))
             continue
         seen[key] = line_no
-        data.examples.append(Example(pair.question, pair.answer, line_no, pair.history, pair.system))
+        department = pair.department or (departments[line_no - 1] if departments else None)
+        data.examples.append(Example(pair.question, pair.answer, line_no, pair.history, pair.system, department))
         data.repaired += bool(pair.repairs)
     if not data.examples:
         reasons = Counter(s.reason for s in data.skipped).most_common(3)

@@ -14,18 +14,34 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
+from transformers.generation.streamers import BaseStreamer
 
 from . import device
-from .prompts import IGNORE_INDEX, encode
+from .prompts import IGNORE_INDEX, PadCollator, encode
 from .tokenizer import stop_token_ids
-from .prompts import PadCollator
 
 
 @dataclass
 class Generated:
     text: str
     new_tokens: int
-    latency_s: float  # wall time of the generate() call that produced this answer
+    latency_s: float  # from the start of its generate() call until this answer was complete
+    ttft_s: float  # time to first token: the batch's prefill, shared by the answers of one batch
+    stopped: bool  # ended by a stop token, not cut off at max_new_tokens
+
+
+class StepClock(BaseStreamer):
+    """The moment each decoding step's tokens exist: generate() hands every step's tokens to its
+    streamer (first the prompt), copying them to the CPU, which waits for the GPU."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
 
 
 @dataclass
@@ -68,19 +84,21 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
             batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
             batch = {k: v.to(model.device) for k, v in batch.items()}
             torch.manual_seed(decoding.seed)  # same draws for base and fine-tuned in sampling mode
+            clock = StepClock()
             device.synchronize()
             began = time.perf_counter()
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=decoding.max_new_tokens, eos_token_id=stops,
-                                     pad_token_id=tokenizer.pad_token_id, **sampling)
+                                     pad_token_id=tokenizer.pad_token_id, streamer=clock, **sampling)
             device.synchronize()
-            elapsed = time.perf_counter() - began
+            step_done = [t - began for t in clock.times[1:]]  # step_done[j]: new token j exists
             width = batch["input_ids"].shape[1]
             for row, index in enumerate(chunk):
                 new = out[row, width:].tolist()
-                end = next((j for j, t in enumerate(new) if t in stops), len(new))
+                end = next((j for j, t in enumerate(new) if t in stops), None)
+                used = len(new) if end is None else end + 1  # the stop token is generated work too
                 text = tokenizer.decode(new[:end], skip_special_tokens=True).strip()
-                results[index] = Generated(text, min(end + 1, len(new)), elapsed)
+                results[index] = Generated(text, used, step_done[used - 1], step_done[0], end is not None)
             bar.update(len(chunk))
     return results  # type: ignore[return-value]
 

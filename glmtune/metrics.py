@@ -10,13 +10,21 @@ from __future__ import annotations
 import logging
 import statistics
 import unicodedata
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-import jieba
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-from rouge_chinese import Rouge
+
+with warnings.catch_warnings():
+    # jieba 0.42 imports pkg_resources (deprecated loudly by setuptools >= 81), and where no bytecode
+    # was compiled at install, Python 3.12 warns about its and rouge_chinese's regex escapes: noise
+    # a user can do nothing about, on every run.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    import jieba
+    from rouge_chinese import Rouge
 
 DEFAULT_LEXICON_PATH = Path(__file__).parent / "resources" / "medical_terms.txt"
 
@@ -153,12 +161,21 @@ def _is_noise(ch: str) -> bool:
     return ch.isspace() or unicodedata.category(ch)[0] in "PS"
 
 
+def content_chars(text: str) -> str:
+    """``text`` without whitespace, punctuation and symbols: what an answer actually says."""
+    return "".join(ch for ch in text if not _is_noise(ch))
+
+
+def _words(text: str, segment: Segmenter) -> list[str]:
+    return [word for word in segment(text) if not all(_is_noise(ch) for ch in word)]
+
+
 def _content_words(text: str, segment: Segmenter) -> set[str]:
-    return {word for word in segment(text) if not all(_is_noise(ch) for ch in word)}
+    return set(_words(text, segment))
 
 
 def _content_bigrams(text: str) -> set[str]:
-    chars = "".join(ch for ch in text if not _is_noise(ch))
+    chars = content_chars(text)
     return {chars[i : i + 2] for i in range(len(chars) - 1)}
 
 
@@ -186,15 +203,17 @@ def prompt_overlap(prompt: str, answer: str, segment: Segmenter) -> Overlap:
 
 
 def rouge_zh(hyp: str, ref: str, segment: Segmenter) -> dict[str, float]:
-    """ROUGE-1/2/L F-scores on segmented words: ``{"rouge-1", "rouge-2", "rouge-l"}``.
+    """ROUGE-1/2/L F-scores on segmented words, punctuation removed: ``{"rouge-1", "rouge-2", "rouge-l"}``.
 
-    Uses rouge_chinese's defaults, as ChatGLM3's finetune_demo does, so numbers
-    are comparable with it: n-grams are counted as sets, and F carries a 1e-8
-    term in its denominator (identical texts give 0.999999995, not 1.0).
-    Empty input (after segmentation) scores zero instead of raising ValueError
-    like rouge_chinese does.
+    Uses rouge_chinese's scoring, as ChatGLM3's finetune_demo does: n-grams are
+    counted as sets, and F carries a 1e-8 term in its denominator (identical
+    texts give 0.999999995, not 1.0). Unlike finetune_demo, words that are only
+    punctuation or symbols are dropped first: otherwise an answer of nothing but
+    "，。" shares "words" with every reference and scores above zero.
+    Empty input (after that) scores zero instead of raising ValueError like
+    rouge_chinese does.
     """
-    hyp_words, ref_words = segment(hyp), segment(ref)
+    hyp_words, ref_words = _words(hyp, segment), _words(ref, segment)
     if not hyp_words or not ref_words:
         return {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
     scores = Rouge().get_scores(" ".join(hyp_words), " ".join(ref_words))[0]
@@ -202,15 +221,16 @@ def rouge_zh(hyp: str, ref: str, segment: Segmenter) -> dict[str, float]:
 
 
 def char_bleu4(hyp: str, ref: str) -> float:
-    """Character-level sentence BLEU-4 with NIST geometric smoothing (method3).
+    """Character-level sentence BLEU-4 with NIST geometric smoothing (method3),
+    whitespace, punctuation and symbols removed (so punctuation alone scores 0).
 
     Characters sidestep segmentation differences between hyp and ref. Texts
     shorter than 4 characters cannot reach 1.0 because their missing higher
     n-gram orders are smoothed, not skipped. 0.0 when hyp or ref is empty, or
     when they share no character (nltk returns 0 before smoothing).
     """
-    hyp_chars = [ch for ch in hyp if not ch.isspace()]
-    ref_chars = [ch for ch in ref if not ch.isspace()]
+    hyp_chars = list(content_chars(hyp))
+    ref_chars = list(content_chars(ref))
     if not hyp_chars or not ref_chars:
         return 0.0
     return float(
@@ -240,6 +260,42 @@ def distinct_n(texts: list[str], n: int) -> float:
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0
+
+
+# ---------------------------------------------------------------------------
+# Degenerate answers
+
+REPEAT_N, REPEAT_SHARE, REPEAT_MIN_NGRAMS = 4, 0.5, 8
+FLAGS = ("empty", "punctuation-only", "repetitive", "truncated")
+
+
+def repeated_ngram_share(text: str, n: int = REPEAT_N) -> float:
+    """Share of the character n-grams (whitespace and punctuation removed) that repeat an earlier
+    one: about 0 for prose, near 1 for a loop such as "头痛头痛头痛...". 0.0 with no n-gram."""
+    chars = content_chars(text)
+    grams = [chars[i : i + n] for i in range(len(chars) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def answer_flags(text: str, stopped: bool) -> list[str]:
+    """What is wrong with an answer as an answer, in FLAGS order: empty, punctuation-only (no word
+    at all), repetitive (at least REPEAT_SHARE of its 4-grams repeat, over REPEAT_MIN_NGRAMS or more),
+    truncated (it hit the token limit instead of ending). The first three make it degenerate."""
+    flags = []
+    chars = content_chars(text)
+    if not text.strip():
+        flags.append("empty")
+    elif not chars:
+        flags.append("punctuation-only")
+    elif len(chars) - REPEAT_N + 1 >= REPEAT_MIN_NGRAMS and repeated_ngram_share(text) >= REPEAT_SHARE:
+        flags.append("repetitive")
+    if not stopped:
+        flags.append("truncated")
+    return flags
+
+
+def is_degenerate(flags: list[str]) -> bool:
+    return any(flag in flags for flag in FLAGS[:3])
 
 
 # ---------------------------------------------------------------------------

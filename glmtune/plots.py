@@ -46,20 +46,34 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     _save(fig, path, 120)
 
 
-def plot_aggregate(path: Path, aggregate: dict, metrics: list[tuple], sides: tuple[str, str]) -> None:
+def plot_aggregate(path: Path, aggregate: dict) -> None:
+    """One panel per metric: both sides' means, the better direction, and the paired difference
+    with its 95% interval; a last panel counts the flagged answers per side."""
     plt = _pyplot()
-    shown = [(key, label) for key, label, _ in metrics if aggregate[sides[0]][key]["n"]]
-    shown += [("distinct1", "distinct-1"), ("distinct2", "distinct-2")]
+    shown = [(key, m) for key, m in aggregate["metrics"].items() if m["base"]["n"]]
     cols = 4
-    rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows))
-    for ax, (key, label) in zip(axes.flat, shown):
-        values = [aggregate[side][key]["mean"] if isinstance(aggregate[side][key], dict) else aggregate[side][key]
-                  for side in sides]
-        ax.bar(sides, [v or 0 for v in values], color=["#9aa5b1", "#2f7ed8"])
-        ax.set_title(label, fontsize=9)
-    for ax in list(axes.flat)[len(shown):]:
+    rows = -(-(len(shown) + 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.7 * rows), squeeze=False)
+    colours = ["#9aa5b1", "#2f7ed8"]
+    for ax, (key, m) in zip(axes.flat, shown):
+        ax.bar(["base", "tuned"], [m["base"]["mean"] or 0, m["tuned"]["mean"] or 0], color=colours)
+        direction = f" ({m['better']} is better)" if m["better"] else ""
+        d = m["difference"]
+        interval = "" if d is None else f"\nΔ {d['mean']:+.3g} [{d['low']:+.3g}, {d['high']:+.3g}]"
+        ax.set_title(f"{m['label']}{direction}{interval}", fontsize=8)
+        ax.tick_params(labelsize=8)
+    ax = axes.flat[len(shown)]
+    flags = aggregate["flags"]
+    names = list(flags["base"])
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [flags["base"][f] for f in names], width=0.4, color=colours[0], label="base")
+    ax.bar([i + 0.2 for i in x], [flags["tuned"][f] for f in names], width=0.4, color=colours[1], label="tuned")
+    ax.set_xticks(list(x), [f.replace("-", "-\n") for f in names], fontsize=7)
+    ax.set_title(f"flagged answers (of {aggregate['prompts']})", fontsize=8)
+    ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(shown) + 1:]:
         ax.axis("off")
-    fig.suptitle("base vs fine-tuned (means over prompts)")
+    fig.suptitle("base vs fine-tuned: means over prompts, Δ = tuned − base with its 95% bootstrap interval",
+                 fontsize=10)
     fig.tight_layout()
     _save(fig, path, 110)

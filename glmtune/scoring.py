@@ -1,31 +1,41 @@
-"""Scoring base vs fine-tuned answers, and the comparison's table, log and JSON report."""
+"""Scoring base vs fine-tuned answers: per-answer metrics and flags, the paired aggregate with
+intervals, per-department results, and the comparison's console table, log and JSON report."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .generation import Generated
 from .files import write_atomic
-from .metrics import Lexicon, change_rate, char_bleu4, char_len, distinct_n, prompt_overlap, rouge_zh, summarize
+from .generation import Generated
+from .metrics import (FLAGS, Lexicon, answer_flags, change_rate, char_bleu4, char_len, distinct_n, is_degenerate,
+                      prompt_overlap, rouge_zh, summarize)
+from .verdict import Verdict, decide, paired_interval, wins_ties_losses
 
 SIDES = ("base", "tuned")
-# (key, label, higher-is-better or None when neither)
+HIGHER, LOWER = "higher", "lower"
+# (key, label, which direction is better; None where neither is: longer is not better, nor shorter)
 METRICS = [
+    ("rougeL", "ROUGE-L F vs reference", HIGHER),
+    ("rouge1", "ROUGE-1 F vs reference", HIGHER),
+    ("rouge2", "ROUGE-2 F vs reference", HIGHER),
+    ("bleu4", "char BLEU-4 vs reference", HIGHER),
+    ("ppl", "reference perplexity", LOWER),
+    ("term_per_100", "medical terms / 100 chars", HIGHER),
+    ("term_distinct", "distinct medical terms", HIGHER),
     ("chars", "output length (chars)", None),
     ("tokens", "output length (tokens)", None),
-    ("term_per_100", "medical terms / 100 chars", True),
-    ("term_distinct", "distinct medical terms", True),
     ("overlap_word", "prompt overlap (jieba words)", None),
     ("overlap_bigram", "prompt overlap (char bigrams)", None),
-    ("rouge1", "ROUGE-1 F vs reference", True),
-    ("rouge2", "ROUGE-2 F vs reference", True),
-    ("rougeL", "ROUGE-L F vs reference", True),
-    ("bleu4", "char BLEU-4 vs reference", True),
-    ("ppl", "reference perplexity", False),
-    ("latency_s", "latency per answer (s)", False),
+    ("latency_s", "latency per answer (s)", LOWER),
+    ("ttft_s", "time to first token (s)", LOWER),
+    ("decode_tok_s", "decode speed per answer (tok/s)", HIGHER),
 ]
+LABELS = {key: label for key, label, _ in METRICS}
+SCORING_NOTE = ("ROUGE on jieba words and BLEU-4 on characters, both with punctuation and symbols removed; "
+                "intervals: 95% percentile bootstrap over prompts of the paired difference tuned - base")
 
 
 @dataclass
@@ -34,96 +44,245 @@ class Sample:
     reference: str | None
     answers: dict[str, Generated]
     ppl: dict[str, float | None] = field(default_factory=dict)
+    department: str | None = None
 
 
-def score_answer(sample: Sample, side: str, lexicon: Lexicon) -> dict[str, float | None]:
-    answer = sample.answers[side].text
-    density = lexicon.term_density(answer)
-    overlap = prompt_overlap(sample.prompt, answer, lexicon.segment)
-    row: dict[str, float | None] = {
-        "chars": char_len(answer), "tokens": sample.answers[side].new_tokens,
+def score_answer(sample: Sample, side: str, lexicon: Lexicon) -> dict:
+    answer = sample.answers[side]
+    density = lexicon.term_density(answer.text)
+    overlap = prompt_overlap(sample.prompt, answer.text, lexicon.segment)
+    decode_s = answer.latency_s - answer.ttft_s
+    row = {
+        "answer": answer.text, "flags": answer_flags(answer.text, answer.stopped),
+        "chars": char_len(answer.text), "tokens": answer.new_tokens,
         "term_per_100": density.per_100_chars, "term_distinct": density.distinct,
         "overlap_word": overlap.word, "overlap_bigram": overlap.bigram,
-        "latency_s": sample.answers[side].latency_s, "ppl": sample.ppl.get(side),
-        "rouge1": None, "rouge2": None, "rougeL": None, "bleu4": None,
+        "latency_s": answer.latency_s, "ttft_s": answer.ttft_s,
+        "decode_tok_s": (answer.new_tokens - 1) / decode_s if answer.new_tokens > 1 and decode_s > 0 else None,
+        "ppl": sample.ppl.get(side), "rouge1": None, "rouge2": None, "rougeL": None, "bleu4": None,
     }
     if sample.reference is not None:
-        rouge = rouge_zh(answer, sample.reference, lexicon.segment)
+        rouge = rouge_zh(answer.text, sample.reference, lexicon.segment)
         row |= {"rouge1": rouge["rouge-1"], "rouge2": rouge["rouge-2"], "rougeL": rouge["rouge-l"],
-                "bleu4": char_bleu4(answer, sample.reference)}
+                "bleu4": char_bleu4(answer.text, sample.reference)}
     return row
 
 
 def score(samples: list[Sample], lexicon: Lexicon) -> tuple[list[dict], dict]:
-    """Per-sample rows and the aggregate (mean/median per metric and side, plus corpus-level numbers)."""
+    """Per-prompt rows and the aggregate: per metric both sides' summaries and the paired
+    difference with its interval; flags, distinct-n, per-department results and the verdict."""
     rows = []
     for i, sample in enumerate(samples):
         per_side = {side: score_answer(sample, side, lexicon) for side in SIDES}
+        b, t = per_side["base"], per_side["tuned"]
         rows.append({
-            "index": i, "prompt": sample.prompt, "reference": sample.reference,
-            **{side: {"answer": sample.answers[side].text, **per_side[side]} for side in SIDES},
-            "change": {"chars": change_rate(per_side["base"]["chars"], per_side["tuned"]["chars"]),
-                       "tokens": change_rate(per_side["base"]["tokens"], per_side["tuned"]["tokens"])},
+            "index": i, "prompt": sample.prompt, "reference": sample.reference, "department": sample.department,
+            **per_side,
+            "change": {"chars": change_rate(b["chars"], t["chars"]),
+                       "rougeL": None if b["rougeL"] is None else t["rougeL"] - b["rougeL"]},
         })
-    aggregate: dict = {side: {key: summarize([r[side][key] for r in rows]) for key, _, _ in METRICS}
-                       for side in SIDES}
-    aggregate["change"] = {key: summarize([r["change"][key] for r in rows]) for key in ("chars", "tokens")}
-    for side in SIDES:
-        texts = [r[side]["answer"] for r in rows]
-        aggregate[side]["distinct1"] = distinct_n(texts, 1)
-        aggregate[side]["distinct2"] = distinct_n(texts, 2)
-        aggregate[side]["empty_answers"] = sum(not t for t in texts)
+    metrics = {}
+    for key, label, better in METRICS:
+        base, tuned = ([r[side][key] for r in rows] for side in SIDES)
+        interval = paired_interval(base, tuned)
+        metrics[key] = {"label": label, "better": better, "base": summarize(base), "tuned": summarize(tuned),
+                        "difference": asdict(interval) if interval else None}
+    flags = {side: [r[side]["flags"] for r in rows] for side in SIDES}
+    degenerate = {side: sum(is_degenerate(f) for f in flags[side]) for side in SIDES}
+    has_reference = any(r["reference"] is not None for r in rows)
+    wtl = wins_ties_losses(*([r[side]["rougeL"] for r in rows] for side in SIDES)) if has_reference else None
+    verdict = decide(
+        len(rows), {key: paired_interval(*([r[side][key] for r in rows] for side in SIDES)) for key in metrics},
+        {key: (m["base"]["mean"], m["tuned"]["mean"]) for key, m in metrics.items()}, wtl, flags, degenerate)
+    aggregate = {
+        "prompts": len(rows), "verdict": asdict(verdict), "metrics": metrics,
+        "flags": {side: {flag: sum(flag in f for f in flags[side]) for flag in FLAGS} for side in SIDES},
+        "degenerate": degenerate, "rougeL_wins_ties_losses": wtl,
+        "distinct": {side: {"distinct1": distinct_n([r[side]["answer"] for r in rows], 1),
+                            "distinct2": distinct_n([r[side]["answer"] for r in rows], 2)} for side in SIDES},
+        "departments": by_department(rows) if has_reference else [],
+    }
     return rows, aggregate
 
 
-def aggregate_table(aggregate: dict, timing: dict) -> list[str]:
-    """The table printed on the console and at the top of the log."""
-    head = f"{'metric':34} {'base mean':>10} {'tuned mean':>10} {'base med':>9} {'tuned med':>9} {'change':>9}"
-    lines = [head, "-" * len(head)]
+def by_department(rows: list[dict]) -> list[dict]:
+    """ROUGE-L per department (where the data names one), largest first."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["department"]:
+            groups.setdefault(r["department"], []).append(r)
+    out = []
+    for name, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        base, tuned = ([r[side]["rougeL"] for r in members] for side in SIDES)
+        interval = paired_interval(base, tuned)
+        out.append({"department": name, "n": len(members), "base": summarize(base)["mean"],
+                    "tuned": summarize(tuned)["mean"], "difference": asdict(interval) if interval else None,
+                    "wins_ties_losses": wins_ties_losses(base, tuned)})
+    return out
 
-    def fmt(v):
-        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
-    for key, label, _ in METRICS:
-        b, t = aggregate["base"][key], aggregate["tuned"][key]
-        if b["n"] == 0 and t["n"] == 0:
+def number(v, scale: float | None = None, sign: bool = False) -> str:
+    """A figure with as many decimals as its magnitude (or `scale`'s) warrants: 3130, 31.3, 3.13, 0.313."""
+    if v is None:
+        return "-"
+    size = abs(scale if scale is not None else v)
+    decimals = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 else 3
+    return f"{v:{'+' if sign else ''}.{decimals}f}"
+
+
+def interval_text(d: dict, scale: float) -> str:
+    if d["n"] < 2:
+        return f"{number(d['mean'], scale, True)} (one prompt)"  # a bootstrap of one value is no interval
+    return f"{number(d['mean'], scale, True)} [{number(d['low'], scale, True)}, {number(d['high'], scale, True)}]"
+
+
+def verdict_lines(aggregate: dict) -> list[str]:
+    verdict = Verdict(**aggregate["verdict"])
+    return [f"VERDICT ({aggregate['prompts']} prompts): {verdict.headline}", *(f"  - {s}" for s in verdict.sentences)]
+
+
+METRIC_COLUMNS = ("metric", "better", "base", "tuned", "tuned - base [95% CI]", "rel.")
+DEPARTMENT_COLUMNS = ("department", "n", "ROUGE-L base", "tuned", "tuned - base [95% CI]", "wins/ties/losses")
+
+
+def metric_rows(aggregate: dict) -> list[tuple[str, ...]]:
+    """Every measured metric as METRIC_COLUMNS cells: its direction, both means, the paired
+    difference with its interval, and that difference relative to the base mean."""
+    rows = []
+    for m in aggregate["metrics"].values():
+        b, t, d = m["base"]["mean"], m["tuned"]["mean"], m["difference"]
+        if b is None and t is None:
             continue
-        change = None
-        if key in aggregate["change"]:
-            change = aggregate["change"][key]["mean"]
-            change = None if change is None else f"{100 * change:+.1f}%"
-        elif b["mean"] is not None and t["mean"] is not None:
-            change = f"{t['mean'] - b['mean']:+.4g}"
-        lines.append(f"{label:34} {fmt(b['mean']):>10} {fmt(t['mean']):>10} {fmt(b['median']):>9} "
-                     f"{fmt(t['median']):>9} {fmt(change):>9}")
-    for key, label in (("distinct1", "distinct-1 (corpus)"), ("distinct2", "distinct-2 (corpus)"),
-                       ("empty_answers", "empty answers")):
-        b, t = aggregate["base"][key], aggregate["tuned"][key]
-        lines.append(f"{label:34} {fmt(b):>10} {fmt(t):>10} {'':>9} {'':>9} {'':>9}")
+        scale = max(abs(b or 0), abs(t or 0))
+        rel = f"{100 * d['mean'] / b:+.0f}%" if d is not None and b else ""
+        rows.append((m["label"], m["better"] or "-", number(b, scale), number(t, scale),
+                     "-" if d is None else interval_text(d, scale), rel))
+    return rows
+
+
+def department_rows(aggregate: dict) -> list[tuple[str, ...]]:
+    """ROUGE-L per department as DEPARTMENT_COLUMNS cells."""
+    return [(dep["department"], str(dep["n"]), number(dep["base"], 0.1), number(dep["tuned"], 0.1),
+             "-" if dep["difference"] is None else interval_text(dep["difference"], 0.1),
+             "/".join(map(str, dep["wins_ties_losses"]))) for dep in aggregate["departments"]]
+
+
+def flag_line(aggregate: dict) -> str:
+    flags = aggregate["flags"]
+    return "answers flagged (base / tuned): " + ", ".join(
+        f"{flag} {flags['base'][flag]}/{flags['tuned'][flag]}" for flag in FLAGS)
+
+
+def distinct_line(aggregate: dict) -> str:
+    d = aggregate["distinct"]
+    return (f"distinct-1 / distinct-2 (corpus): base {d['base']['distinct1']:.3f} / {d['base']['distinct2']:.3f}, "
+            f"tuned {d['tuned']['distinct1']:.3f} / {d['tuned']['distinct2']:.3f}")
+
+
+def text_table(columns: tuple[str, ...], rows: list[tuple[str, ...]], rule: bool = True) -> list[str]:
+    """Rows aligned for a terminal: the first column on the left, the others on the right, the
+    interval column on the left; widths by display columns (a CJK character takes two)."""
+    widths = [max(display_width(cell) for cell in column) for column in zip(columns, *rows)]
+
+    def line(cells):
+        out = []
+        for i, (cell, width) in enumerate(zip(cells, widths)):
+            pad = " " * (width - display_width(cell))
+            out.append(cell + pad if i == 0 or "[" in columns[i] else pad + cell)
+        return "  ".join(out).rstrip()
+
+    head = line(columns)
+    return [head, *(["-" * display_width(head)] if rule else []), *(line(r) for r in rows)]
+
+
+def metric_table(aggregate: dict) -> list[str]:
+    return [*text_table(METRIC_COLUMNS, metric_rows(aggregate)), flag_line(aggregate), distinct_line(aggregate)]
+
+
+def department_table(aggregate: dict) -> list[str]:
+    rows = department_rows(aggregate)
+    return text_table(DEPARTMENT_COLUMNS, rows, rule=False) if rows else []
+
+
+def timing_lines(timing: dict) -> list[str]:
+    lines = []
     for side in SIDES:
         s = timing[side]
         peak = "n/a" if s["peak_gpu_gib"] is None else f"{s['peak_gpu_gib']:.2f} GiB"
-        lines.append(f"{side:6} generation: {s['wall_s']:.1f} s wall, {s['new_tokens']} new tokens, "
-                     f"{s['tok_per_s']:.1f} new tok/s, peak GPU memory {peak}")
+        lines.append(f"{side:5} generation: batch time {s['wall_s']:.1f} s for {s['new_tokens']} new tokens "
+                     f"({s['tok_per_s']:.1f} tok/s over all prompts), peak GPU memory {peak}")
     return lines
 
 
-def write_log(path: Path, settings: dict, table: list[str], rows: list[dict], n_examples: int) -> None:
+def summary_lines(aggregate: dict, timing: dict) -> list[str]:
+    """What the console shows and the log opens with: verdict, metrics, departments, timing."""
+    departments = department_table(aggregate)
+    return [*verdict_lines(aggregate), "", *metric_table(aggregate), *([""] + departments if departments else []),
+            "", *timing_lines(timing)]
+
+
+def display_width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """Control and format characters escaped (\\n, \\x1b, \\u200b) except those in `keep`, so one
+    answer is one log line and no answer can move the cursor or recolour a terminal showing the log."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch) in ("Cc", "Cf") and ch not in keep else ch for ch in text)
+
+
+def write_log(path: Path, settings: dict, summary: list[str], rows: list[dict], n_examples: int) -> None:
     out = ["ChatGLM3 fine-tune comparison: base (adapter disabled) vs fine-tuned (adapter on)", "",
-           "settings:"]
+           *summary, "", f"scoring: {SCORING_NOTE}", "", "settings:"]
     out += [f"  {k}: {v}" for k, v in settings.items()]
-    out += ["", "aggregate (mean / median over prompts):", *table, ""]
+    out.append("")
     for r in rows[:n_examples]:
-        out += [f"=== example {r['index'] + 1} ===", f"[prompt] {r['prompt']}"]
+        department = f" ({r['department']})" if r["department"] else ""
+        out += [f"=== example {r['index'] + 1}{department} ===", f"[prompt] {printable(r['prompt'])}"]
         if r["reference"] is not None:
-            out.append(f"[reference] {r['reference']}")
+            out.append(f"[reference] {printable(r['reference'])}")
         for side in SIDES:
             s = r[side]
-            out.append(f"[{side}] ({s['chars']} chars, {s['term_per_100']:.2f} terms/100) {s['answer'] or '(empty)'}")
+            scores = f"{s['chars']} chars" + ("" if s["rougeL"] is None else f", ROUGE-L {s['rougeL']:.3f}")
+            flags = f", flagged: {' '.join(s['flags'])}" if s["flags"] else ""
+            out.append(f"[{side}] ({scores}{flags}) {printable(s['answer']) or '(empty)'}")
         out.append("")
     write_atomic(path, "\n".join(out) + "\n")
 
 
 def write_report(path: Path, settings: dict, aggregate: dict, timing: dict, rows: list[dict]) -> None:
-    payload = {"settings": settings, "aggregate": aggregate, "timing": timing, "samples": rows}
+    payload = {"settings": settings, "scoring": SCORING_NOTE, "aggregate": aggregate, "timing": timing,
+               "samples": rows}
     write_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """`text` cut into lines of at most `width` display columns (CJK characters take two)."""
+    lines = []
+    for paragraph in text.split("\n"):
+        line, used = "", 0
+        for ch in printable(paragraph):
+            w = display_width(ch)
+            if used + w > width:
+                lines.append(line)
+                line, used = "", 0
+            line, used = line + ch, used + w
+        lines.append(line)
+    return lines
+
+
+def side_by_side(rows: list[dict], width: int) -> list[str]:
+    """Every prompt, then base and fine-tuned answers in two columns of a `width`-column console."""
+    column = max(20, (width - 3) // 2)
+    out = []
+    for r in rows:
+        out += ["", f"[{r['index'] + 1}] {printable(r['prompt'])}"]
+        left = _wrap(f"base: {r['base']['answer'] or '(empty)'}", column)
+        right = _wrap(f"fine-tuned: {r['tuned']['answer'] or '(empty)'}", column)
+        for a, b in zip(left + [""] * (len(right) - len(left)), right + [""] * (len(left) - len(right))):
+            out.append(a + " " * (column - display_width(a)) + " │ " + b)
+        flags = [f"{side}: {' '.join(r[side]['flags'])}" for side in SIDES if r[side]["flags"]]
+        if flags:
+            out.append("flagged " + "; ".join(flags))
+    return out

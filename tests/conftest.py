@@ -49,6 +49,9 @@ def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.txt"
     lines = [line.replace("？ ", f"（{i}）？ ", 1) for i, line in enumerate(LINES)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # Departments beside it, as financial_data.txt has them (心血管内科, 儿科, 消化内科, ... per line)
+    departments = ["心血管内科", "儿科", "消化内科", "神经内科", "呼吸内科", "内分泌科", "骨科", "皮肤科"] * 3
+    path.with_name("train.departments.txt").write_text("\n".join(departments) + "\n", encoding="utf-8")
     return path
 
 

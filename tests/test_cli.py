@@ -166,8 +166,8 @@ def test_both_scripts_end_to_end_on_a_quiet_console(data_file, tmp_path):
 
     compared = run_script("chatglm_finetuning_tst.py", "--adapter", str(out), "--max-new-tokens", "8", cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
-    assert "medical terms / 100 chars" in compared.stdout
-    assert (tmp_path / "chatglm_comparison.log").is_file()
+    assert compared.stdout.startswith("VERDICT (") and "medical terms / 100 chars" in compared.stdout
+    assert (out / "comparison" / "chatglm_comparison.html").is_file()
     for noise in ("Warning", "kernels", "Traceback"):
         assert noise not in compared.stdout + compared.stderr, noise
 

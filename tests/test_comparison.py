@@ -13,6 +13,8 @@ from glmtune.data import Example
 from glmtune.errors import ConfigError, DataError, ModelLoadError
 from glmtune.generation import Decoding, generate_answers, reference_perplexity
 from glmtune.prompts import prompt_ids
+from glmtune.runs import RunRecord
+from glmtune.scoring import display_width
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
 
@@ -68,36 +70,61 @@ def test_reference_perplexity_batched_equals_single_and_drops_with_training(tune
 
 
 def run_compare(adapter, tmp_path, **settings):
-    config = CompareConfig(adapter=adapter, log_file=tmp_path / "chatglm_comparison.log", **settings)
+    config = CompareConfig(adapter=adapter, output=tmp_path / "comparison", **settings)
     config.validate()
     return compare(config)
 
 
-def test_compare_writes_log_json_and_chart(trained, tmp_path):
+def test_compare_writes_log_json_chart_and_html_into_a_folder(trained, tmp_path):
     out, _ = trained
     job = run_compare(out, tmp_path, max_new_tokens=24, batch_size=4)
-    log = (tmp_path / "chatglm_comparison.log").read_text(encoding="utf-8")
+    folder = tmp_path / "comparison"
+    log = (folder / "chatglm_comparison.log").read_text(encoding="utf-8")
+    assert log.splitlines()[2].startswith("VERDICT (")
     for family in ["output length (chars)", "output length (tokens)", "medical terms / 100 chars",
                    "prompt overlap (jieba words)", "prompt overlap (char bigrams)", "ROUGE-L F", "char BLEU-4",
-                   "reference perplexity", "latency per answer", "distinct-2", "new tok/s", "=== example 1 ==="]:
+                   "reference perplexity", "latency per answer", "time to first token", "distinct-2",
+                   "answers flagged (base / tuned)", "tok/s over all prompts", "punctuation and symbols removed",
+                   "=== example 1 "]:
         assert family in log, family
-    report = json.loads((tmp_path / "chatglm_comparison.json").read_text(encoding="utf-8"))
-    eval_lines = (out / "eval.txt").read_text(encoding="utf-8").splitlines()
-    assert report["settings"]["prompts"] == len(eval_lines) == len(report["samples"])
+    report = json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
+    eval_examples = glmtune.read_dataset(out / job.run.resolved.eval_file).examples
+    assert report["settings"]["prompts"] == len(eval_examples) == len(report["samples"])
     sample = report["samples"][0]
     for side in ("base", "tuned"):
-        assert {"answer", "chars", "tokens", "term_per_100", "rouge1", "bleu4", "ppl", "latency_s"} <= sample[side].keys()
-        assert report["aggregate"][side]["rougeL"]["n"] == len(eval_lines)
-    assert (tmp_path / "chatglm_comparison.png").read_bytes()[:4] == b"\x89PNG"
-    assert job.outputs == [tmp_path / f"chatglm_comparison.{ext}" for ext in ("log", "json", "png")]
+        assert {"answer", "flags", "chars", "tokens", "term_per_100", "rouge1", "bleu4", "ppl", "latency_s",
+                "ttft_s"} <= sample[side].keys()
+        assert report["aggregate"]["metrics"]["rougeL"][side]["n"] == len(eval_examples)
+    assert report["aggregate"]["metrics"]["ppl"]["better"] == "lower"
+    assert (folder / "chatglm_comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert job.outputs == [folder / f"chatglm_comparison.{ext}" for ext in ("log", "json", "png", "html")]
+    # departments come from the eval split that training wrote
+    departments = {ex.department for ex in eval_examples} - {None}
+    assert {d["department"] for d in report["aggregate"]["departments"]} == departments
 
 
-def test_ad_hoc_prompts_have_no_reference_metrics(trained, tmp_path):
+def test_a_rerun_numbers_its_folder_and_overwrite_replaces(trained, tmp_path):
     out, _ = trained
-    run_compare(out, tmp_path, prompt=["头痛怎么办？", "失眠怎么办？"], max_new_tokens=8)
-    report = json.loads((tmp_path / "chatglm_comparison.json").read_text(encoding="utf-8"))
+    first = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2)
+    again = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2)
+    assert (first.output.name, again.output.name) == ("comparison", "comparison-2")
+    replaced = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2, overwrite=True)
+    assert replaced.output == first.output and not (tmp_path / "comparison-3").exists()
+    (first.output / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a comparison report"):
+        run_compare(out, tmp_path, max_new_tokens=4, num_samples=2, overwrite=True)
+
+
+def test_ad_hoc_prompts_have_no_reference_metrics_and_print_side_by_side(trained, tmp_path):
+    out, _ = trained
+    job = run_compare(out, tmp_path, prompt=["头痛怎么办？", "失眠怎么办？"], max_new_tokens=8)
+    report = json.loads((job.output / "chatglm_comparison.json").read_text(encoding="utf-8"))
     assert report["settings"]["prompts"] == 2
     assert report["samples"][0]["tuned"]["rouge1"] is None and report["samples"][0]["tuned"]["ppl"] is None
+    assert report["aggregate"]["verdict"]["headline"].startswith("CANNOT TELL")
+    lines = job.answers_side_by_side(100)
+    assert "[2] 失眠怎么办？" in lines and all(display_width(line) <= 100 for line in lines)
+    assert any(line.startswith("base: ") and "│ fine-tuned: " in line for line in lines)
 
 
 def test_missing_and_incomplete_adapter_folders(trained, tmp_path):
@@ -132,6 +159,6 @@ def test_empty_eval_split_says_how_to_get_prompts(trained, tmp_path):
     out, _ = trained
     run = tmp_path / "run"
     shutil.copytree(out, run)
-    (run / "eval.txt").write_text("", encoding="utf-8")
+    (run / RunRecord.load(run).resolved.eval_file).write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="the eval split is empty. Train with --eval-ratio > 0"):
         run_compare(run, tmp_path)

@@ -10,7 +10,7 @@ from glmtune.metrics import DEFAULT_LEXICON_PATH, Lexicon
 from conftest import REPO
 
 DATA = REPO / "financial_data.txt"
-DEPARTMENTS = REPO / "tests" / "financial_data_departments.txt"  # one tag per data line
+DEPARTMENTS = REPO / "financial_data.departments.txt"  # one tag per data line
 
 
 @pytest.fixture(scope="module")

@@ -187,13 +187,14 @@ def test_item_9_comparison_scores_before_it_writes_and_writes_whole(trained, tmp
     from glmtune.comparison import Comparison
 
     run = copy_run(trained, tmp_path)
-    job = Comparison(compare_config(run, "--log-file", str(tmp_path / "cmp.log")))
+    folder = tmp_path / "cmp"
+    job = Comparison(compare_config(run, "--output", str(folder)))
     job.load_run()
     job.load_prompts()
     job.load_model()
     job.generate()
-    table = job.score()
-    assert any("rougeL" in line or "ROUGE-L" in line for line in table) and not list(tmp_path.glob("cmp.*"))
+    summary = job.score()
+    assert summary[0].startswith("VERDICT") and not folder.exists()  # the results exist before any file
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -201,9 +202,9 @@ def test_item_9_comparison_scores_before_it_writes_and_writes_whole(trained, tmp
     monkeypatch.setattr("matplotlib.figure.Figure.savefig", full)
     with pytest.raises(OSError) as failed:
         job.write()
-    assert failed.value.filename == str(tmp_path / "cmp.png") and failed.value.errno == 28
-    assert not list(tmp_path.glob(".*.tmp"))  # no half-written chart left behind
-    json.loads((tmp_path / "cmp.json").read_text())  # what was written before the failure is whole
+    assert failed.value.filename == str(folder / "chatglm_comparison.png") and failed.value.errno == 28
+    assert not list(folder.glob(".*"))  # no half-written chart left behind
+    json.loads((folder / "chatglm_comparison.json").read_text())  # what was written before the failure is whole
 
 
 def can_mount_tmpfs(target: Path) -> bool:

@@ -129,14 +129,16 @@ def test_checkpointing_changes_memory_not_numbers(data_file, tmp_path, monkeypat
 def test_run_leaves_every_output(trained):
     out, _ = trained
     for name in ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "run_config.json",
-                 "eval.txt", "train_metrics.json", "loss.png", "data_report.txt"]:
+                 "eval.jsonl", "train_metrics.json", "loss.png", "data_report.txt"]:
         assert (out / name).is_file(), name
     run = json.loads((out / "run_config.json").read_text())
     assert run["settings"]["model"] == "tiny" and len(run["data_sha256"]) == 64 and run["state"] == "finished"
     assert run["resolved"]["micro_batch"] * run["resolved"]["grad_accum"] == 8
-    assert run["resolved"]["prompt_format"] == "glm3" and run["resolved"]["eval_file"] == "eval.txt"
+    # the seed format has no department field, so an eval split that keeps them is JSON lines
+    assert run["resolved"]["prompt_format"] == "glm3" and run["resolved"]["eval_file"] == "eval.jsonl"
     assert run["versions"]["transformers"].startswith("5.")
-    assert len((out / "eval.txt").read_text(encoding="utf-8").splitlines()) == run["resolved"]["examples"]["eval"]
+    held_out = glmtune.read_dataset(out / "eval.jsonl").examples
+    assert len(held_out) == run["resolved"]["examples"]["eval"] and all(ex.department for ex in held_out)
 
 
 def test_training_lowers_loss_and_changes_lora(trained):

@@ -1,0 +1,143 @@
+"""Did the fine-tune help? Paired differences over prompts with bootstrap confidence intervals,
+wins / ties / losses, and the plain sentences a user reads first.
+
+Every prompt is answered by both sides, so each metric gives one paired difference (tuned minus
+base) per prompt; the interval is a percentile bootstrap of their mean over prompts. A side whose
+answers degenerate (empty, punctuation only, looping) never reads as an improvement, whatever its
+scores: a model that prints "，。" can still lower the reference perplexity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .metrics import FLAGS
+
+CONFIDENCE = 0.95
+RESAMPLES = 4000
+DEGENERATE_SHARE = 0.2  # at least this share of the tuned answers degenerate, and more than base: broken
+FEW_PROMPTS = 20
+TIE = 1e-9
+DEGENERATE = FLAGS[:3]  # empty, punctuation-only, repetitive; truncated is a limit, not a fault
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean paired difference (tuned - base) and its bootstrap interval, over `n` prompts."""
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def reliable(self) -> bool:
+        """The interval excludes zero."""
+        return self.n > 1 and (self.low > 0 or self.high < 0)
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+
+
+def paired_interval(base: list, tuned: list, seed: int = 0) -> Interval | None:
+    """Bootstrap interval of the mean of tuned - base over the prompts where both have a value.
+    (scipy.stats.bootstrap does this too, but would be a 40 MB dependency for these lines.)"""
+    pairs = [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
+    if not pairs:
+        return None
+    diffs = np.array([t - b for b, t in pairs], dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(RESAMPLES, len(diffs)))].mean(axis=1)
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(float(diffs.mean()), float(low), float(high), len(diffs))
+
+
+def wins_ties_losses(base: list, tuned: list) -> tuple[int, int, int]:
+    """Prompts where tuned scores higher / the same / lower than base."""
+    pairs = [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
+    wins = sum(t - b > TIE for b, t in pairs)
+    losses = sum(b - t > TIE for b, t in pairs)
+    return wins, len(pairs) - wins - losses, losses
+
+
+@dataclass
+class Verdict:
+    headline: str  # one line: helped / hurt / no reliable difference / broken / cannot tell
+    sentences: list[str]  # one per conclusion, most important first
+    degenerate: dict[str, int]  # answers flagged degenerate, per side
+
+
+def _figure(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}"
+
+
+def _flag_counts(flags: list[list[str]], n: int, names: tuple[str, ...] = DEGENERATE) -> str:
+    counts = {name: sum(name in answer_flags for answer_flags in flags) for name in names}
+    return ", ".join(f"{count} of {n} {name}" for name, count in counts.items() if count)
+
+
+def decide(n: int, intervals: dict[str, Interval | None], means: dict[str, tuple], rouge_wtl: tuple | None,
+           flags: dict[str, list[list[str]]], degenerate: dict[str, int]) -> Verdict:
+    """The verdict from the comparison's numbers.
+
+    n: prompts compared. intervals: metric key -> paired interval (None when not measured).
+    means: metric key -> (base mean, tuned mean). rouge_wtl: ROUGE-L wins/ties/losses or None
+    without references. flags: side -> each answer's flags. degenerate: side -> degenerate answers.
+    """
+    sentences: list[str] = []
+    broken = degenerate["tuned"] >= DEGENERATE_SHARE * n and degenerate["tuned"] > degenerate["base"]
+    if broken:
+        sentences.append(f"fine-tuned answers degenerate: {_flag_counts(flags['tuned'], n)} "
+                         f"(base: {degenerate['base']} of {n}); no score below counts as an improvement")
+    elif degenerate["tuned"] or degenerate["base"]:
+        sentences.append(f"degenerate answers: base {degenerate['base']} of {n}, fine-tuned {degenerate['tuned']} of {n}")
+    caveat = " (not an improvement: the fine-tuned answers degenerate)" if broken else ""
+
+    rouge = intervals.get("rougeL")
+    if rouge is not None and rouge_wtl is not None:
+        wins, ties, losses = rouge_wtl
+        if rouge.reliable and rouge.mean > 0:
+            sentences.append(f"fine-tuned is closer to the reference answers: ROUGE-L {rouge.text()}, "
+                             f"wins {wins} of {rouge.n}{caveat}")
+        elif rouge.reliable:
+            sentences.append(f"fine-tuned is further from the reference answers: ROUGE-L {rouge.text()}, "
+                             f"loses {losses} of {rouge.n}")
+        else:
+            sentences.append(f"no reliable difference in closeness to the reference answers: ROUGE-L {rouge.text()}; "
+                             f"wins {wins}, ties {ties}, losses {losses} of {rouge.n}")
+    ppl = intervals.get("ppl")
+    if ppl is not None:
+        before, after = means["ppl"]
+        shift = f"perplexity {_figure(before)} → {_figure(after)}, {ppl.text(2 if abs(ppl.mean) < 10 else 0)}"
+        if ppl.reliable and ppl.mean < 0:
+            sentences.append(f"fine-tuned finds the reference answers more likely: {shift}{caveat}")
+        elif ppl.reliable:
+            sentences.append(f"fine-tuned finds the reference answers less likely: {shift}")
+        else:
+            sentences.append(f"no reliable difference in reference perplexity: {shift}")
+    chars = intervals.get("chars")
+    if chars is not None and chars.reliable:
+        before, after = means["chars"]
+        sentences.append(f"fine-tuned answers are {'longer' if chars.mean > 0 else 'shorter'}: "
+                         f"{before:.0f} → {after:.0f} characters on average, {chars.text(0)}")
+    truncated = sum("truncated" in f for f in flags["tuned"])
+    if truncated >= DEGENERATE_SHARE * n:
+        sentences.append(f"{truncated} of {n} fine-tuned answers were cut off at the token limit; raise "
+                         "--max-new-tokens to score whole answers")
+    if n < FEW_PROMPTS:
+        sentences.append(f"only {n} prompts: the intervals are wide; compare on more (--num-samples 0 takes the "
+                         "whole eval split, --data FILE another set)")
+
+    if broken:
+        headline = "NOT HELPED: the fine-tuned model's answers degenerate"
+    elif rouge is None:
+        headline = "CANNOT TELL: no reference answers to judge against; read the answers side by side"
+    elif rouge.reliable and rouge.mean > 0:
+        headline = "HELPED: fine-tuned answers are closer to the reference answers"
+    elif rouge.reliable:
+        headline = "HURT: fine-tuned answers are further from the reference answers"
+    else:
+        headline = "NO RELIABLE DIFFERENCE from the base model on these prompts"
+    return Verdict(headline, sentences, degenerate)

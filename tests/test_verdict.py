@@ -1,0 +1,180 @@
+"""The comparison's judgement: degenerate answers are flagged and never win, intervals are right on
+crafted data, the verdict says helped / hurt / no difference when it should, and the HTML report
+holds every prompt."""
+
+import random
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from glmtune.generation import Generated
+from glmtune.html_report import render
+from glmtune.metrics import DEFAULT_LEXICON_PATH, Lexicon, answer_flags, char_bleu4, rouge_zh
+from glmtune.scoring import Sample, metric_table, score, summary_lines
+from glmtune.verdict import paired_interval, wins_ties_losses
+
+REFERENCE = "建议低盐饮食，规律服用降压药，每天监测血压，头晕胸痛时及时就医。"
+GOOD = "低盐饮食，规律服用降压药，监测血压，有胸痛及时就医。"
+POOR = "多喝热水，注意休息。"
+PUNCTUATION = "，。！？、；：“”（）《》…—,.!?;:()[]<>~+=*&^%$#@ \n"
+
+
+@pytest.fixture(scope="module")
+def lexicon():
+    return Lexicon.load(DEFAULT_LEXICON_PATH)
+
+
+@pytest.mark.parametrize("text, stopped, flags", [
+    ("", True, ["empty"]),
+    ("  \n ", False, ["empty", "truncated"]),
+    ("，。，。" * 60, False, ["punctuation-only", "truncated"]),
+    ("头痛" * 40, True, ["repetitive"]),
+    ("建议休息。建议休息。建议休息。建议休息。建议休息。建议休息。", True, ["repetitive"]),
+    (GOOD, True, []),
+    (GOOD, False, ["truncated"]),
+    ("头痛头痛", True, []),  # too short to call a loop
+])
+def test_degenerate_answers_are_flagged(text, stopped, flags):
+    assert answer_flags(text, stopped) == flags
+
+
+def test_real_answers_are_not_flagged(realdata_dir):
+    from glmtune.data import read_dataset
+
+    answers = [ex.answer for ex in read_dataset(realdata_dir / "toyhom_internal_medicine_200.txt").examples]
+    flagged = [a for a in answers if answer_flags(a, True)]
+    assert len(answers) >= 190 and not flagged, flagged[:3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(noise=st.text(alphabet=PUNCTUATION, min_size=1, max_size=40), reference=st.sampled_from([REFERENCE, GOOD, POOR]))
+def test_punctuation_never_raises_rouge_or_bleu(lexicon, noise, reference):
+    assert rouge_zh(noise, reference, lexicon.segment) == {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
+    assert char_bleu4(noise, reference) == 0.0
+    # and punctuation added to a real answer changes nothing
+    assert rouge_zh(POOR + noise, reference, lexicon.segment) == pytest.approx(rouge_zh(POOR, reference, lexicon.segment))
+
+
+def test_bootstrap_interval_on_known_data():
+    constant = paired_interval([0.1] * 30, [0.3] * 30)
+    assert (constant.mean, constant.low, constant.high) == pytest.approx((0.2, 0.2, 0.2)) and constant.reliable
+    rng = np.random.default_rng(7)
+    diffs = rng.normal(0.5, 1.0, size=400)
+    interval = paired_interval([0.0] * 400, list(diffs))
+    half_width = 1.96 * diffs.std(ddof=1) / np.sqrt(400)  # the normal-theory interval, which it must approach
+    assert interval.mean == pytest.approx(diffs.mean())
+    assert interval.low == pytest.approx(diffs.mean() - half_width, abs=0.015)
+    assert interval.high == pytest.approx(diffs.mean() + half_width, abs=0.015)
+    symmetric = paired_interval([0.0] * 40, [1.0, -1.0] * 20)
+    assert symmetric.low < 0 < symmetric.high and not symmetric.reliable
+    assert paired_interval([None, 1.0], [2.0, None]) is None
+    assert wins_ties_losses([0.1, 0.2, 0.3, None], [0.2, 0.2, 0.1, 0.5]) == (1, 1, 1)
+
+
+def answered(text: str, stopped: bool = True) -> Generated:
+    return Generated(text, max(1, len(text)), 1.0, 0.1, stopped)
+
+
+def samples(pairs, reference=REFERENCE):
+    return [Sample(f"问题{i}？", reference, {"base": answered(b), "tuned": answered(t)}) for i, (b, t) in enumerate(pairs)]
+
+
+def test_verdict_clear_win(lexicon):
+    _, aggregate = score(samples([(POOR, GOOD)] * 25 + [(GOOD, GOOD)] * 5), lexicon)
+    verdict = aggregate["verdict"]
+    assert verdict["headline"].startswith("HELPED")
+    assert verdict["sentences"][0].startswith("fine-tuned is closer to the reference answers: ROUGE-L +")
+    assert "wins 25 of 30" in verdict["sentences"][0]
+
+
+def test_verdict_clear_loss(lexicon):
+    _, aggregate = score(samples([(GOOD, POOR)] * 30), lexicon)
+    assert aggregate["verdict"]["headline"].startswith("HURT")
+    assert "loses 30 of 30" in aggregate["verdict"]["sentences"][0]
+
+
+def test_verdict_no_difference(lexicon):
+    pairs = [(GOOD, POOR), (POOR, GOOD)] * 15
+    random.Random(0).shuffle(pairs)
+    _, aggregate = score(samples(pairs), lexicon)
+    assert aggregate["verdict"]["headline"].startswith("NO RELIABLE DIFFERENCE")
+    assert aggregate["verdict"]["sentences"][0].startswith("no reliable difference in closeness to the reference")
+    assert "wins 15, ties 0, losses 15 of 30" in aggregate["verdict"]["sentences"][0]
+
+
+def test_degenerate_side_never_reads_as_an_improvement(lexicon):
+    # the tuned side prints punctuation, yet its (teacher-forced) perplexity fell: still not helped
+    data = samples([(POOR, "，。" * 30)] * 27)
+    for s in data:
+        s.ppl = {"base": 12.0, "tuned": 8.0}
+    _, aggregate = score(data, lexicon)
+    verdict = aggregate["verdict"]
+    assert verdict["headline"].startswith("NOT HELPED")
+    assert verdict["sentences"][0].startswith("fine-tuned answers degenerate: 27 of 27 punctuation-only")
+    ppl = next(s for s in verdict["sentences"] if "perplexity" in s)
+    assert "more likely" in ppl and ppl.endswith("(not an improvement: the fine-tuned answers degenerate)")
+    assert aggregate["flags"]["tuned"]["punctuation-only"] == 27 and aggregate["degenerate"] == {"base": 0, "tuned": 27}
+
+
+def test_table_states_directions_and_the_log_is_one_screen(lexicon):
+    _, aggregate = score(samples([(POOR, GOOD)] * 25), lexicon)
+    table = metric_table(aggregate)
+    row = next(line for line in table if line.startswith("ROUGE-L F"))
+    assert " higher " in row and "[+0.800, +0.800]" in row
+    length = next(line for line in table if line.startswith("output length (chars)"))
+    assert length.split()[3] == "-" and length.endswith("%")  # no better direction; relative change in %
+    assert summary_lines(aggregate, TIMING)[0].startswith("VERDICT (25 prompts): HELPED")
+
+
+TIMING = {side: {"wall_s": 1.0, "new_tokens": 10, "tok_per_s": 10.0, "peak_gpu_gib": None} for side in ("base", "tuned")}
+
+
+class Cells(HTMLParser):
+    """Collects the body rows of the answers table (not the figures tables) and checks that tags
+    nest properly."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.rows, self.in_body, self.in_answers = [], [], False, False
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("meta", "img", "input", "br"):
+            self.stack.append(tag)
+        if tag == "table":
+            self.in_answers = dict(attrs).get("class") == "answers"
+        if tag == "tbody" and self.in_answers:
+            self.in_body = True
+        if tag == "tr" and self.in_body:
+            self.rows.append({"attrs": dict(attrs), "text": ""})
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+        if tag == "tbody":
+            self.in_body = False
+
+    def handle_data(self, data):
+        if self.in_body and self.rows:
+            self.rows[-1]["text"] += data
+
+
+def test_html_report_parses_and_holds_every_prompt(lexicon):
+    pairs = [(POOR, GOOD), (GOOD, "<script>alert(1)</script> & 头痛\x1b[31m"), ("", "，。")] * 67  # 201 prompts
+    rows, aggregate = score(samples(pairs), lexicon)
+    for row, department in zip(rows, ["心血管内科", "儿科", None] * 67):
+        row["department"] = department
+    page = render({"adapter": "run", "prompt_source": "eval.txt"}, aggregate, TIMING, rows, b"\x89PNG fake")
+    parser = Cells()
+    parser.feed(page)
+    parser.close()
+    assert parser.stack == [] and len(parser.rows) == 201
+    assert [int(r["attrs"]["data-index"]) for r in parser.rows] == list(range(1, 202))
+    assert all(f"问题{i}？" in r["text"] for i, r in enumerate(parser.rows))
+    body = page.split("<table class=\"answers\">")[1].split("</table>")[0]
+    assert "<script>alert(1)</script>" not in body and "头痛\\x1b[31m" in body  # text, never markup or escapes
+    assert page.count("<script>") == 1 and "http" not in page.replace("http-equiv", "")  # no network
+    flagged = [r for r in parser.rows if r["attrs"].get("class") == "flagged"]
+    assert len(flagged) == 67  # the ("", "，。") rows
