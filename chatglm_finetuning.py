@@ -23,8 +23,8 @@ def main(config: TrainConfig, options: cli.RunOptions) -> None:
     from glmtune.finetune import FineTune
 
     job = FineTune(config, options.config_file)
-    job.prepare()         # the machine, then the output folder: a new run, a resumed one, or a refusal
-    job.load_data()       # data -> eval split, data report
+    job.prepare()         # machine, data, tokenizer files; then the output folder: new, resumed, or refused
+    job.load_data()       # data report, eval split
     job.load_tokenizer()  # tokenizer -> token ids and labels
     job.build_model()     # NF4 base + LoRA, batch fitted to memory
     print(job.plan_summary(), flush=True)

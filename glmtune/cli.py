@@ -31,10 +31,17 @@ def _names(f: dataclasses.Field) -> list[str]:
     return list(dict.fromkeys(option for s in spellings for option in (flag(s), "--" + s)))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad setting is one line: the usage block would bury it (26 lines of flags)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (--help lists the settings)\n")
+
+
 def build_parser(cls, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """One option per field (defaults shown, values left unset unless given: SUPPRESS lets a YAML
     file fill what the command line does not)."""
-    parser = argparse.ArgumentParser(description=description, epilog=epilog, allow_abbrev=False,
+    parser = OneLineParser(description=description, epilog=epilog, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
@@ -173,6 +180,9 @@ def os_error(err: OSError) -> str:
     where = f"{err.filename}: " if err.filename else ""
     if err.errno in FULL:
         return f"{where}no space left on the device; free some space and run the same command again"
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return f"{where}permission denied; choose a folder you can write to"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "read-only file system" if err.errno == errno.EROFS else "permission denied"
+        return f"{where}{what}; choose a folder you can write to"
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return f"{where}{err.strerror}; check the path"
     return f"{where}{err.strerror or err}"

@@ -30,7 +30,10 @@ class Comparison:
         self.began = time.perf_counter()
 
     def load_run(self) -> None:
-        """The training run's record: which base, quantization and prompt layout to use."""
+        """The training run's record (which base, quantization and prompt layout to use) and the
+        term lexicon: everything a bad file could stop, checked before any model loads."""
+        from .metrics import DEFAULT_LEXICON_PATH
+
         c = self.config
         missing = [f for f in ADAPTER_FILES if not (c.adapter / f).is_file()]
         if missing:
@@ -40,6 +43,8 @@ class Comparison:
         self.base = c.base_model or self.run.config.model
         self.quantization = self.run.config.quantization if c.quantization == "as-trained" else c.quantization
         self.prompt_format = self.run.resolved.prompt_format
+        self.terms_file = c.terms_file or DEFAULT_LEXICON_PATH
+        self.lexicon = load_lexicon(self.terms_file)  # before any model: a bad --terms-file must not waste a run
         if not device.cuda() and needs_gpu(self.base):
             raise ConfigError("base_model", f"this adapter's base is {self.base}, a 6B model that needs a CUDA GPU. "
                                             "For a CPU demo, train with --model tiny and compare that adapter.")
@@ -114,24 +119,22 @@ class Comparison:
     def score(self) -> list[str]:
         """Score both sides; return the aggregate table (printed before any file is written, so a
         full disk cannot take the results with it)."""
-        from .metrics import DEFAULT_LEXICON_PATH, Lexicon
         from .scoring import Sample, score, summary_lines
 
         c = self.config
         scoring = time.perf_counter()
-        terms = c.terms_file or DEFAULT_LEXICON_PATH
         (tuned, tuned_ppl, tuned_timing), (plain, base_ppl, base_timing) = self.tuned, self.plain
         samples = [Sample(ex.question, reference, {"base": plain[i], "tuned": tuned[i]},
                           {"base": base_ppl[i], "tuned": tuned_ppl[i]}, ex.department)
                    for i, (ex, reference) in enumerate(self.items)]
-        self.rows, self.aggregate = score(samples, Lexicon.load(terms))
+        self.rows, self.aggregate = score(samples, self.lexicon)
         self.timing = {"base": base_timing, "tuned": tuned_timing, "load_s": self.loaded - self.began,
                        "score_s": time.perf_counter() - scoring}
         self.settings = {
             "adapter": str(c.adapter), "base_model": self.base, "quantization": self.quantization,
             "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
             "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
-            "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(terms), "device": device.name()}
+            "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(self.terms_file), "device": device.name()}
         self.summary = summary_lines(self.aggregate, self.timing)
         return self.summary
 
@@ -163,6 +166,18 @@ class Comparison:
                 f"scoring {t['score_s']:.1f} s",
                 f"wrote {self.output}/: {', '.join(p.name for p in self.outputs)}",
                 f"open   {self.outputs[-1]} in a browser for every answer side by side"]
+
+
+def load_lexicon(path: Path):
+    """The medical-term lexicon; a bad file is a DataError naming its line."""
+    from .metrics import Lexicon
+
+    try:
+        return Lexicon.load(path)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; save the term list as UTF-8, one term per line") from None
+    except ValueError as err:  # Lexicon.load names the file and line
+        raise DataError(f"{err}; fix the term list (one term per line, '#' for comments)") from None
 
 
 def output_dir(config: CompareConfig) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from .errors import ConfigError
 from .lora import resolve_lora_targets
 
 DEFAULT_MODEL = "THUDM/chatglm3-6b"
+MAX_POSITIONS = 8192  # ChatGLM3-6B's seq_length: no answer can be longer
+PROMPT_FORMATS = ("glm3", "chat")  # the layouts (prompts.py); "auto" resolves to one of them per run
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
 # Trainer integrations and the module each needs.
@@ -109,6 +112,17 @@ class Settings:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         return cls(**{k: convert(cls, fields[k], v) for k, v in values.items() if k in fields})
 
+    def check_numbers(self) -> None:
+        """What no single range check says: every float finite (an inf learning rate trains to a NaN
+        adapter), and a seed that torch and numpy accept."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f.name, f"must be a finite number, not {value}")
+        seed = getattr(self, "seed", 0)
+        if not 0 <= seed < 2**32:
+            raise ConfigError("seed", f"must be in [0, 2**32), not {seed}")
+
     @classmethod
     def identity_fields(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls) if f.metadata.get("identity", True)]
@@ -141,7 +155,7 @@ class TrainConfig(Settings):
     # prompt
     prompt_format: str = opt("auto", "glm3: '[Round 1]\\n\\n问：{q}\\n\\n答：'; chat: ChatGLM3's <|user|>/<|assistant|> "
                              "turns; auto: chat for conversation data, else glm3", group="prompt",
-                             choices=("auto", "glm3", "chat"), aliases=("template",))
+                             choices=("auto", *PROMPT_FORMATS), aliases=("template",))
     max_length: int = opt(1024, "tokens per example; the question is cut to half of it at most, then the answer's "
                           "end (conversations drop their oldest turns first)", group="prompt",
                           aliases=("max_seq_length", "cutoff_len"))
@@ -197,6 +211,21 @@ class TrainConfig(Settings):
 
     def validate(self) -> None:
         """Raise ConfigError for the first setting that cannot work. Touches no GPU and no model."""
+        self.check_values()
+        check_file(self.data, "data")
+        check_model(self.model, "model")
+        if self.resume not in (None, "last") and not Path(self.resume).is_dir():
+            raise ConfigError("resume", f"{self.resume}: no such checkpoint folder; pass a checkpoint-N folder of "
+                                        "this run, or --resume alone for its last checkpoint")
+        for name in self.reporters():
+            module = REPORTERS.get(name, "")
+            if module == "":
+                raise ConfigError("report_to", f"unknown integration {name!r}; use some of: {', '.join(REPORTERS)}")
+            if module and importlib.util.find_spec(module) is None:
+                raise ConfigError("report_to", f"{name} is not installed; pip install {name}, or --report-to none")
+
+    def check_values(self) -> None:
+        """The checks that need no file: also what a run_config.json read back must pass."""
         checks = [
             ("lora_r", self.lora_r >= 1, "must be at least 1"),
             ("lora_alpha", self.lora_alpha >= 1, "must be at least 1"),
@@ -217,22 +246,12 @@ class TrainConfig(Settings):
              f"must be 'auto' or a positive integer, not {self.batch_size!r}"),
             ("resume", not (self.resume and self.overwrite), "and --overwrite contradict each other; pick one"),
         ]
+        self.check_numbers()
         for name, ok, message in checks:
             if not ok:
                 raise ConfigError(name, message)
         check_choices(self)
-        check_file(self.data, "data")
-        check_model(self.model, "model")
         resolve_lora_targets(self.lora_target)
-        if self.resume not in (None, "last") and not Path(self.resume).is_dir():
-            raise ConfigError("resume", f"{self.resume}: no such checkpoint folder; pass a checkpoint-N folder of "
-                                        "this run, or --resume alone for its last checkpoint")
-        for name in self.reporters():
-            module = REPORTERS.get(name, "")
-            if module == "":
-                raise ConfigError("report_to", f"unknown integration {name!r}; use some of: {', '.join(REPORTERS)}")
-            if module and importlib.util.find_spec(module) is None:
-                raise ConfigError("report_to", f"{name} is not installed; pip install {name}, or --report-to none")
 
     def reporters(self) -> list[str]:
         names = [part.strip() for part in self.report_to.split(",") if part.strip()]
@@ -279,13 +298,16 @@ class CompareConfig(Settings):
 
     def validate(self) -> None:
         checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "must be at least 1"),
+            ("max_new_tokens", 1 <= self.max_new_tokens <= MAX_POSITIONS,
+             f"must be in [1, {MAX_POSITIONS}] (ChatGLM3's context length)"),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("num_samples", self.num_samples >= 0, "must be 0 (all) or more"),
-            ("temperature", self.temperature > 0, "must be positive"),
+            ("temperature", self.temperature >= 0.01, "must be at least 0.01 (lower overflows; for the most likely "
+                                                      "answer drop --do-sample)"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("examples", self.examples >= 0, "must be 0 or more"),
         ]
+        self.check_numbers()
         for name, ok, message in checks:
             if not ok:
                 raise ConfigError(name, message)
@@ -332,5 +354,7 @@ def check_model(name_or_path: str, field_name: str) -> None:
 def check_file(path: Path, name: str) -> None:
     if path.is_dir():
         raise ConfigError(name, f"{path} is a folder; give the file itself")
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(name, f"{path}: no such file")
+    if not path.is_file():
+        raise ConfigError(name, f"{path} is not a regular file (a pipe or a device?); give a data file")

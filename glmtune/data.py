@@ -80,6 +80,7 @@ _FULLWIDTH_DELIMS = "，。；！？"
 _LITERAL_NEWLINE = re.compile(r"\\r\\n|\\n")
 _DELIM = re.compile(r"[，。；！？,.;!?]")
 # Whitespace other than space and newline, C0/C1 controls, zero-width characters, BOM.
+_NEWLINE = re.compile("\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ODD_CHAR = re.compile(r"\r\n?|[^\S \n]|[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
 _TITLE_END = re.compile(r"[？?](?=\s)")
@@ -422,8 +423,7 @@ def _decode(path: Path) -> str:
 
 
 def _seed_records(text: str, path: Path) -> _Records:
-    for line_no, line in enumerate(text.split("\n"), 1):
-        line = line.removesuffix("\r")
+    for line_no, line in enumerate(_lines(text), 1):
         if line.strip():
             yield line_no, line, line
 
@@ -471,7 +471,7 @@ def _json_error(path: Path, line_no: int, err: json.JSONDecodeError, what: str) 
 
 
 def _jsonl_records(text: str, path: Path) -> _Records:
-    for line_no, line in enumerate(text.split("\n"), 1):
+    for line_no, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -480,6 +480,9 @@ def _jsonl_records(text: str, path: Path) -> _Records:
             raise _json_error(
                 path, line_no, err, "each line of a .jsonl file must be one complete JSON object"
             ) from None
+        except (RecursionError, ValueError) as err:  # nesting thousands deep; a 5,000-digit number
+            raise DataError(f"{path}:{line_no}: JSON that cannot be read ({type(err).__name__}: {err}); "
+                            "each line must be one question/answer or conversation object") from None
         yield line_no, line, obj
 
 
@@ -488,6 +491,9 @@ def _json_records(text: str, path: Path) -> _Records:
         items = json.loads(text)
     except json.JSONDecodeError as err:
         raise _json_error(path, err.lineno, err, "a .json file must hold one JSON array of objects") from None
+    except (RecursionError, ValueError) as err:
+        raise DataError(f"{path}: JSON that cannot be read ({type(err).__name__}: {err}); a .json file must "
+                        "hold one JSON array of question/answer or conversation objects") from None
     if not isinstance(items, list):
         raise DataError(f"{path}:1: expected a JSON array of objects, found {type(items).__name__}")
     # Decode again element by element to learn the line each one starts on.
@@ -610,8 +616,15 @@ _FORMATS = {
 _SEED = _Format("seed", _seed_records, _seed_pair, "one 'title？ ask,answer' record per line")
 
 
+def _lines(text: str) -> list[str]:
+    """Lines ended by LF, CRLF or a lone CR (old Mac files), as an editor shows them: a file with CR
+    endings read as one line would glue every record into the first one's answer."""
+    lines = _NEWLINE.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def _count_lines(text: str) -> int:
-    return text.count("\n") + (not text.endswith("\n")) if text else 0
+    return len(_lines(text))
 
 
 def departments_file(path: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -21,7 +22,8 @@ from .lora import attach_lora, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, uses_checkpointing
 from .prompts import PadCollator, tokenize_examples
 from .files import free_space, write_atomic, write_failure
-from .runs import FINISHED, RunRecord, checkpoints, file_sha256, is_complete, last_checkpoint, prepare_output_dir
+from .runs import (FINISHED, RunRecord, checkpoints, clear_leftovers, file_sha256, is_complete, last_checkpoint,
+                   prepare_output_dir)
 
 
 def resolve_prompt_format(choice: str, conversational: bool) -> str:
@@ -52,18 +54,25 @@ class FineTune:
         self.callbacks: list = []  # extra TrainerCallbacks (tests, benchmarks)
 
     def prepare(self) -> None:
-        """Check the machine, then make the output folder ready: a new run, the continuation of an
-        interrupted one, or a refusal that says what to do."""
-        check_hardware(self.config)
-        self.record.data_sha256 = file_sha256(self.config.data)
-        self.resume_from = prepare_output_dir(self.record)
-        self.record.save(self.out)  # first of all, so an interrupted run is always recognised
+        """Check the machine, the data and the model's tokenizer files, then make the output folder
+        ready: a new run, the continuation of an interrupted one, or a refusal that says what to do."""
+        from .tokenizer import tokenizer_folder
 
-    def load_data(self) -> None:
-        """Read and check the data file, write its report, hold out and save the eval split."""
+        check_hardware(self.config)
+        # Bad data or a model folder without its tokenizer must fail before the folder is touched:
+        # --overwrite would otherwise have removed a finished run for nothing.
         self.dataset = read_dataset(self.config.data)
         self.record.resolved.prompt_format = resolve_prompt_format(self.config.prompt_format,
                                                                    self.dataset.conversational)
+        tokenizer_folder(self.config.model)
+        self.record.data_sha256 = file_sha256(self.config.data)
+        self.resume_from = prepare_output_dir(self.record)
+        self.removed = clear_leftovers(self.out)
+        self.record.save(self.out)  # first of all, so an interrupted run is always recognised
+
+    def load_data(self) -> None:
+        """The data report and the eval split, held out and saved (the data was read and checked in
+        prepare)."""
         self.report = self.dataset.report_lines()
         write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
         if self.dataset.skipped or self.dataset.duplicates:
@@ -108,6 +117,8 @@ class FineTune:
         trainable, total = count_parameters(self.model)
         memory = f"; {device.allocated() / 2**30:.1f} GiB allocated after loading" if device.cuda() else ""
         resumed = f"; resuming from {self.resume_from.name}" if self.resume_from else ""
+        if self.removed:
+            resumed += f" (removed {', '.join(self.removed)}: cut short, or damaged)"
         lines = [
             f"data       {c.data}: {len(d.examples)} examples used of {d.lines_read} lines read "
             f"({len(d.skipped)} skipped, {d.duplicates_removed} duplicates, {d.repaired} repaired)",
@@ -151,11 +162,13 @@ class FineTune:
         self.train_seconds = time.perf_counter() - began
         epochs_run = max(0.0, (self.trainer.state.epoch or 0.0) - start_epoch)
         self.tokens_per_s = epochs_run * sum(self.train_ds["length"]) / max(self.train_seconds, 1e-9)
-        if self.nan_guard.bad_step is not None:
-            raise TrainingError(
-                f"the training loss became NaN/inf at step {self.nan_guard.bad_step}; no final adapter was saved. "
-                "Lower --learning-rate (e.g. 5e-5), use --precision bf16 instead of fp16 (fp16 overflows), "
-                "or check the data report for broken lines")
+        diverged = not math.isfinite(self.result.training_loss) or not all(
+            p.isfinite().all() for p in self.model.parameters() if p.requires_grad)
+        if self.nan_guard.bad_step is not None or diverged:
+            # The guard sees logged losses only; a run shorter than --logging-steps, or whose last
+            # update overflowed, shows in its mean loss or in the LoRA weights themselves.
+            raise diverged_error(f"the training loss became NaN/inf (by step "
+                                 f"{self.nan_guard.bad_step or self.trainer.state.global_step})")
         if self.interrupt.stopped_at is not None:
             step = self.interrupt.stopped_at
             raise Interrupted(f"stopped at step {step}; checkpoint-{step} is saved in {self.out}. Continue with the "
@@ -166,15 +179,17 @@ class FineTune:
         record marked finished, last: a folder whose record says finished is complete."""
         from .plots import plot_losses
 
+        metrics = dict(self.result.metrics)
+        if len(self.eval_ds):
+            metrics |= self.trainer.evaluate()
+            if not math.isfinite(metrics["eval_loss"]):  # weights blown up by the last update
+                raise diverged_error("the eval loss is NaN/inf")
         with self._stop_on_write_failure("the adapter"), \
                 tempfile.TemporaryDirectory(dir=self.out, prefix=".saving-") as scratch:
             self.model.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
             for item in Path(scratch).iterdir():
                 item.replace(self.out / item.name)
-        metrics = dict(self.result.metrics)
-        if len(self.eval_ds):
-            metrics |= self.trainer.evaluate()
         if self.plan is not None:
             metrics["checkpoint_plan"] = self.plan.summary()
         metrics |= {"train_seconds": self.train_seconds, "train_tokens_per_s": self.tokens_per_s,
@@ -244,6 +259,11 @@ class FineTune:
                             else ""))
         lines.append(f"next       python chatglm_finetuning_tst.py --adapter {self.out}")
         return "\n".join(lines)
+
+
+def diverged_error(what: str) -> TrainingError:
+    return TrainingError(f"{what}; no final adapter was saved. Lower --learning-rate (e.g. 5e-5), use --precision "
+                         "bf16 instead of fp16 (fp16 overflows), or check the data report for broken lines")
 
 
 def build_peft_model(config: TrainConfig):

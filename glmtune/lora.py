@@ -47,7 +47,7 @@ def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str]):
 def load_adapter(model, folder: Path, base: str):
     """`model` (loaded from `base`) with the trained adapter in `folder` attached (inference).
     A damaged adapter, or one trained on another base, is a ModelLoadError naming the file."""
-    from peft import PeftConfig, PeftModel
+    from peft import PeftConfig, PeftModel, get_peft_model_state_dict
     from safetensors import SafetensorError, safe_open
 
     config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
@@ -57,14 +57,14 @@ def load_adapter(model, folder: Path, base: str):
     except (ValueError, TypeError, KeyError) as err:  # bad JSON, a list, a field of the wrong type or name
         raise ModelLoadError(f"{config_file} is damaged ({type(err).__name__}: {err}); {again}") from None
     try:
-        with safe_open(str(weights), "pt"):
-            pass
+        with safe_open(str(weights), "pt") as f:
+            stored = set(f.keys())
     except SafetensorError as err:
         raise ModelLoadError(f"{weights} is damaged ({err}), e.g. cut short by a full disk or an interrupted "
                              f"copy; {again}") from None
     try:
         with quiet_peft():
-            return PeftModel.from_pretrained(model, str(folder), config=config)
+            model = PeftModel.from_pretrained(model, str(folder), config=config)
     except RuntimeError as err:
         if "size mismatch" not in str(err):
             raise
@@ -75,6 +75,12 @@ def load_adapter(model, folder: Path, base: str):
         raise ModelLoadError(f"{config_file} holds a setting peft cannot use ({err}); {again}") from None
     except ValueError as err:  # peft's "Target modules {...} not found in the base model"
         raise ModelLoadError(f"the adapter in {folder} does not fit {base}: {err}") from None
+    # peft loads what adapter_config.json names and silently ignores other stored weights.
+    ignored = stored - set(get_peft_model_state_dict(model, save_embedding_layers=False))
+    if ignored:
+        raise ModelLoadError(f"{weights} holds {len(ignored)} weights that {config_file} does not name (e.g. "
+                             f"{sorted(ignored)[0]}): the two files come from different runs; {again}")
+    return model
 
 
 def _without_embedding_copies(model):

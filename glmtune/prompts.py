@@ -25,9 +25,9 @@ import dataclasses
 import statistics
 from dataclasses import dataclass
 
+from .config import PROMPT_FORMATS
 from .tokenizer import chat_ids, sp_ids
 
-PROMPT_FORMATS = ("glm3", "chat")
 GLM3_TEMPLATE = "[Round 1]\n\n问：{question}\n\n答："
 IGNORE_INDEX = -100  # labels the loss skips: prompt and padding
 

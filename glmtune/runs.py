@@ -15,11 +15,12 @@ import json
 import platform
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import PROMPT_FORMATS, TrainConfig
 from .errors import RunDirError
 from .files import write_atomic
 
@@ -99,10 +100,18 @@ class RunRecord:
             raw = json.loads(path.read_text(encoding="utf-8"))
             resolved_fields = {f.name for f in dataclasses.fields(Resolved)}
             resolved = Resolved(**{k: v for k, v in raw.get("resolved", {}).items() if k in resolved_fields})
+            if "model" not in raw["settings"]:
+                raise KeyError("settings.model")
             config = TrainConfig.from_dict(raw["settings"])
+            config.check_values()
             sha = raw.get("data_sha256") or raw.get("resolved", {}).get("data_sha256", "")
-            resolved.prompt_format = resolved.prompt_format or config.prompt_format
+            # Records older than the resolved block: "auto" was glm3 unless the data had conversations.
+            fallback = config.prompt_format if config.prompt_format != "auto" else "glm3"
+            resolved.prompt_format = resolved.prompt_format or fallback
             resolved.eval_file = resolved.eval_file or "eval.txt"
+            if resolved.prompt_format not in PROMPT_FORMATS or not isinstance(resolved.eval_file, str):
+                raise ValueError(f"resolved prompt_format {resolved.prompt_format!r} / eval_file "
+                                 f"{resolved.eval_file!r} are not what a run writes")
             return cls(config, sha, raw.get("state", FINISHED), resolved, raw.get("config_file"),
                        raw.get("versions", {}))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
@@ -117,13 +126,34 @@ def checkpoints(folder: Path) -> list[Path]:
 
 
 def is_complete(checkpoint: Path) -> bool:
-    """The Trainer writes trainer_state.json last; a checkpoint cut short by a kill or a full disk
-    lacks it (or holds a truncated one)."""
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """Whether the Trainer can resume from `checkpoint`. It writes trainer_state.json last, so a
+    checkpoint cut short by a kill or a full disk lacks it or holds a truncated one; a file damaged
+    later shows as a torch file that is no longer a whole zip archive, or an unreadable adapter."""
+    from safetensors import SafetensorError, safe_open
+
+    if not checkpoint.is_dir():
         return False
-    return (checkpoint / "adapter_model.safetensors").is_file()
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt"):
+            pass
+    except (OSError, ValueError, SafetensorError):
+        return False
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return False
+    return all(zipfile.is_zipfile(p) for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth"))
+
+
+def clear_leftovers(folder: Path) -> list[str]:
+    """Before a run continues in `folder`: remove what kills and full disks left behind (checkpoints
+    that cannot be resumed from, which the Trainer would also write into; scratch files). Returns the
+    names removed, for the user."""
+    removed = []
+    for item in folder.iterdir():
+        if (CHECKPOINT.match(item.name) and not is_complete(item)) or SCRATCH.match(item.name):
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+            removed.append(item.name)
+    return sorted(removed)
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -177,13 +207,11 @@ def prepare_output_dir(record: RunRecord) -> Path | None:
     if config.resume not in (None, "last"):
         chosen = Path(config.resume)
         if not is_complete(chosen):
-            raise RunDirError(f"{chosen} is not a complete checkpoint (no trainer_state.json or adapter); "
+            raise RunDirError(f"{chosen} is not a complete checkpoint (cut short, or damaged); "
                               "pass another, or --resume alone for the last complete one")
         return chosen
     last = last_checkpoint(out)
     if config.resume:
-        for cut in (c for c in checkpoints(out) if not is_complete(c)):
-            shutil.rmtree(cut)  # cut short by a kill or a full disk: unusable, and the Trainer would write into it
         return last  # None: killed before its first checkpoint, so step 0 is where it stands
     if last is not None:
         raise RunDirError(f"{out} holds this run, interrupted at {last.name}. Continue it with --resume, or start "

@@ -69,24 +69,29 @@ def _model_max_length(folder: Path) -> int:
     return 8192
 
 
-def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
-    """Load ChatGLM3's tokenizer from an official folder (`tokenizer.model`), a hub id, `tiny`,
-    or a folder this function saved before (`tokenizer.json`)."""
+def tokenizer_folder(name_or_path: str | Path) -> Path:
+    """The folder holding the tokenizer's files; ModelLoadError, saying what to do, if there are none."""
     folder = resolve_model_dir(name_or_path, weights=False)
-    if (folder / "tokenizer.json").is_file():
-        try:
-            # Run folders written before text stopped being matched against control tokens lack the flag.
-            return AutoTokenizer.from_pretrained(str(folder), split_special_tokens=True)
-        except (ValueError, TypeError, KeyError) as err:  # truncated or hand-edited JSON
-            raise ModelLoadError(f"{folder}: tokenizer.json or tokenizer_config.json is damaged ({type(err).__name__}: "
-                                 f"{err}); copy the folder again, or train again into a new --output-dir") from None
-    sp_model = folder / "tokenizer.model"
-    if not sp_model.is_file():
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         raise ModelLoadError(
             f"{folder}: no tokenizer.model (ChatGLM3's SentencePiece file) and no tokenizer.json. "
             "Point --model at the full ChatGLM3 checkpoint folder, or copy tokenizer.model into it."
         )
-    return build_tokenizer(sp_model)
+    return folder
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
+    """Load ChatGLM3's tokenizer from an official folder (`tokenizer.model`), a hub id, `tiny`,
+    or a folder this function saved before (`tokenizer.json`)."""
+    folder = tokenizer_folder(name_or_path)
+    if (folder / "tokenizer.json").is_file():
+        try:
+            # Run folders written before text stopped being matched against control tokens lack the flag.
+            return AutoTokenizer.from_pretrained(str(folder), split_special_tokens=True)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:  # truncated or hand-edited JSON
+            raise ModelLoadError(f"{folder}: tokenizer.json or tokenizer_config.json is damaged ({type(err).__name__}: "
+                                 f"{err}); copy the folder again, or train again into a new --output-dir") from None
+    return build_tokenizer(folder / "tokenizer.model")
 
 
 def sp_ids(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:

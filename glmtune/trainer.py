@@ -94,14 +94,17 @@ class StopOnNonFiniteLoss(TrainerCallback):
 
 
 class StopOnInterrupt(TrainerCallback):
-    """The first Ctrl-C lets the current optimizer step finish, saves a checkpoint and stops, so
-    --resume continues exactly there; a second Ctrl-C stops at once (nothing half-written is used:
-    an incomplete checkpoint is never resumed from)."""
+    """The first Ctrl-C (or SIGTERM, which Slurm, `docker stop` and `kill` send before they kill)
+    lets the current optimizer step finish, saves a checkpoint and stops, so --resume continues
+    exactly there; a second one stops at once (nothing half-written is used: an incomplete
+    checkpoint is never resumed from)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.stopped_at: int | None = None
         self._requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def request(self, *_) -> None:
         if self._requested:
@@ -112,7 +115,7 @@ class StopOnInterrupt(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self.request)
+            self._previous = {sig: signal.signal(sig, self.request) for sig in self.SIGNALS}
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._requested:
@@ -124,7 +127,8 @@ class StopOnInterrupt(TrainerCallback):
         self.restore()
 
     def restore(self) -> None:
-        """Ctrl-C back to what it was; also called when training ends in an error (no on_train_end)."""
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        """The signals back to what they were; also called when training ends in an error (no
+        on_train_end)."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}

@@ -24,7 +24,9 @@ def usage_error(capsys, *argv, cls=TrainConfig) -> str:
     with pytest.raises(SystemExit) as exit_:
         parse(*argv, cls=cls)
     assert exit_.value.code == 2
-    return capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # one line, not argparse's usage block
+    return err
 
 
 def test_defaults_are_the_seed_recipe(data_file):
@@ -88,6 +90,11 @@ def test_bad_yaml_names_file_and_key(capsys, data_file, tmp_path, text, message)
     (["--config", "/no/such.yaml"], "/no/such.yaml: no such file"),
     (["--model", "/no/such/chatglm3"], "--model /no/such/chatglm3: no such folder"),
     (["--model", "./models/chatglm3-6b"], "--model models/chatglm3-6b: no such folder"),
+    (["--learning-rate", "inf"], "--learning-rate must be a finite number, not inf"),  # trained to a NaN adapter
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    (["--epochs", "inf"], "--epochs must be a finite number"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--data", "/dev/null"], "--data /dev/null is not a regular file"),
 ])
 def test_bad_flags_are_usage_errors_naming_the_flag(capsys, data_file, argv, message):
     assert message in usage_error(capsys, "--data", str(data_file), *argv)
@@ -106,6 +113,12 @@ def test_compare_flags(capsys, trained, tmp_path):
     assert "--prompt is empty" in usage_error(capsys, "--adapter", str(out), "--prompt", " ", cls=CompareConfig)
     assert "--top-p must be in (0, 1]" in usage_error(capsys, "--adapter", str(out), "--top-p", "0",
                                                       cls=CompareConfig)
+    assert "--temperature must be at least 0.01" in usage_error(capsys, "--adapter", str(out), "--temperature",
+                                                                "1e-300", cls=CompareConfig)
+    assert "--max-new-tokens must be in [1, 8192]" in usage_error(capsys, "--adapter", str(out), "--max-new-tokens",
+                                                                  "1000000000000", cls=CompareConfig)
+    assert "--seed must be in [0, 2**32)" in usage_error(capsys, "--adapter", str(out), "--seed", str(2**70),
+                                                         cls=CompareConfig)
 
 
 @pytest.mark.parametrize("error, code, line", [

@@ -3,6 +3,7 @@ error or the right behaviour, never a lost run. Tests named `test_item_N_...` pi
 reliability issue; the rest are further probes of the same kinds."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from glmtune import cli
 from glmtune.comparison import compare
 from glmtune.config import CompareConfig
 from glmtune.data import read_dataset
-from glmtune.errors import ModelLoadError, RunDirError, TrainingError
+from glmtune.errors import DataError, Interrupted, ModelLoadError, RunDirError, TrainingError
 from glmtune.finetune import train
 from glmtune.runs import RunRecord, checkpoints, last_checkpoint
 
@@ -73,7 +74,13 @@ def test_item_4_a_kill_before_the_run_record_does_not_block_the_rerun(data_file,
     assert RunRecord.load(out).state == "finished" and job.trainer.state.global_step == 1
 
 
-@pytest.mark.parametrize("damage", ['{"settings": {"model": "ti', "[1, 2]", '{"settings": {"lora_r": "many"}}'])
+@pytest.mark.parametrize("damage", [
+    '{"settings": {"model": "ti', "[1, 2]", '{"settings": {"lora_r": "many"}}',
+    '{"settings": {"lora_r": 8}}',  # no model: which base?
+    '{"settings": {"model": "tiny", "max_length": -5}}',
+    '{"settings": {"model": "tiny"}, "resolved": {"prompt_format": "weird"}}',
+    '{"settings": {"model": "tiny"}, "resolved": {"eval_file": 5}}',
+])
 def test_item_6_a_damaged_run_record_is_one_clear_error(data_file, trained, tmp_path, damage):
     run = copy_run(trained, tmp_path)
     (run / "run_config.json").write_text(damage)
@@ -90,6 +97,10 @@ def test_item_6_a_damaged_run_record_is_one_clear_error(data_file, trained, tmp_
     ("adapter_config.json", lambda b: json.dumps({**json.loads(b), "r": "16"}).encode(),
      "adapter_config.json holds a setting peft cannot use"),
     ("tokenizer.json", lambda b: b[:1000], "tokenizer.json or tokenizer_config.json is damaged"),
+    ("tokenizer_config.json", lambda b: b"[]", "tokenizer.json or tokenizer_config.json is damaged"),
+    # valid, but names fewer modules than were trained: peft would drop the rest without a word
+    ("adapter_config.json", lambda b: json.dumps({**json.loads(b), "target_modules": ["q_proj"]}).encode(),
+     "holds .* weights that .*adapter_config.json does not name"),
 ])
 def test_item_7_a_damaged_adapter_folder_is_named(trained, tmp_path, name, damage, message):
     run = copy_run(trained, tmp_path)
@@ -268,3 +279,91 @@ def test_item_13_duplicates_are_reported_by_line(tmp_path):
     assert "duplicates removed: 2 (lines 3, 5)" in "\n".join(data.report_lines())
     assert "line 5: duplicate of line 1" in data.skipped_report()
     assert glmtune.parse_line("头痛？ 两天,休息。") == ("头痛？两天", "休息。")
+
+
+# --- further probes of the same kinds ---------------------------------------------------------
+
+
+def test_overwrite_never_costs_a_finished_run_for_bad_input(data_file, trained, tmp_path, tiny_dir):
+    run = copy_run(trained, tmp_path)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match="neither UTF-8 nor GB18030"):
+        train(tiny_config(binary, run, "--overwrite"))
+    no_tokenizer = tmp_path / "model"
+    shutil.copytree(tiny_dir, no_tokenizer)
+    (no_tokenizer / "tokenizer.model").unlink()
+    config = tiny_config(data_file, run, "--overwrite")
+    config.model = str(no_tokenizer)
+    with pytest.raises(ModelLoadError, match="no tokenizer.model"):
+        train(config)
+    assert RunRecord.load(run).state == "finished" and (run / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:100]),
+    lambda c: (c / "adapter_model.safetensors").write_bytes(b"\0" * 8),
+    lambda c: (c / "trainer_state.json").write_text("[1]"),
+    lambda c: (shutil.rmtree(c), c.write_text("not a folder")),
+])
+def test_a_damaged_last_checkpoint_is_skipped_and_named(data_file, tmp_path, capsys, damage):
+    from glmtune.finetune import FineTune
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[KillAtStep(3)])
+    damage(out / "checkpoint-2")
+    shutil.copytree(out / "checkpoint-2", out / "checkpoint-1") if (out / "checkpoint-2").is_dir() else None
+    (out / ".saving-x1y2").mkdir()  # a kill during the final save leaves this
+    assert last_checkpoint(out) is None or last_checkpoint(out).name != "checkpoint-2"
+    job = FineTune(tiny_config(data_file, out, *FLAGS, "--resume"))
+    job.prepare()
+    assert "checkpoint-2" in job.removed and ".saving-x1y2" in job.removed
+    assert not (out / "checkpoint-2").exists() and not (out / ".saving-x1y2").exists()
+
+
+def test_bare_cr_line_endings_are_lines(tmp_path):
+    path = tmp_path / "mac.txt"
+    path.write_bytes("头痛？ 两天,休息。\r发烧？ 一天,喝水。\r\n咳嗽？ 一周,就医。\r".encode())
+    data = read_dataset(path)
+    assert data.lines_read == 3 and [ex.answer for ex in data.examples] == ["休息。", "喝水。", "就医。"]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"question": ' + "9" * 5000 + ', "answer": "x"}'])
+def test_unreadable_json_names_the_line(tmp_path, text):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "头痛？", "answer": "休息。"}\n' + text + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"data.jsonl:2: JSON that cannot be read"):
+        read_dataset(path)
+
+
+@pytest.mark.parametrize("terms, message", [("头痛\n\n发烧\n", "terms.txt:2: blank line"),
+                                            ("头痛".encode("utf-16"), "not UTF-8 text")])
+def test_a_bad_terms_file_stops_before_any_model_loads(trained, tmp_path, terms, message):
+    from glmtune.comparison import Comparison
+
+    path = tmp_path / "terms.txt"
+    path.write_bytes(terms.encode() if isinstance(terms, str) else terms)
+    job = Comparison(compare_config(trained[0], "--terms-file", str(path)))
+    with pytest.raises(DataError, match=message):
+        job.load_run()
+
+
+def test_a_diverging_run_shorter_than_the_logging_interval_is_not_finished(data_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="NaN/inf"):
+        train(tiny_config(data_file, out, "--max-steps", "2", "--logging-steps", "5", "--learning-rate", "1e30"))
+    assert RunRecord.load(out).state == "running" and not (out / "adapter_model.safetensors").exists()
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(data_file, tmp_path):
+    class TermAtStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="stopped at step 2; checkpoint-2 is saved"):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[TermAtStep()])
+    assert last_checkpoint(out) == out / "checkpoint-2"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
