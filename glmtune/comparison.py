@@ -20,6 +20,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # loss); generation batches of 100+ would need tens of GiB for it.
 PERPLEXITY_BATCH = 16
 STEM = "chatglm_comparison"  # the files: STEM.log, .json, .png, .html
+IN_PROGRESS = ".in-progress"  # in an output folder while its comparison runs (left by one that failed)
 
 
 class Comparison:
@@ -64,7 +65,7 @@ class Comparison:
                             "or pass --data FILE or --prompt QUESTION")
         examples = read_dataset(path).examples  # DataError for a file with no usable example
         self.items = [(ex, ex.answer) for ex in examples][: c.num_samples or None]
-        self.output = output_dir(c)  # decided now, made only when there is something to write
+        self.output = output_dir(c)  # claimed now, before any model loads
         if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
             raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, which "
                             "has none; compare it on question/answer data")
@@ -152,13 +153,13 @@ class Comparison:
         from .scoring import write_log, write_report
 
         c = self.config
-        self.output.mkdir(parents=True, exist_ok=True)
         log, report, chart, html = (self.output / f"{STEM}.{ext}" for ext in ("log", "json", "png", "html"))
         self.outputs = [log, report, chart, html]
         write_log(log, self.settings, self.summary, self.rows, c.examples)
         write_report(report, self.settings, self.aggregate, self.timing, self.rows)
         plot_aggregate(chart, self.aggregate)
         write_html(html, self.settings, self.aggregate, self.timing, self.rows, chart)
+        (self.output / IN_PROGRESS).unlink(missing_ok=True)
 
     def closing_lines(self) -> list[str]:
         t = self.timing
@@ -182,8 +183,12 @@ def load_lexicon(path: Path):
 
 def output_dir(config: CompareConfig) -> Path:
     """Where this comparison's files go: --output or ADAPTER/comparison, or with an earlier report
-    there (and no --overwrite), the first free NAME-2, NAME-3, ... Decided before any model loads."""
+    there (and no --overwrite), the first free NAME-2, NAME-3, ... Claimed at once, before any model
+    loads: made (so an unwritable place fails now, not after generation) and marked in progress (so
+    a second comparison started meanwhile numbers past it)."""
     chosen = config.output or config.adapter / "comparison"
+    if chosen.name in ("", ".", ".."):  # "--output ." names the folder it is in
+        chosen = chosen.resolve()
     if chosen.exists() and not chosen.is_dir():
         raise ConfigError("output", f"{chosen} is a file; choose a folder")
     if config.overwrite:
@@ -192,12 +197,14 @@ def output_dir(config: CompareConfig) -> Path:
             raise ConfigError("output", f"{chosen} holds files that are not a comparison report "
                                         f"({', '.join(foreign[:3])}); --overwrite replaces only reports. "
                                         "Choose another --output")
-        return chosen
-    number = 1
-    folder = chosen
-    while folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        number += 1
-        folder = chosen.with_name(f"{chosen.name}-{number}")
+        folder = chosen
+    else:
+        number, folder = 1, chosen
+        while folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            number += 1
+            folder = chosen.with_name(f"{chosen.name}-{number}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / IN_PROGRESS).touch()
     return folder
 
 

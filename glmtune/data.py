@@ -80,7 +80,6 @@ _FULLWIDTH_DELIMS = "，。；！？"
 _LITERAL_NEWLINE = re.compile(r"\\r\\n|\\n")
 _DELIM = re.compile(r"[，。；！？,.;!?]")
 # Whitespace other than space and newline, C0/C1 controls, zero-width characters, BOM.
-_NEWLINE = re.compile("\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ODD_CHAR = re.compile(r"\r\n?|[^\S \n]|[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
 _TITLE_END = re.compile(r"[？?](?=\s)")
@@ -617,9 +616,10 @@ _SEED = _Format("seed", _seed_records, _seed_pair, "one 'title？ ask,answer' re
 
 
 def _lines(text: str) -> list[str]:
-    """Lines ended by LF, CRLF or a lone CR (old Mac files), as an editor shows them: a file with CR
-    endings read as one line would glue every record into the first one's answer."""
-    lines = _NEWLINE.split(text)
+    """Lines ended by LF or CRLF; in a file with no LF at all (old Mac files), by CR, which would
+    otherwise glue every record into the first one's answer. A stray CR inside an LF file stays in
+    its record, where cleaning turns it into a newline."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")] if "\n" in text else text.split("\r")
     return lines[:-1] if lines and lines[-1] == "" else lines
 
 
@@ -637,8 +637,7 @@ def _sidecar_departments(path: Path, lines: int) -> list[str | None] | None:
     sidecar = departments_file(path)
     if not sidecar.is_file():
         return None
-    names = _decode(sidecar).split("\n")
-    names = names[:-1] if names and names[-1] == "" else names
+    names = _lines(_decode(sidecar))
     if len(names) != lines:
         raise DataError(f"{sidecar}: {len(names)} lines, but {path} has {lines}; it must name one department per "
                         "line of the data file (or be deleted)")

@@ -118,7 +118,7 @@ class FineTune:
         memory = f"; {device.allocated() / 2**30:.1f} GiB allocated after loading" if device.cuda() else ""
         resumed = f"; resuming from {self.resume_from.name}" if self.resume_from else ""
         if self.removed:
-            resumed += f" (removed {', '.join(self.removed)}: cut short, or damaged)"
+            resumed += f" ({'; '.join(self.removed)})"
         lines = [
             f"data       {c.data}: {len(d.examples)} examples used of {d.lines_read} lines read "
             f"({len(d.skipped)} skipped, {d.duplicates_removed} duplicates, {d.repaired} repaired)",
@@ -162,7 +162,8 @@ class FineTune:
         self.train_seconds = time.perf_counter() - began
         epochs_run = max(0.0, (self.trainer.state.epoch or 0.0) - start_epoch)
         self.tokens_per_s = epochs_run * sum(self.train_ds["length"]) / max(self.train_seconds, 1e-9)
-        diverged = not math.isfinite(self.result.training_loss) or not all(
+        loss = self.result.training_loss
+        diverged = (loss is not None and not math.isfinite(loss)) or not all(
             p.isfinite().all() for p in self.model.parameters() if p.requires_grad)
         if self.nan_guard.bad_step is not None or diverged:
             # The guard sees logged losses only; a run shorter than --logging-steps, or whose last
@@ -212,7 +213,8 @@ class FineTune:
         set_peft_model_state_dict(self.model, load_file(checkpoint / "adapter_model.safetensors"))
         self.trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
         losses = [h["loss"] for h in self.trainer.state.log_history if "loss" in h]
-        self.result = TrainOutput(self.trainer.state.global_step, losses[-1] if losses else float("nan"), {})
+        # None when the run was shorter than --logging-steps: the weights and eval loss are checked instead
+        self.result = TrainOutput(self.trainer.state.global_step, losses[-1] if losses else None, {})
 
     @contextlib.contextmanager
     def _stop_on_write_failure(self, what: str):

@@ -86,24 +86,26 @@ def _answer_cell(side: dict) -> str:
             f'<div class="score">{rouge}{side["chars"]} chars · {side["tokens"]} tokens</div></td>')
 
 
-def _delta(value, percent: bool = False) -> str:
+def _delta(value, percent: bool = False, directed: bool = True) -> str:
+    """A change, coloured only where its direction means better or worse (ROUGE-L, not length)."""
     if value is None:
         return "<td></td>"
     text = f"{100 * value:+.0f}%" if percent else f"{value:+.3f}"
-    return f'<td class="{"up" if value > 0 else "down" if value < 0 else ""}">{text}</td>'
+    tone = ("up" if value > 0 else "down" if value < 0 else "") if directed else ""
+    return f'<td class="{tone}">{text}</td>'
 
 
 def _row(r: dict) -> str:
     flagged = any(r[side]["flags"] for side in SIDES)
     data = {"index": r["index"] + 1, "department": r["department"] or "",
             "rouge": _score(r["change"]["rougeL"], 6), "chars": _score(r["change"]["chars"], 6),
-            "flags": sum(len(r[side]["flags"]) for side in SIDES)}
+            **{f"flags{side}": len(r[side]["flags"]) for side in SIDES}}
     attrs = " ".join(f'data-{k}="{escape(str(v))}"' for k, v in data.items())
     reference = "" if r["reference"] is None else _text(r["reference"])
     return (f'<tr {attrs}{" class=flagged" if flagged else ""}><td>{r["index"] + 1}</td>'
             f'<td>{escape(r["department"] or "")}</td><td><div class="text">{_text(r["prompt"])}</div></td>'
             f'<td><div class="text">{reference}</div></td>{_answer_cell(r["base"])}{_answer_cell(r["tuned"])}'
-            f'{_delta(r["change"]["rougeL"])}{_delta(r["change"]["chars"], percent=True)}</tr>')
+            f'{_delta(r["change"]["rougeL"])}{_delta(r["change"]["chars"], percent=True, directed=False)}</tr>')
 
 
 def render(settings: dict, aggregate: dict, timing: dict, rows: list[dict], chart_png: bytes | None) -> str:
@@ -115,7 +117,8 @@ def render(settings: dict, aggregate: dict, timing: dict, rows: list[dict], char
     chart = "" if chart_png is None else \
         f'<h2>Chart</h2><img alt="metrics chart" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}">'
     columns = [("index", "#", "4%", "asc"), ("department", "department", "8%", "asc"), (None, "prompt", "16%", ""),
-               (None, "reference", "16%", ""), ("flags", "base", "22%", "desc"), ("flags", "fine-tuned", "22%", "desc"),
+               (None, "reference", "16%", ""), ("flagsbase", "base", "22%", "desc"),
+               ("flagstuned", "fine-tuned", "22%", "desc"),
                ("rouge", "Δ ROUGE-L", "6%", "desc"), ("chars", "Δ length", "6%", "desc")]
     head = "".join(f'<th style="width:{w}"' + (f' data-key="{k}" data-first="{first}"' if k else "") + f">{escape(t)}</th>"
                    for k, t, w, first in columns)

@@ -32,8 +32,8 @@ SCRATCH = re.compile(r"^\.(.+\.tmp|saving-.*)$")  # files.write_atomic's and Fin
 # What a run of this tool writes: --overwrite replaces a folder only if it holds nothing else.
 OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
-             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "README.md",
-             "comparison"}
+             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "README.md"}
+REPORTS = re.compile(r"^comparison(-\d+)?$")  # the comparison script's report folders inside a run
 
 
 def file_sha256(path: Path) -> str:
@@ -125,35 +125,53 @@ def checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def is_complete(checkpoint: Path) -> bool:
-    """Whether the Trainer can resume from `checkpoint`. It writes trainer_state.json last, so a
-    checkpoint cut short by a kill or a full disk lacks it or holds a truncated one; a file damaged
-    later shows as a torch file that is no longer a whole zip archive, or an unreadable adapter."""
-    from safetensors import SafetensorError, safe_open
-
-    if not checkpoint.is_dir():
-        return False
+def _state(checkpoint: Path) -> dict | None:
+    """trainer_state.json, which the Trainer writes last; None where it is missing or cut short."""
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Whether the Trainer can resume from `checkpoint`: its state written whole (a kill or a full
+    disk cuts that short), and its files readable (a torch file that is no longer a whole zip
+    archive, or an unreadable adapter, was damaged since)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not checkpoint.is_dir() or _state(checkpoint) is None:
+        return False
+    try:
         with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt"):
             pass
-    except (OSError, ValueError, SafetensorError):
-        return False
-    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+    except (FileNotFoundError, SafetensorError):
         return False
     return all(zipfile.is_zipfile(p) for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth"))
 
 
 def clear_leftovers(folder: Path) -> list[str]:
-    """Before a run continues in `folder`: remove what kills and full disks left behind (checkpoints
-    that cannot be resumed from, which the Trainer would also write into; scratch files). Returns the
-    names removed, for the user."""
-    removed = []
-    for item in folder.iterdir():
-        if (CHECKPOINT.match(item.name) and not is_complete(item)) or SCRATCH.match(item.name):
+    """Before a run continues in `folder`: remove what kills and full disks left behind (scratch
+    files; checkpoints cut short, which the Trainer would also write into) and set aside, not
+    delete, a checkpoint that was written whole and damaged since. Says what it did, for the user."""
+    done = []
+    for item in sorted(folder.iterdir()):
+        if SCRATCH.match(item.name):
             shutil.rmtree(item) if item.is_dir() else item.unlink()
-            removed.append(item.name)
-    return sorted(removed)
+            done.append(f"removed {item.name} (scratch)")
+        elif CHECKPOINT.match(item.name) and not is_complete(item):
+            if item.is_dir() and _state(item) is not None:
+                aside = folder / f".damaged-{item.name}"
+                number = 1
+                while aside.exists():
+                    number += 1
+                    aside = folder / f".damaged-{item.name}-{number}"
+                item.rename(aside)
+                done.append(f"set {item.name} aside as {aside.name} (a file in it is damaged)")
+            else:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+                done.append(f"removed {item.name} (cut short)")
+    return done
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -183,7 +201,8 @@ def prepare_output_dir(record: RunRecord) -> Path | None:
         return None
     has_record = (out / RUN_CONFIG).is_file()
     if config.overwrite:
-        foreign = [n for n in entries if n not in OUR_FILES and not CHECKPOINT.match(n) and not n.startswith(".")]
+        foreign = [n for n in entries if n not in OUR_FILES and not CHECKPOINT.match(n) and not REPORTS.match(n)
+                   and not n.startswith(".")]
         if has_record or not foreign:
             shutil.rmtree(out)
             out.mkdir(parents=True)
@@ -194,16 +213,18 @@ def prepare_output_dir(record: RunRecord) -> Path | None:
         raise RunDirError(f"{out} already holds files that are not a run of this tool ({', '.join(entries[:3])}). "
                           "Choose another --output-dir")
     old = RunRecord.load(out)
+    reports = [n for n in entries if REPORTS.match(n)]
+    lost = f" (and its comparison reports {', '.join(reports)})" if reports else ""
     if old.identity() != record.identity():
         difference = _difference(old.identity(), record.identity())
         if config.resume:
             raise RunDirError(f"cannot resume: {out} holds a run with other settings ({difference}). Resume with "
                               "the original settings, or drop --resume")
         raise RunDirError(f"{out} already holds another run ({difference}). Choose another --output-dir, or pass "
-                          "--overwrite to replace it")
+                          f"--overwrite to replace it{lost}")
     if old.state == FINISHED:
         raise RunDirError(f"{out} holds this run, finished. Compare it: python chatglm_finetuning_tst.py --adapter "
-                          f"{out}; or train it again with --overwrite")
+                          f"{out}; or train it again with --overwrite, which replaces it{lost}")
     if config.resume not in (None, "last"):
         chosen = Path(config.resume)
         if not is_complete(chosen):

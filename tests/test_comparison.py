@@ -7,7 +7,7 @@ import pytest
 from peft import PeftModel
 
 import glmtune
-from glmtune.comparison import compare
+from glmtune.comparison import compare, output_dir
 from glmtune.config import CompareConfig
 from glmtune.data import Example
 from glmtune.errors import ConfigError, DataError, ModelLoadError
@@ -108,6 +108,9 @@ def test_a_rerun_numbers_its_folder_and_overwrite_replaces(trained, tmp_path):
     first = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2)
     again = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2)
     assert (first.output.name, again.output.name) == ("comparison", "comparison-2")
+    # a comparison still running holds its folder: one started meanwhile numbers past it
+    config = CompareConfig(adapter=out, output=tmp_path / "busy")
+    assert (output_dir(config).name, output_dir(config).name) == ("busy", "busy-2")
     replaced = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2, overwrite=True)
     assert replaced.output == first.output and not (tmp_path / "comparison-3").exists()
     (first.output / "notes.txt").write_text("mine")

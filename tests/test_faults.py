@@ -151,7 +151,8 @@ def test_item_9_disk_full_at_a_checkpoint_drops_it_and_resume_continues(data_fil
     assert job.trainer.state.global_step == 4 and RunRecord.load(out).state == "finished"
 
 
-def test_item_9_disk_full_at_the_final_save_keeps_the_last_checkpoint(data_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("logging", [[], ["--logging-steps", "10"]])  # the second logs no loss before the end
+def test_item_9_disk_full_at_the_final_save_keeps_the_last_checkpoint(data_file, tmp_path, monkeypatch, logging):
     from safetensors import SafetensorError
 
     out = tmp_path / "run"
@@ -165,10 +166,10 @@ def test_item_9_disk_full_at_the_final_save_keeps_the_last_checkpoint(data_file,
 
     with pytest.raises(TrainingError, match=r"could not write the adapter in .*: no space left on the device.*"
                                             r"it continues from checkpoint-4"):
-        train(tiny_config(data_file, out, *FLAGS), callbacks=[FailFinalSave()])
+        train(tiny_config(data_file, out, *FLAGS, *logging), callbacks=[FailFinalSave()])
     assert not list(out.glob(".saving-*")) and not (out / "adapter_model.safetensors").exists()
     monkeypatch.undo()
-    job = train(tiny_config(data_file, out, *FLAGS, "--resume"))
+    job = train(tiny_config(data_file, out, *FLAGS, *logging, "--resume"))
     assert RunRecord.load(out).state == "finished" and job.trainer.state.global_step == 4  # no extra step
     final, last = (load_file(p / "adapter_model.safetensors") for p in (out, out / "checkpoint-4"))
     assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
@@ -177,6 +178,7 @@ def test_item_9_disk_full_at_the_final_save_keeps_the_last_checkpoint(data_file,
 @pytest.mark.parametrize("error, line", [
     (RuntimeError(TORCH_FULL_DISK), "error: a write failed: the disk is full or failing; free some space"),
     (OSError(122, "Disk quota exceeded", "out/eval.txt"), "error: out/eval.txt: no space left on the device"),
+    (OSError(30, "Read-only file system", "ro/out"), "error: ro/out: read-only file system; choose a folder you can"),
 ])
 def test_item_9_write_failures_of_any_library_are_one_line(capsys, error, line):
     def main():
@@ -205,7 +207,7 @@ def test_item_9_comparison_scores_before_it_writes_and_writes_whole(trained, tmp
     job.load_model()
     job.generate()
     summary = job.score()
-    assert summary[0].startswith("VERDICT") and not folder.exists()  # the results exist before any file
+    assert summary[0].startswith("VERDICT") and not list(folder.glob("chatglm_comparison.*"))  # before any file
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -214,7 +216,7 @@ def test_item_9_comparison_scores_before_it_writes_and_writes_whole(trained, tmp
     with pytest.raises(OSError) as failed:
         job.write()
     assert failed.value.filename == str(folder / "chatglm_comparison.png") and failed.value.errno == 28
-    assert not list(folder.glob(".*"))  # no half-written chart left behind
+    assert not list(folder.glob(".*.tmp"))  # no half-written chart left behind
     json.loads((folder / "chatglm_comparison.json").read_text())  # what was written before the failure is whole
 
 
@@ -306,27 +308,34 @@ def test_overwrite_never_costs_a_finished_run_for_bad_input(data_file, trained, 
     lambda c: (c / "trainer_state.json").write_text("[1]"),
     lambda c: (shutil.rmtree(c), c.write_text("not a folder")),
 ])
-def test_a_damaged_last_checkpoint_is_skipped_and_named(data_file, tmp_path, capsys, damage):
+def test_a_damaged_last_checkpoint_is_skipped_and_named(data_file, tmp_path, damage):
     from glmtune.finetune import FineTune
 
     out = tmp_path / "run"
+    flags = ("--max-steps", "4", "--save-steps", "1", "--learning-rate", "5e-3")
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(data_file, out, *FLAGS), callbacks=[KillAtStep(3)])
+        train(tiny_config(data_file, out, *flags), callbacks=[KillAtStep(3)])
     damage(out / "checkpoint-2")
-    shutil.copytree(out / "checkpoint-2", out / "checkpoint-1") if (out / "checkpoint-2").is_dir() else None
     (out / ".saving-x1y2").mkdir()  # a kill during the final save leaves this
-    assert last_checkpoint(out) is None or last_checkpoint(out).name != "checkpoint-2"
-    job = FineTune(tiny_config(data_file, out, *FLAGS, "--resume"))
+    job = FineTune(tiny_config(data_file, out, *flags, "--resume"))
     job.prepare()
-    assert "checkpoint-2" in job.removed and ".saving-x1y2" in job.removed
+    assert job.resume_from == out / "checkpoint-1"
+    assert "removed .saving-x1y2 (scratch)" in job.removed
+    assert any(note.endswith("checkpoint-2 (cut short)") or "set checkpoint-2 aside as .damaged-checkpoint-2" in note
+               for note in job.removed), job.removed
     assert not (out / "checkpoint-2").exists() and not (out / ".saving-x1y2").exists()
+    if (out / ".damaged-checkpoint-2").exists():  # written whole, damaged since: kept for the user, not deleted
+        assert (out / ".damaged-checkpoint-2" / "trainer_state.json").is_file()
 
 
-def test_bare_cr_line_endings_are_lines(tmp_path):
+def test_bare_cr_line_endings_are_lines_and_a_stray_cr_is_not(tmp_path):
     path = tmp_path / "mac.txt"
-    path.write_bytes("头痛？ 两天,休息。\r发烧？ 一天,喝水。\r\n咳嗽？ 一周,就医。\r".encode())
+    path.write_bytes("头痛？ 两天,休息。\r发烧？ 一天,喝水。\r咳嗽？ 一周,就医。\r".encode())
     data = read_dataset(path)
     assert data.lines_read == 3 and [ex.answer for ex in data.examples] == ["休息。", "喝水。", "就医。"]
+    path.write_bytes("高血压能喝咖啡吗？ 男，50岁,少量饮用\r一般可以。\r\n失眠？ 两个月,规律作息。\n".encode())
+    data = read_dataset(path)  # a CR inside a line of an LF file belongs to its record
+    assert data.lines_read == 2 and [ex.answer for ex in data.examples] == ["少量饮用\n一般可以。", "规律作息。"]
 
 
 @pytest.mark.parametrize("text", ["[" * 100_000, '{"question": ' + "9" * 5000 + ', "answer": "x"}'])
@@ -367,3 +376,11 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(data_file, tmp_path):
         train(tiny_config(data_file, out, *FLAGS), callbacks=[TermAtStep()])
     assert last_checkpoint(out) == out / "checkpoint-2"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_retraining_over_a_run_names_the_reports_overwrite_would_delete(data_file, trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    (run / "comparison").mkdir()
+    (run / "comparison-2").mkdir()
+    with pytest.raises(RunDirError, match=r"replaces it \(and its comparison reports comparison, comparison-2\)"):
+        train(tiny_config(data_file, run, "--learning-rate", "5e-3", "--max-steps", "12"))

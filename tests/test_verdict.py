@@ -178,3 +178,19 @@ def test_html_report_parses_and_holds_every_prompt(lexicon):
     assert page.count("<script>") == 1 and "http" not in page.replace("http-equiv", "")  # no network
     flagged = [r for r in parser.rows if r["attrs"].get("class") == "flagged"]
     assert len(flagged) == 67  # the ("", "，。") rows
+
+
+def test_few_prompts_never_read_as_a_difference(lexicon):
+    _, aggregate = score(samples([(POOR, GOOD)] * 5), lexicon)  # a clear win, but on 5 prompts
+    verdict = aggregate["verdict"]
+    assert verdict["headline"].startswith("CANNOT TELL: 5 prompts are too few")
+    assert verdict["sentences"][0].startswith("no reliable difference")
+    assert any(s.startswith("only 5 prompts: too few") for s in verdict["sentences"])
+
+
+def test_a_degenerate_tuned_side_is_not_helped_even_beside_a_worse_base(lexicon):
+    # base: 24 of 30 punctuation; tuned: 18 of 30, and closer to the references on the rest
+    pairs = [("，。", "，。")] * 18 + [("，。", GOOD)] * 6 + [(POOR, GOOD)] * 6
+    _, aggregate = score(samples(pairs), lexicon)
+    assert aggregate["verdict"]["headline"].startswith("NOT HELPED")
+    assert "18 of 30 punctuation-only (base: 24 of 30)" in aggregate["verdict"]["sentences"][0]
