@@ -56,19 +56,18 @@ class Comparison:
         if c.prompt:
             self.items = [(Example(q, "", 0), None) for q in c.prompt]
             self.source = "--prompt"
-            self.output = output_dir(c)
-            return
-        path = c.data or c.adapter / self.run.resolved.eval_file
-        self.source = str(path)
-        if c.data is None and path.is_file() and path.stat().st_size == 0:
-            raise DataError(f"{path}: no prompts to compare, the eval split is empty. Train with --eval-ratio > 0, "
-                            "or pass --data FILE or --prompt QUESTION")
-        examples = read_dataset(path).examples  # DataError for a file with no usable example
-        self.items = [(ex, ex.answer) for ex in examples][: c.num_samples or None]
+        else:
+            path = c.data or c.adapter / self.run.resolved.eval_file
+            self.source = str(path)
+            if c.data is None and path.is_file() and path.stat().st_size == 0:
+                raise DataError(f"{path}: no prompts to compare, the eval split is empty. Train with --eval-ratio > "
+                                "0, or pass --data FILE or --prompt QUESTION")
+            examples = read_dataset(path).examples  # DataError for a file with no usable example
+            self.items = [(ex, ex.answer) for ex in examples][: c.num_samples or None]
+            if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
+                raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, "
+                                "which has none; compare it on question/answer data")
         self.output = output_dir(c)  # claimed now, before any model loads
-        if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
-            raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, which "
-                            "has none; compare it on question/answer data")
 
     def load_model(self) -> None:
         """The tokenizer saved with the adapter, and the base with the adapter attached."""
@@ -118,8 +117,8 @@ class Comparison:
         return answers, ppl, timing
 
     def score(self) -> list[str]:
-        """Score both sides; return the aggregate table (printed before any file is written, so a
-        full disk cannot take the results with it)."""
+        """Score both sides; return the summary (verdict, tables, timing), which the script prints
+        before any file is written, so a full disk cannot take the results with it."""
         from .scoring import Sample, score, summary_lines
 
         c = self.config

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -22,8 +21,8 @@ from .lora import attach_lora, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, uses_checkpointing
 from .prompts import PadCollator, tokenize_examples
 from .files import free_space, write_atomic, write_failure
-from .runs import (FINISHED, RunRecord, checkpoints, clear_leftovers, file_sha256, is_complete, last_checkpoint,
-                   prepare_output_dir)
+from .runs import (FINISHED, RunRecord, clear_leftovers, file_sha256, last_checkpoint, prepare_output_dir,
+                   trainer_state)
 
 
 def resolve_prompt_format(choice: str, conversational: bool) -> str:
@@ -149,8 +148,10 @@ class FineTune:
             eval_dataset=self.eval_ds if len(self.eval_ds) else None, data_collator=self.collator,
             callbacks=[self.nan_guard, self.interrupt, *self.callbacks], checkpoint_plan=self.plan)
         began = time.perf_counter()
-        start_epoch = _state_of(self.resume_from).get("epoch") or 0.0
-        if _is_last(self.resume_from):
+        state = trainer_state(self.resume_from) if self.resume_from else {}  # complete: prepare checked it
+        start_epoch = state.get("epoch") or 0.0
+        if state and state["global_step"] >= state.get("max_steps", float("inf")):
+            # The checkpoint of the run's final step: the run stopped during its final save.
             self._restore_last_checkpoint()
         else:
             try:
@@ -226,12 +227,10 @@ class FineTune:
             reason = write_failure(err)
             if reason is None:
                 raise
-            cut = [c for c in checkpoints(self.out) if not is_complete(c)]
-            for checkpoint in cut:
-                shutil.rmtree(checkpoint, ignore_errors=True)
+            done = clear_leftovers(self.out)  # what the failed write cut short (and frees its space)
             last = last_checkpoint(self.out)
             where = f"from {last.name}" if last else "from step 0 (no checkpoint was complete)"
-            removed = f"; removed the incomplete {', '.join(c.name for c in cut)}" if cut else ""
+            removed = f"; {'; '.join(done)}" if done else ""
             raise TrainingError(f"could not write {what} in {self.out}: {reason} ({free_space(self.out)}){removed}. "
                                 f"Free some space and run the same command with --resume; it continues {where}"
                                 ) from err
@@ -281,18 +280,6 @@ def build_peft_model(config: TrainConfig):
         model.enable_input_require_grads()
     return attach_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
                        resolve_lora_targets(config.lora_target))
-
-
-def _state_of(checkpoint: Path | None) -> dict:
-    if checkpoint is None:
-        return {}
-    return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-
-
-def _is_last(checkpoint: Path | None) -> bool:
-    """The checkpoint of a run's final step: the run stopped during its final save."""
-    state = _state_of(checkpoint)
-    return bool(state) and state.get("global_step", 0) >= state.get("max_steps", float("inf"))
 
 
 def train(config: TrainConfig, config_file: Path | None = None, callbacks: list | None = None) -> FineTune:

@@ -49,6 +49,8 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
 def plot_aggregate(path: Path, aggregate: dict) -> None:
     """One panel per metric: both sides' means, the better direction, and the paired difference
     with its 95% interval; a last panel counts the flagged answers per side."""
+    from .scoring import difference_text
+
     plt = _pyplot()
     shown = [(key, m) for key, m in aggregate["metrics"].items() if m["base"]["n"]]
     cols = 4
@@ -58,8 +60,7 @@ def plot_aggregate(path: Path, aggregate: dict) -> None:
     for ax, (key, m) in zip(axes.flat, shown):
         ax.bar(["base", "tuned"], [m["base"]["mean"] or 0, m["tuned"]["mean"] or 0], color=colours)
         direction = f" ({m['better']} is better)" if m["better"] else ""
-        d = m["difference"]
-        interval = "" if d is None else f"\nΔ {d['mean']:+.3g} [{d['low']:+.3g}, {d['high']:+.3g}]"
+        interval = "" if m["difference"] is None else f"\nΔ {difference_text(m)}"  # as the tables write it
         ax.set_title(f"{m['label']}{direction}{interval}", fontsize=8)
         ax.tick_params(labelsize=8)
     ax = axes.flat[len(shown)]

@@ -125,7 +125,7 @@ def checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def _state(checkpoint: Path) -> dict | None:
+def trainer_state(checkpoint: Path) -> dict | None:
     """trainer_state.json, which the Trainer writes last; None where it is missing or cut short."""
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
@@ -140,7 +140,7 @@ def is_complete(checkpoint: Path) -> bool:
     archive, or an unreadable adapter, was damaged since)."""
     from safetensors import SafetensorError, safe_open
 
-    if not checkpoint.is_dir() or _state(checkpoint) is None:
+    if not checkpoint.is_dir() or trainer_state(checkpoint) is None:
         return False
     try:
         with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt"):
@@ -160,7 +160,7 @@ def clear_leftovers(folder: Path) -> list[str]:
             shutil.rmtree(item) if item.is_dir() else item.unlink()
             done.append(f"removed {item.name} (scratch)")
         elif CHECKPOINT.match(item.name) and not is_complete(item):
-            if item.is_dir() and _state(item) is not None:
+            if item.is_dir() and trainer_state(item) is not None:
                 aside = folder / f".damaged-{item.name}"
                 number = 1
                 while aside.exists():

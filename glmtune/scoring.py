@@ -12,7 +12,7 @@ from .files import write_atomic
 from .generation import Generated
 from .metrics import (FLAGS, Lexicon, answer_flags, change_rate, char_bleu4, char_len, distinct_n, is_degenerate,
                       prompt_overlap, rouge_zh, summarize)
-from .verdict import Verdict, decide, paired_interval, wins_ties_losses
+from .verdict import Interval, Verdict, decide, number, paired_interval, wins_ties_losses
 
 SIDES = ("base", "tuned")
 HIGHER, LOWER = "higher", "lower"
@@ -33,7 +33,6 @@ METRICS = [
     ("ttft_s", "time to first token (s)", LOWER),
     ("decode_tok_s", "decode speed per answer (tok/s)", HIGHER),
 ]
-LABELS = {key: label for key, label, _ in METRICS}
 SCORING_NOTE = ("ROUGE on jieba words and BLEU-4 on characters, both with punctuation and symbols removed; "
                 "intervals: 95% percentile bootstrap over prompts of the paired difference tuned - base")
 
@@ -81,19 +80,18 @@ def score(samples: list[Sample], lexicon: Lexicon) -> tuple[list[dict], dict]:
             "change": {"chars": change_rate(b["chars"], t["chars"]),
                        "rougeL": None if b["rougeL"] is None else t["rougeL"] - b["rougeL"]},
         })
-    metrics = {}
+    metrics, intervals = {}, {}
     for key, label, better in METRICS:
         base, tuned = ([r[side][key] for r in rows] for side in SIDES)
-        interval = paired_interval(base, tuned)
+        intervals[key] = interval = paired_interval(base, tuned)
         metrics[key] = {"label": label, "better": better, "base": summarize(base), "tuned": summarize(tuned),
                         "difference": asdict(interval) if interval else None}
     flags = {side: [r[side]["flags"] for r in rows] for side in SIDES}
     degenerate = {side: sum(is_degenerate(f) for f in flags[side]) for side in SIDES}
     has_reference = any(r["reference"] is not None for r in rows)
     wtl = wins_ties_losses(*([r[side]["rougeL"] for r in rows] for side in SIDES)) if has_reference else None
-    verdict = decide(
-        len(rows), {key: paired_interval(*([r[side][key] for r in rows] for side in SIDES)) for key in metrics},
-        {key: (m["base"]["mean"], m["tuned"]["mean"]) for key, m in metrics.items()}, wtl, flags, degenerate)
+    verdict = decide(len(rows), intervals, {key: (m["base"]["mean"], m["tuned"]["mean"]) for key, m in metrics.items()},
+                     wtl, flags, degenerate)
     aggregate = {
         "prompts": len(rows), "verdict": asdict(verdict), "metrics": metrics,
         "flags": {side: {flag: sum(flag in f for f in flags[side]) for flag in FLAGS} for side in SIDES},
@@ -121,19 +119,9 @@ def by_department(rows: list[dict]) -> list[dict]:
     return out
 
 
-def number(v, scale: float | None = None, sign: bool = False) -> str:
-    """A figure with as many decimals as its magnitude (or `scale`'s) warrants: 3130, 31.3, 3.13, 0.313."""
-    if v is None:
-        return "-"
-    size = abs(scale if scale is not None else v)
-    decimals = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 else 3
-    return f"{v:{'+' if sign else ''}.{decimals}f}"
-
-
 def interval_text(d: dict, scale: float) -> str:
-    if d["n"] < 2:
-        return f"{number(d['mean'], scale, True)} (one prompt)"  # a bootstrap of one value is no interval
-    return f"{number(d['mean'], scale, True)} [{number(d['low'], scale, True)}, {number(d['high'], scale, True)}]"
+    """An interval as the JSON report keeps it (a dict), in Interval.text's words."""
+    return Interval(**d).text(scale)
 
 
 def verdict_lines(aggregate: dict) -> list[str]:
@@ -153,11 +141,20 @@ def metric_rows(aggregate: dict) -> list[tuple[str, ...]]:
         b, t, d = m["base"]["mean"], m["tuned"]["mean"], m["difference"]
         if b is None and t is None:
             continue
-        scale = max(abs(b or 0), abs(t or 0))
         rel = f"{100 * d['mean'] / b:+.0f}%" if d is not None and b else ""
-        rows.append((m["label"], m["better"] or "-", number(b, scale), number(t, scale),
-                     "-" if d is None else interval_text(d, scale), rel))
+        rows.append((m["label"], m["better"] or "-", number(b, scale_of(m)), number(t, scale_of(m)),
+                     difference_text(m), rel))
     return rows
+
+
+def scale_of(metric: dict) -> float:
+    """The size of a metric's means, which sets how many decimals its figures get."""
+    return max(abs(metric["base"]["mean"] or 0), abs(metric["tuned"]["mean"] or 0))
+
+
+def difference_text(metric: dict) -> str:
+    """A metric's paired difference and interval as the tables and the chart write it."""
+    return "-" if metric["difference"] is None else interval_text(metric["difference"], scale_of(metric))
 
 
 def department_rows(aggregate: dict) -> list[tuple[str, ...]]:

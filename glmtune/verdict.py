@@ -20,6 +20,7 @@ RESAMPLES = 4000
 DEGENERATE_SHARE = 0.2  # at least this share of the tuned answers degenerate: broken
 FEW_PROMPTS = 20  # fewer, and no difference is called reliable (see Interval.reliable)
 TIE = 1e-9
+ROUGE_SCALE = 0.1  # ROUGE and BLEU differences are read to three decimals
 DEGENERATE = FLAGS[:3]  # empty, punctuation-only, repetitive; truncated is a limit, not a fault
 
 
@@ -38,10 +39,21 @@ class Interval:
         excludes zero in 49% of trials at 2 prompts, 16% at 5, 7% at 20, 5% at 50)."""
         return self.n >= FEW_PROMPTS and (self.low > 0 or self.high < 0)
 
-    def text(self, digits: int = 3) -> str:
+    def text(self, scale: float) -> str:
+        """'+0.004 [-0.005, +0.016]', with the decimals `scale` (the size of what differs) warrants."""
+        mean = number(self.mean, scale, sign=True)
         if self.n < 2:
-            return f"{self.mean:+.{digits}f} (one prompt)"
-        return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+            return f"{mean} (one prompt)"  # a bootstrap of one value is no interval
+        return f"{mean} [{number(self.low, scale, sign=True)}, {number(self.high, scale, sign=True)}]"
+
+
+def number(v: float | None, scale: float | None = None, sign: bool = False) -> str:
+    """A figure with as many decimals as its magnitude (or `scale`'s) warrants: 3130, 31.3, 3.13, 0.313."""
+    if v is None:
+        return "-"
+    size = abs(scale if scale is not None else v)
+    decimals = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 else 3
+    return f"{v:{'+' if sign else ''}.{decimals}f}"
 
 
 def paired_interval(base: list, tuned: list, seed: int = 0) -> Interval | None:
@@ -70,11 +82,6 @@ def wins_ties_losses(base: list, tuned: list) -> tuple[int, int, int]:
 class Verdict:
     headline: str  # one line: helped / hurt / no reliable difference / broken / cannot tell
     sentences: list[str]  # one per conclusion, most important first
-    degenerate: dict[str, int]  # answers flagged degenerate, per side
-
-
-def _figure(v: float) -> str:
-    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}"
 
 
 def _flag_counts(flags: list[list[str]], n: int, names: tuple[str, ...] = DEGENERATE) -> str:
@@ -103,18 +110,18 @@ def decide(n: int, intervals: dict[str, Interval | None], means: dict[str, tuple
     if rouge is not None and rouge_wtl is not None:
         wins, ties, losses = rouge_wtl
         if rouge.reliable and rouge.mean > 0:
-            sentences.append(f"fine-tuned is closer to the reference answers: ROUGE-L {rouge.text()}, "
+            sentences.append(f"fine-tuned is closer to the reference answers: ROUGE-L {rouge.text(ROUGE_SCALE)}, "
                              f"wins {wins} of {rouge.n}{caveat}")
         elif rouge.reliable:
-            sentences.append(f"fine-tuned is further from the reference answers: ROUGE-L {rouge.text()}, "
+            sentences.append(f"fine-tuned is further from the reference answers: ROUGE-L {rouge.text(ROUGE_SCALE)}, "
                              f"loses {losses} of {rouge.n}")
         else:
-            sentences.append(f"no reliable difference in closeness to the reference answers: ROUGE-L {rouge.text()}; "
+            sentences.append(f"no reliable difference in closeness to the reference answers: ROUGE-L {rouge.text(ROUGE_SCALE)}; "
                              f"wins {wins}, ties {ties}, losses {losses} of {rouge.n}")
     ppl = intervals.get("ppl")
     if ppl is not None:
         before, after = means["ppl"]
-        shift = f"perplexity {_figure(before)} → {_figure(after)}, {ppl.text(2 if abs(ppl.mean) < 10 else 0)}"
+        shift = f"perplexity {number(before)} → {number(after)}, {ppl.text(max(before, after))}"
         if ppl.reliable and ppl.mean < 0:
             sentences.append(f"fine-tuned finds the reference answers more likely: {shift}{caveat}")
         elif ppl.reliable:
@@ -125,7 +132,8 @@ def decide(n: int, intervals: dict[str, Interval | None], means: dict[str, tuple
     if chars is not None and chars.reliable:
         before, after = means["chars"]
         sentences.append(f"fine-tuned answers are {'longer' if chars.mean > 0 else 'shorter'}: "
-                         f"{before:.0f} → {after:.0f} characters on average, {chars.text(0)}")
+                         f"{number(before)} → {number(after)} characters on average, "
+                         f"{chars.text(max(before, after))}")
     truncated = sum("truncated" in f for f in flags["tuned"])
     if truncated >= DEGENERATE_SHARE * n:
         sentences.append(f"{truncated} of {n} fine-tuned answers were cut off at the token limit; raise "
@@ -146,4 +154,4 @@ def decide(n: int, intervals: dict[str, Interval | None], means: dict[str, tuple
         headline = "HURT: fine-tuned answers are further from the reference answers"
     else:
         headline = "NO RELIABLE DIFFERENCE from the base model on these prompts"
-    return Verdict(headline, sentences, degenerate)
+    return Verdict(headline, sentences)

@@ -142,7 +142,7 @@ def test_item_9_disk_full_at_a_checkpoint_drops_it_and_resume_continues(data_fil
     out = tmp_path / "run"
     fail_when_saving(monkeypatch, "checkpoint-4")
     with pytest.raises(TrainingError, match=r"could not write a checkpoint in .*: the disk is full or failing "
-                                            r"\(.* GiB free\); removed the incomplete checkpoint-4\. .*--resume; "
+                                            r"\(.* GiB free\); removed checkpoint-4 \(cut short\)\. .*--resume; "
                                             r"it continues from checkpoint-2"):
         train(tiny_config(data_file, out, *FLAGS))
     assert checkpoints(out) == [out / "checkpoint-2"] and not (out / "adapter_model.safetensors").exists()
