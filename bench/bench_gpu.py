@@ -3,7 +3,7 @@ seed recipe vs our defaults vs our low-memory setting, and the comparison script
 
 On one GPU, with ../shared beside the repo (or --shared PATH):
     python bench/bench_gpu.py --part train      # ~2 min on an H200, after building the checkpoint
-    python bench/bench_gpu.py --part compare    # ~3 min on an H200
+    python bench/bench_gpu.py --part compare    # the comparison script four ways; ~5 min on an H200
     python bench/bench_gpu.py --part ablate     # each speed setting on and off, side by side; ~3 min
 Each part builds (or reuses) a random-weight checkpoint in the ORIGINAL ChatGLM3 layout under
 --workdir, prints a table and merges its numbers into bench/results/latest.json. Then, wherever the
@@ -32,7 +32,7 @@ import glmtune  # noqa: E402
 from glmtune import device  # noqa: E402
 from glmtune.checkpoint import load_model  # noqa: E402
 from glmtune.config import TrainConfig  # noqa: E402
-from glmtune.data import Example, read_dataset, write_seed_format  # noqa: E402
+from glmtune.data import Example, read_dataset, split_eval, write_examples, write_seed_format  # noqa: E402
 from glmtune.generation import Decoding, cast_adapters, generate_answers, warm_up  # noqa: E402
 from glmtune.hub import resolve_model_dir  # noqa: E402
 from glmtune.finetune import build_peft_model  # noqa: E402
@@ -290,7 +290,7 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
         results["decode"][label] = {"wall_s": wall, "new_tokens": new, "tok_per_s": new / wall}
         return [a.text for a in answers]
 
-    warm_up(model, tokenizer, prompts, len(prompts))
+    warm_up(model, tokenizer, prompts, decoding, len(prompts))
     with model.disable_adapter():
         timed("base")
     fp32 = timed("tuned_fp32_adapter")
@@ -302,30 +302,42 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
 
 
 def part_compare(args, ckpt: Path, shared: Path) -> dict:
-    """Runs the real comparison script on 200 held-out-style prompts with a LoRA adapter of ours."""
+    """The comparison script, whole process, as users run it, with a random LoRA adapter of ours:
+    the default command on a default run's held-out split (27 prompts), the same on NF4 (the path
+    for small cards), 200 prompts x 256 tokens, and one prompt at a time."""
     adapter = args.workdir / "adapter"
     if not (adapter / "adapter_model.safetensors").is_file():
         model = load_model(ckpt, quantization="nf4")
         get_peft_model(model, random_lora()).save_pretrained(adapter, save_embedding_layers=False)
         del model
     glmtune.load_tokenizer(ckpt).save_pretrained(adapter)
-    write_seed_format(realistic_examples(shared)[: args.prompts], adapter / "eval.txt")
-    record = RunRecord(TrainConfig(model=str(ckpt), output_dir=adapter), file_sha256(adapter / "eval.txt"), FINISHED)
-    record.resolved.prompt_format, record.resolved.eval_file = "glm3", "eval.txt"
+    # the eval split a default training run holds out (financial_data.txt, --eval-ratio 0.05, seed 42)
+    _, held_out = split_eval(read_dataset(REPO / "financial_data.txt").examples, 0.05, 42)
+    eval_file = write_examples(held_out, adapter)
+    many = args.workdir / "prompts_200.txt"
+    write_seed_format(realistic_examples(shared)[: args.prompts], many)
+    record = RunRecord(TrainConfig(model=str(ckpt), output_dir=adapter), file_sha256(eval_file), FINISHED)
+    record.resolved.prompt_format, record.resolved.eval_file = "glm3", eval_file.name
     record.save(adapter)
     results = {}
-    for label, batch, count, tokens in (("batched", args.prompts, args.prompts, args.new_tokens),
-                                        ("one_at_a_time", 1, 4, 64)):
+    for label, flags in (("default", []),
+                         ("default_nf4", ["--quantization", "nf4"]),
+                         ("batched", ["--data", str(many), "--num-samples", str(args.prompts),
+                                      "--max-new-tokens", str(args.new_tokens)]),
+                         ("one_at_a_time", ["--num-samples", "8", "--batch-size", "1"])):
         folder = args.workdir / f"compare_{label}"
         began = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter),
-                        "--num-samples", str(count), "--max-new-tokens", str(tokens), "--batch-size", str(batch),
+        subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter), *flags,
                         "--output", str(folder), "--overwrite"], check=True)
+        wall = time.perf_counter() - began
         report = json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
-        results[label] = {"prompts": count, "new_tokens_each": tokens, "batch_size": batch,
-                          "process_wall_s": time.perf_counter() - began,
-                          **{f"{side}_{k}": v for side in ("base", "tuned")
-                             for k, v in report["timing"][side].items()}}
+        timing, settings = report["timing"], report["settings"]
+        results[label] = {"flags": " ".join(flags) or "(defaults)", "prompts": settings["prompts"],
+                          "max_new_tokens": settings["max_new_tokens"], "process_wall_s": wall,
+                          "weights": timing["weights"], "decoding": timing["decoding"],
+                          "warm_up_s": timing["warm_up_s"], "compiled": timing["compiled"],
+                          "load_s": timing["load_s"], "score_s": timing["score_s"],
+                          **{f"{side}_{k}": v for side in ("base", "tuned") for k, v in timing[side].items()}}
     return results
 
 
@@ -367,11 +379,13 @@ def table(results: dict) -> list[str]:
         lines.append(f"ablate decode: {d['same_answers_fp32_vs_bf16']} of {d['prompts']} greedy answers identical "
                      "with fp32 and bf16 adapter weights")
     if "compare" in results:
+        lines.append(f"{'comparison (whole process)':26} {'prompts':>7} {'process s':>9} {'warm-up s':>9} "
+                     f"{'base tok/s':>10} {'tuned tok/s':>11} {'tuned/base':>10}  path")
         for label, r in results["compare"].items():
-            lines.append(f"compare {label}: {r['prompts']} prompts x {r['new_tokens_each']} tokens, batch "
-                         f"{r['batch_size']}: base {r['base_tok_per_s']:.0f} tok/s ({r['base_wall_s']:.1f} s), "
-                         f"tuned {r['tuned_tok_per_s']:.0f} tok/s ({r['tuned_wall_s']:.1f} s), "
-                         f"process {r['process_wall_s']:.0f} s")
+            lines.append(f"{label:26} {str(r['prompts']) + 'x' + str(r['max_new_tokens']):>7} {r['process_wall_s']:>9.1f} "
+                         f"{r['warm_up_s']:>9.1f} {r['base_tok_per_s']:>10.0f} {r['tuned_tok_per_s']:>11.0f} "
+                         f"{r['tuned_tok_per_s'] / r['base_tok_per_s']:>10.2f}  {r['weights'].split(';')[0]}; "
+                         f"{r['decoding'].split(' (')[0]}")
     return lines
 
 
@@ -415,7 +429,11 @@ def main(args):
         print("\n".join(table(results)), flush=True)
     if args.part in ("compare", "all"):
         results["compare"] = part_compare(args, ckpt, args.shared)
-        results["compare_wall_s"] = results["compare"]["batched"]["process_wall_s"]
+        c = results["compare"]
+        results["compare_default_wall_s"] = c["default"]["process_wall_s"]
+        results["compare_wall_s"] = c["batched"]["process_wall_s"]
+        results["tuned_base_decode_ratio"] = c["default"]["tuned_tok_per_s"] / c["default"]["base_tok_per_s"]
+        results["tuned_b1_tok_s"] = c["one_at_a_time"]["tuned_tok_per_s"]
         out.write_text(json.dumps(results, indent=2))
         print("\n".join(table(results)), flush=True)
 

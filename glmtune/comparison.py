@@ -1,6 +1,6 @@
 """The comparison job, in named stages: the training run → prompts → tokenizer and model (one copy
-of the weights: the base side is the same model with the adapter disabled) → both sides' answers →
-scores and reports. `chatglm_finetuning_tst.py` runs the stages; `compare(config)` runs them all.
+of the weights serving both sides, base first: `inference.Sides`) → both sides' answers → scores and
+reports. `chatglm_finetuning_tst.py` runs the stages; `compare(config)` runs them all.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ from .hub import needs_gpu
 from .runs import RunRecord
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Scoring keeps full-vocabulary logits of whole sequences (65,024 x length x batch, in fp32 for the
-# loss); generation batches of 100+ would need tens of GiB for it.
-PERPLEXITY_BATCH = 16
 STEM = "chatglm_comparison"  # the files: STEM.log, .json, .png, .html
 IN_PROGRESS = ".in-progress"  # in an output folder while its comparison runs (left by one that failed)
 
@@ -42,7 +39,6 @@ class Comparison:
                                          "run finish? Run it again with --resume.")
         self.run = RunRecord.load(c.adapter)
         self.base = c.base_model or self.run.config.model
-        self.quantization = self.run.config.quantization if c.quantization == "as-trained" else c.quantization
         self.prompt_format = self.run.resolved.prompt_format
         self.terms_file = c.terms_file or DEFAULT_LEXICON_PATH
         self.lexicon = load_lexicon(self.terms_file)  # before any model: a bad --terms-file must not waste a run
@@ -69,46 +65,61 @@ class Comparison:
                                 "which has none; compare it on question/answer data")
         self.output = output_dir(c)  # claimed now, before any model loads
 
-    def load_model(self) -> None:
-        """The tokenizer saved with the adapter, and the base with the adapter attached."""
-        from .checkpoint import load_model
-        from .generation import cast_adapters
-        from .lora import load_adapter
+    def load_model(self) -> list[str]:
+        """The tokenizer saved with the adapter; how to hold the weights and decode (from the free
+        memory and the work); the model. Returns the lines that say which path runs and why."""
+        from .generation import Decoding
+        from .inference import Sides, cache_length, plan_compile, plan_weights
         from .prompts import example_prompt_ids
         from .tokenizer import load_tokenizer
 
-        self.tokenizer = load_tokenizer(self.config.adapter)
+        c = self.config
+        self.tokenizer = load_tokenizer(c.adapter)
         self.prompts = [example_prompt_ids(self.tokenizer, ex, self.prompt_format) for ex, _ in self.items]
-        model = load_model(self.base, quantization=None if self.quantization == "none" else "nf4")
-        model = load_adapter(model, self.config.adapter, self.base)
-        cast_adapters(model, model.get_input_embeddings().weight.dtype)
-        self.model = model.eval()
+        width = max(map(len, self.prompts))
+        cache_len = cache_length(width, c.max_new_tokens)
+        self.weights = plan_weights(c.quantization, self.run.config.quantization, model_shape(self.base),
+                                    device.free_memory(), len(self.prompts), width, cache_len, c.batch_size,
+                                    device.cuda())
+        self.compiling = plan_compile(c.compile, self.weights, len(self.prompts), c.max_new_tokens, cache_len,
+                                      self.base, device.cuda())
+        self.decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed, cache_len,
+                                 self.compiling.on)
+        self.sides = Sides.load(self.base, c.adapter, self.weights)
+        return [f"weights:  {self.weights.describe()}", f"decoding: static KV cache, {self.compiling.reason}"]
 
     def generate(self) -> None:
-        """Both sides' answers (and reference perplexities), each timed on its own."""
+        """Both sides' answers (and reference perplexities), each timed on its own; the base side
+        first, then the fine-tuned side (merging the adapter, where the weights are 16-bit)."""
         from .generation import warm_up
+        from .inference import record_compile_cost
 
-        warm_up(self.model, self.tokenizer, self.prompts, self.config.batch_size)
-        self.loaded = time.perf_counter()
-        self.tuned = self._side("tuned")
-        with self.model.disable_adapter():
-            self.plain = self._side("base")
+        with self.sides.base_side() as model:
+            self.loaded = time.perf_counter()
+            self.warm_up_s = warm_up(model, self.tokenizer, self.prompts, self.decoding, self.weights.batch_size)
+            if self.compiling.on:
+                record_compile_cost(self.compiling.key, self.warm_up_s)
+            self.plain = self._side(model, "base")
+        began = time.perf_counter()
+        model = self.sides.tuned_side()
+        self.merge_s = time.perf_counter() - began
+        self.tuned = self._side(model, "tuned")
 
-    def _side(self, side: str) -> tuple[list, list, dict]:
-        from .generation import Decoding, generate_answers, reference_perplexity
+    def _side(self, model, side: str) -> tuple[list, list, dict]:
+        from .generation import generate_answers, reference_perplexity
 
         c = self.config
         device.reset_peak()
         began = time.perf_counter()
-        decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed)
-        answers = generate_answers(self.model, self.tokenizer, self.prompts, decoding, c.batch_size, desc=side)
+        answers = generate_answers(model, self.tokenizer, self.prompts, self.decoding, self.weights.batch_size,
+                                   desc=side)
         wall = time.perf_counter() - began
         ppl: list = [None] * len(self.items)
         referenced = [i for i, (_, reference) in enumerate(self.items) if reference is not None]
         if referenced and not c.no_perplexity:
-            values = reference_perplexity(self.model, self.tokenizer, [self.items[i][0] for i in referenced],
+            values = reference_perplexity(model, self.tokenizer, [self.items[i][0] for i in referenced],
                                           self.prompt_format, self.run.config.max_length,
-                                          min(c.batch_size, PERPLEXITY_BATCH))
+                                          self.weights.perplexity_batch)
             for i, v in zip(referenced, values):
                 ppl[i] = v
         new_tokens = sum(a.new_tokens for a in answers)
@@ -129,9 +140,12 @@ class Comparison:
                    for i, (ex, reference) in enumerate(self.items)]
         self.rows, self.aggregate = score(samples, self.lexicon)
         self.timing = {"base": base_timing, "tuned": tuned_timing, "load_s": self.loaded - self.began,
+                       "warm_up_s": self.warm_up_s, "compiled": self.compiling.on, "merge_s": self.merge_s,
+                       "weights": self.weights.describe(), "decoding": self.compiling.reason,
                        "score_s": time.perf_counter() - scoring}
         self.settings = {
-            "adapter": str(c.adapter), "base_model": self.base, "quantization": self.quantization,
+            "adapter": str(c.adapter), "base_model": self.base, "weights": self.weights.describe(),
+            "compile": self.compiling.reason,
             "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
             "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
             "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(self.terms_file), "device": device.name()}
@@ -162,10 +176,20 @@ class Comparison:
 
     def closing_lines(self) -> list[str]:
         t = self.timing
-        return [f"total {time.perf_counter() - self.began:.1f} s: loading and warm-up {t['load_s']:.1f} s, "
-                f"scoring {t['score_s']:.1f} s",
+        warm = "compile and warm-up" if t["compiled"] else "warm-up"
+        return [f"total {time.perf_counter() - self.began:.1f} s: loading {t['load_s']:.1f} s, {warm} "
+                f"{t['warm_up_s']:.1f} s, scoring {t['score_s']:.1f} s",
                 f"wrote {self.output}/: {', '.join(p.name for p in self.outputs)}",
                 f"open   {self.outputs[-1]} in a browser for every answer side by side"]
+
+
+def model_shape(base: str):
+    """The sizes of the base model, from its config alone (nothing is downloaded but the config)."""
+    from .checkpoint import read_config
+    from .hub import resolve_model_dir
+    from .inference import Shape
+
+    return Shape.of(read_config(resolve_model_dir(base, weights=False)))
 
 
 def load_lexicon(path: Path):

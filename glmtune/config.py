@@ -266,8 +266,10 @@ class CompareConfig(Settings):
                         group="what to compare", aliases=("adapter_name_or_path",))
     base_model: str | None = opt(None, "base model folder or hub id; default: the one recorded in run_config.json",
                                  group="what to compare", aliases=("model", "model_name_or_path"))
-    quantization: str = opt("as-trained", "how to load the base weights", group="what to compare",
-                            choices=("as-trained", "nf4", "none"))
+    quantization: str = opt("auto", "how to hold the weights: none = 16-bit with the adapter merged after the base "
+                            "side (fast); nf4 = 4-bit with the adapter unmerged (a third of the memory); auto = "
+                            "16-bit where GPU memory allows, else nf4; as-trained = what the run trained on",
+                            group="what to compare", choices=("auto", "as-trained", "nf4", "none"))
     # prompts
     data: Path | None = opt(None, "prompts with reference answers, any format the training script reads; "
                             "default: the eval split held out at training time", group="prompts")
@@ -277,9 +279,12 @@ class CompareConfig(Settings):
                             group="prompts", metavar="QUESTION", factory=list)
     # decoding
     max_new_tokens: int = opt(256, "new tokens per answer at most", group="decoding")
-    batch_size: int = opt(128, "prompts per generate() call (1 = one at a time); decoding is launch-bound, so large "
-                          "batches cost little more time per step than one prompt", group="decoding",
-                          aliases=("per_device_eval_batch_size",))
+    batch_size: int = opt(256, "prompts per generate() call at most, fewer where GPU memory is short (1 = one at a "
+                          "time); decoding is launch-bound, so a large batch costs little more per step than one "
+                          "prompt", group="decoding", aliases=("per_device_eval_batch_size",))
+    compile: str = opt("auto", "compile the decoding step with CUDA graphs (16-bit weights, CUDA only): auto = when the "
+                       "work saves more time than the compile costs (its time is reported apart)", group="decoding",
+                       choices=("auto", "on", "off"))
     do_sample: bool = opt(False, "sample instead of greedy decoding", group="decoding")
     temperature: float = opt(0.8, "sampling temperature (with --do-sample)", group="decoding")
     top_p: float = opt(0.8, "nucleus sampling mass (with --do-sample)", group="decoding")
@@ -295,6 +300,10 @@ class CompareConfig(Settings):
                           "folder", group="metrics and outputs")
     examples: int = opt(5, "side-by-side examples written to the log (the HTML report holds them all)",
                         group="metrics and outputs")
+    # chat
+    chat: bool = opt(False, "talk with the fine-tuned model (streamed, multi-turn, ChatGLM3's chat layout) instead of "
+                     "comparing; /base, /tuned, /both, /reset, /exit; reads one turn per line from a pipe too",
+                     group="chat")
 
     def validate(self) -> None:
         checks = [
@@ -320,6 +329,8 @@ class CompareConfig(Settings):
             check_file(self.data, "data")
         if self.terms_file is not None:
             check_file(self.terms_file, "terms_file")
+        if self.chat and (self.prompt or self.data is not None):
+            raise ConfigError("chat", "is a conversation: type the questions in it, without --prompt or --data")
         for question in self.prompt:
             if not question.strip():
                 raise ConfigError("prompt", "is empty; give a question, e.g. --prompt \"孩子发烧怎么办？\"")

@@ -7,6 +7,7 @@ paths are fp32, and CPU runs are demos where exactness beats speed).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -56,6 +57,19 @@ def name() -> str:
 
 def total_memory() -> int:
     return torch.cuda.get_device_properties(0).total_memory if cuda() else 0
+
+
+def free_memory() -> int:
+    """Bytes free for this process as the driver reports them (after other processes and this one's
+    CUDA context); on CPU, the memory the OS reports available."""
+    if cuda():
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            fields = dict(line.split(":", 1) for line in info)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def allocated() -> int:

@@ -1,19 +1,20 @@
 """Batched generation and reference perplexity for one model, timed honestly.
 
-One copy of the weights serves both sides of the comparison: the fine-tuned answers come from the
-peft model, the base answers from the same model inside `disable_adapter()`.
+`inference.Sides` hands each side's model in; this module only decodes and measures.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
+from transformers import CompileConfig
 from transformers.generation.streamers import BaseStreamer
 
 from . import device
@@ -51,6 +52,14 @@ class Decoding:
     temperature: float = 0.8
     top_p: float = 0.8
     seed: int = 42
+    cache_len: int | None = None  # a static KV cache of this many positions; None: the growing cache
+    compiled: bool = False  # compile the decoding step (static cache only)
+
+    def cache_options(self) -> dict:
+        if self.cache_len is None:
+            return {}
+        compiling = {"compile_config": CompileConfig()} if self.compiled else {"disable_compile": True}
+        return {"cache_implementation": "static", "max_cache_len": self.cache_len, **compiling}
 
 
 def cast_adapters(model, dtype: torch.dtype) -> None:
@@ -63,15 +72,35 @@ def cast_adapters(model, dtype: torch.dtype) -> None:
             module.lora_B.to(dtype)
 
 
-def warm_up(model, tokenizer, prompts: list[list[int]], batch_size: int) -> None:
-    """A two-token generate over the first batch, untimed. The first CUDA generate pays one-off
-    costs (kernel loading, library handles): measured 10 s on an H200, which would otherwise land
-    on whichever side of the comparison runs first."""
-    generate_answers(model, tokenizer, prompts[:batch_size], Decoding(max_new_tokens=2), batch_size, desc="warm-up")
+def warm_up(model, tokenizer, prompts: list[list[int]], decoding: Decoding, batch_size: int) -> float:
+    """A four-token generate over the first batch, with the real batch shape and cache; returns its
+    seconds. The first CUDA generate pays one-off costs (kernel loading, library handles: 10 s on an
+    H200), and a compiled one its compile and CUDA-graph recording (three decoding steps), which
+    would otherwise land on whichever side runs first and in its per-token figures."""
+    short = dataclasses.replace(decoding, max_new_tokens=4, do_sample=False)
+    first = batches(list(range(len(prompts))), batch_size, equal=True)[0]
+    device.synchronize()
+    began = time.perf_counter()
+    generate_answers(model, tokenizer, [prompts[i] for i in first], short, batch_size, desc="warm-up",
+                     min_new_tokens=4)
+    device.synchronize()
+    return time.perf_counter() - began
+
+
+def batches(order: list[int], batch_size: int, equal: bool) -> list[list[int]]:
+    """`order` cut into as few batches as `batch_size` allows, of near-equal sizes; with `equal`, the
+    last is topped up with repeats of its last prompt so that every batch has one shape (a compiled
+    step is compiled per shape; the repeats' answers are dropped)."""
+    count = -(-len(order) // batch_size) if order else 0
+    size = -(-len(order) // count) if count else 0
+    chunks = [order[i:i + size] for i in range(0, len(order), size)] if size else []
+    if equal and chunks:
+        chunks[-1] = chunks[-1] + [chunks[-1][-1]] * (size - len(chunks[-1]))
+    return chunks
 
 
 def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decoding, batch_size: int,
-                     desc: str = "generate") -> list[Generated]:
+                     desc: str = "generate", min_new_tokens: int | None = None) -> list[Generated]:
     """Answers for prompt id lists, in their order. Prompts are batched by length (less left padding)."""
     stops = stop_token_ids(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -79,8 +108,7 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
     sampling = dict(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p) \
         if decoding.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+        for chunk in batches(order, batch_size, equal=decoding.compiled):
             batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
             batch = {k: v.to(model.device) for k, v in batch.items()}
             torch.manual_seed(decoding.seed)  # same draws for base and fine-tuned in sampling mode
@@ -89,7 +117,8 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
             began = time.perf_counter()
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=decoding.max_new_tokens, eos_token_id=stops,
-                                     pad_token_id=tokenizer.pad_token_id, streamer=clock, **sampling)
+                                     pad_token_id=tokenizer.pad_token_id, streamer=clock, min_new_tokens=min_new_tokens,
+                                     **sampling, **decoding.cache_options())
             device.synchronize()
             step_done = [t - began for t in clock.times[1:]]  # step_done[j]: new token j exists
             width = batch["input_ids"].shape[1]
@@ -99,7 +128,7 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
                 used = len(new) if end is None else end + 1  # the stop token is generated work too
                 text = tokenizer.decode(new[:end], skip_special_tokens=True).strip()
                 results[index] = Generated(text, used, step_done[used - 1], step_done[0], end is not None)
-            bar.update(len(chunk))
+            bar.update(len(set(chunk)))
     return results  # type: ignore[return-value]
 
 

@@ -11,7 +11,7 @@ import logging
 import statistics
 import unicodedata
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +28,7 @@ with warnings.catch_warnings():
 
 DEFAULT_LEXICON_PATH = Path(__file__).parent / "resources" / "medical_terms.txt"
 
-Segmenter = Callable[[str], list[str]]
+Segmenter = Callable[[str], Sequence[str]]
 
 
 # ---------------------------------------------------------------------------
@@ -84,6 +84,9 @@ class Lexicon:
             # No explicit frequency: jieba then suggests one just high enough
             # for the term to be cut as a single word.
             self._tokenizer.add_word(term)
+        # Every answer is segmented for term density, prompt overlap and ROUGE, every reference and
+        # prompt for both sides: segmenting each text once cut jieba's share of scoring by two thirds.
+        self._segmented: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Lexicon:
@@ -126,9 +129,11 @@ class Lexicon:
         """Category of ``term`` (None if it was listed before any header); KeyError if unknown."""
         return self._categories[term]
 
-    def segment(self, text: str) -> list[str]:
+    def segment(self, text: str) -> tuple[str, ...]:
         """jieba words of ``text`` (lexicon terms kept whole), whitespace tokens dropped."""
-        return [word for word in self._tokenizer.cut(text) if not word.isspace()]
+        if text not in self._segmented:
+            self._segmented[text] = tuple(word for word in self._tokenizer.cut(text) if not word.isspace())
+        return self._segmented[text]
 
     def term_density(self, text: str) -> TermDensity:
         """Lexicon terms among the jieba tokens of ``text``.

@@ -202,7 +202,9 @@ def department_table(aggregate: dict) -> list[str]:
 
 
 def timing_lines(timing: dict) -> list[str]:
-    lines = []
+    warm = "compile and warm-up" if timing["compiled"] else "warm-up"
+    lines = [f"weights: {timing['weights']}", f"decoding: static KV cache, {timing['decoding']}; {warm} "
+             f"{timing['warm_up_s']:.1f} s before the base side, not in the figures below"]
     for side in SIDES:
         s = timing[side]
         peak = "n/a" if s["peak_gpu_gib"] is None else f"{s['peak_gpu_gib']:.2f} GiB"

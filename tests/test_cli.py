@@ -179,10 +179,25 @@ def test_both_scripts_end_to_end_on_a_quiet_console(data_file, tmp_path):
 
     compared = run_script("chatglm_finetuning_tst.py", "--adapter", str(out), "--max-new-tokens", "8", cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
-    assert compared.stdout.startswith("VERDICT (") and "medical terms / 100 chars" in compared.stdout
+    weights, decoding, verdict = compared.stdout.splitlines()[:3]
+    assert weights.startswith("weights:  fp32, adapter merged after the base side; ")
+    assert decoding == "decoding: static KV cache, eager (compiled decoding needs a CUDA GPU)"
+    assert verdict.startswith("VERDICT (") and "medical terms / 100 chars" in compared.stdout
     assert (out / "comparison" / "chatglm_comparison.html").is_file()
     for noise in ("Warning", "kernels", "Traceback"):
         assert noise not in compared.stdout + compared.stderr, noise
+
+    # the chat, fed through a pipe: one turn per line, answers printed, ends with the input
+    chat = subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(out), "--chat",
+                           "--max-new-tokens", "6"], input="头痛怎么办？\n/both\n还要注意什么？\n", capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    marks = ["> 头痛怎么办？\n[fine-tuned] ", "\n> /both\n(answering: base, then fine-tuned)\n> 还要注意什么？\n[base] ",
+             "\n[fine-tuned] "]
+    at = [chat.stdout.find(marks[0]), chat.stdout.find(marks[1]), chat.stdout.rfind(marks[2])]
+    assert -1 not in at and at == sorted(at), chat.stdout  # answers can hold line breaks: order, not lines
+    for noise in ("Warning", "kernels", "Traceback"):
+        assert noise not in chat.stdout + chat.stderr, noise
 
 
 def readme() -> str:

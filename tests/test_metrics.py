@@ -148,7 +148,7 @@ def test_lexicons_do_not_leak(tmp_path: Path) -> None:
 
 def test_segment_drops_whitespace(lexicon: Lexicon) -> None:
     words = lexicon.segment("高血压  患者\n复查 HbA1c")
-    assert words == ["高血压", "患者", "复查", "HbA1c"]
+    assert words == ("高血压", "患者", "复查", "HbA1c")
 
 
 # ---------------------------------------------------------------------------

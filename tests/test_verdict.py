@@ -129,7 +129,9 @@ def test_table_states_directions_and_the_log_is_one_screen(lexicon):
     assert summary_lines(aggregate, TIMING)[0].startswith("VERDICT (25 prompts): HELPED")
 
 
-TIMING = {side: {"wall_s": 1.0, "new_tokens": 10, "tok_per_s": 10.0, "peak_gpu_gib": None} for side in ("base", "tuned")}
+TIMING = {**{side: {"wall_s": 1.0, "new_tokens": 10, "tok_per_s": 10.0, "peak_gpu_gib": None} for side in ("base", "tuned")},
+          "weights": "fp32, adapter merged after the base side; 2 prompts per batch (test)", "compiled": False,
+          "decoding": "eager (test)", "warm_up_s": 0.1}
 
 
 class Cells(HTMLParser):

@@ -1,0 +1,187 @@
+"""How the comparison and the chat hold the weights: 16-bit with the adapter merged after the base
+side, or NF4 with it unmerged when memory is short; static-cache decoding; the chat."""
+
+import io
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+import glmtune
+from glmtune import device
+from glmtune.chat import Chat, start
+from glmtune.checkpoint import chatglm_to_glm_config
+from glmtune.comparison import compare
+from glmtune.config import CompareConfig
+from glmtune.errors import ConfigError
+from glmtune.generation import Decoding, batches, generate_answers
+from glmtune.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights, record_compile_cost
+from glmtune.prompts import prompt_ids
+from glmtune.runs import RunRecord
+
+from conftest import CHATGLM3
+
+QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
+
+
+def logits(model, tok):
+    ids = torch.tensor([prompt_ids(tok, q, "glm3") for q in QUESTIONS[:1]])
+    with torch.inference_mode():
+        return model(input_ids=ids).logits.float()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
+def test_merged_weights_give_the_unmerged_adapters_logits(trained, dtype, tolerance):
+    out, _ = trained
+    tok = glmtune.load_tokenizer(out)
+    plain = logits(glmtune.load_model("tiny", quantization=None, dtype=dtype).eval(), tok)
+    model = PeftModel.from_pretrained(glmtune.load_model("tiny", quantization=None, dtype=dtype), str(out)).eval()
+    unmerged = logits(model, tok)
+    merged = logits(model.merge_and_unload(), tok)
+    assert (unmerged - plain).abs().max() > 20 * tolerance  # the adapter changes the logits
+    assert (merged - unmerged).abs().max() < tolerance
+
+
+def test_merged_path_base_side_equals_the_adapter_disabled_model(trained):
+    out, _ = trained
+    tok = glmtune.load_tokenizer(out)
+    prompts = [prompt_ids(tok, q, "glm3") for q in QUESTIONS]
+    decoding = Decoding(max_new_tokens=12)
+    reference = PeftModel.from_pretrained(glmtune.load_model("tiny", quantization=None), str(out)).eval()
+    with reference.disable_adapter():
+        base_expected = generate_answers(reference, tok, prompts, decoding, 4)
+    tuned_expected = generate_answers(reference, tok, prompts, decoding, 4)
+
+    sides = Sides.load("tiny", out, WeightsPlan(True, "fp32", 4, 4, "test"))
+    assert not isinstance(sides.model, PeftModel)  # the base side runs on plain, untouched weights
+    with sides.base_side() as model:
+        base = generate_answers(model, tok, prompts, decoding, 4)
+    tuned = generate_answers(sides.tuned_side(), tok, prompts, decoding, 4)
+    assert [a.text for a in base] == [a.text for a in base_expected]
+    assert [a.text for a in tuned] == [a.text for a in tuned_expected] != [a.text for a in base]
+    with pytest.raises(RuntimeError, match="base side runs first"):
+        with sides.base_side():
+            pass
+
+
+def test_static_cache_answers_equal_the_growing_caches(trained):
+    out, model = trained
+    tok = glmtune.load_tokenizer(out)
+    prompts = [prompt_ids(tok, q, "chat") for q in QUESTIONS]
+    growing = generate_answers(model.eval(), tok, prompts, Decoding(max_new_tokens=16), 3)
+    static = generate_answers(model, tok, prompts, Decoding(max_new_tokens=16, cache_len=128), 3)
+    assert [a.text for a in static] == [a.text for a in growing]
+    assert [a.new_tokens for a in static] == [a.new_tokens for a in growing]
+
+
+@pytest.mark.parametrize("n, size", [(1, 128), (27, 128), (200, 128), (201, 128), (7, 1), (9, 4)])
+def test_batches_are_near_equal_and_equal_shapes_when_compiled(n, size):
+    order = list(range(n))
+    plain = batches(order, size, equal=False)
+    assert sum(plain, []) == order and len(plain) == -(-n // size)
+    assert max(map(len, plain)) - min(map(len, plain)) <= 1 and max(map(len, plain)) <= size
+    equal = batches(order, size, equal=True)
+    assert len({len(b) for b in equal}) == 1 and set(sum(equal, [])) == set(order)
+
+
+@pytest.fixture(scope="module")
+def chatglm3_shape():
+    if not (CHATGLM3 / "config.json").is_file():
+        pytest.skip("../shared/chatglm3/config.json is absent")
+    return Shape.of(chatglm_to_glm_config(json.loads((CHATGLM3 / "config.json").read_text())))
+
+
+@pytest.mark.parametrize("card_gib, merged", [(6, False), (8, False), (12, False), (16, True), (24, True),
+                                               (80, True), (141, True)])
+def test_auto_holds_16_bit_weights_where_they_fit(chatglm3_shape, card_gib, merged):
+    free = (card_gib - 0.6) * GiB  # after the CUDA context
+    plan = plan_weights("auto", "nf4", chatglm3_shape, free, 27, 300, 576, 256, on_gpu=True)
+    assert plan.merged is merged and plan.quantization == (None if merged else "nf4")
+    assert plan.batch_size <= 27 and plan.reason.startswith("auto:")
+    if card_gib >= 24:
+        assert plan.batch_size == 27  # the whole default eval split in one batch
+    weights = chatglm3_shape.weight_bytes(not merged, 2)
+    assert weights + plan.batch_size * chatglm3_shape.row_bytes(300, 576, 2) < free
+
+
+def test_explicit_choices_are_kept(chatglm3_shape):
+    big, small = 139 * GiB, 7.4 * GiB
+    assert not plan_weights("nf4", "nf4", chatglm3_shape, big, 27, 300, 576, 256, True).merged
+    assert plan_weights("none", "nf4", chatglm3_shape, big, 27, 300, 576, 256, True).merged
+    assert not plan_weights("as-trained", "nf4", chatglm3_shape, big, 27, 300, 576, 256, True).merged
+    assert plan_weights("as-trained", "none", chatglm3_shape, big, 27, 300, 576, 256, True).merged
+    with pytest.raises(ConfigError, match="--quantization auto or nf4"):
+        plan_weights("none", "nf4", chatglm3_shape, small, 27, 300, 576, 256, True)
+
+
+def test_compile_auto_weighs_the_work_against_the_compile_cost(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLMTUNE_CACHE", str(tmp_path))
+    merged, nf4 = WeightsPlan(True, "bf16", 27, 16, ""), WeightsPlan(False, "bf16", 27, 16, "")
+    small = plan_compile("auto", merged, 27, 256, 576, "m", on_gpu=True)  # 512 steps: ~13 s saved < ~44 s
+    assert not small.on and small.reason.startswith("eager (auto: 512 decoding steps")
+    big = plan_compile("auto", merged, 27, 2048, 2368, "m", on_gpu=True)
+    assert big.on and big.reason.startswith("compiled (auto:")
+    record_compile_cost(small.key, 8.0)  # torch's compile cache makes a repeat of the same shapes cheap
+    again = plan_compile("auto", merged, 27, 256, 576, "m", on_gpu=True)
+    assert again.on and "measured here before costs ~8 s" in again.reason
+    assert not plan_compile("on", nf4, 27, 2048, 2368, "m", on_gpu=True).on
+    assert not plan_compile("on", merged, 27, 2048, 2368, "m", on_gpu=False).on
+    assert plan_compile("on", merged, 1, 8, 64, "m", on_gpu=True).on
+    assert not plan_compile("off", merged, 27, 2048, 2368, "m", on_gpu=True).on
+
+
+def test_short_memory_falls_back_to_nf4_with_the_adapter_unmerged(trained, tmp_path, monkeypatch):
+    out, _ = trained
+    plentiful = CompareConfig(adapter=out, output=tmp_path / "a", max_new_tokens=6, num_samples=4)
+    assert compare(plentiful).settings["weights"].startswith("fp32, adapter merged")
+    # free memory read as just the 16-bit weights of the tiny model: too little for a batch beside them
+    shape = Shape.of(glmtune.load_model("tiny", quantization=None).config)
+    monkeypatch.setattr(device, "free_memory", lambda: shape.weight_bytes(False, 4) + GiB)
+    job = compare(CompareConfig(adapter=out, output=tmp_path / "b", max_new_tokens=6, num_samples=4))
+    assert job.settings["weights"].startswith("NF4, adapter unmerged") and "only" in job.settings["weights"]
+    assert not job.sides.merged and isinstance(job.sides.model, PeftModel)
+    assert all(a.new_tokens > 0 for a in job.tuned[0])
+    log = (job.output / "chatglm_comparison.log").read_text(encoding="utf-8")
+    assert "weights: NF4, adapter unmerged" in log
+
+
+def test_chat_keeps_the_conversation_and_switches_sides(trained):
+    out, _ = trained
+    config = CompareConfig(adapter=out, chat=True, max_new_tokens=8)
+    config.validate()
+    screen = io.StringIO()
+    chat = start(config, RunRecord.load(out), "tiny", screen)
+    tok, ask = chat.tokenizer, (lambda text: {"role": "user", "content": text})
+
+    chat.handle("头痛怎么办？")
+    assert chat.prompts[0] == glmtune.chat_ids(tok, [ask("头痛怎么办？")])
+    first = chat.history[1]
+    assert first["role"] == "assistant" and first["content"] and f"[fine-tuned] {first['content']}" in screen.getvalue()
+    chat.handle("要吃什么药？")
+    assert chat.prompts[1] == glmtune.chat_ids(tok, [ask("头痛怎么办？"), first, ask("要吃什么药？")])
+
+    shown = len(screen.getvalue())
+    chat.handle("/both")
+    chat.handle("失眠呢？")
+    both = screen.getvalue()[shown:]
+    assert "(answering: base, then fine-tuned)" in both and both.index("[base] ") < both.index("[fine-tuned] ")
+    assert chat.prompts[2][: len(chat.prompts[1])] == chat.prompts[1] and len(chat.history) == 6
+
+    chat.handle("/reset")
+    chat.handle("/base")
+    shown = len(screen.getvalue())
+    chat.handle("咳嗽")
+    assert chat.prompts[3] == glmtune.chat_ids(tok, [ask("咳嗽")])  # the conversation was forgotten
+    assert "[base] " in screen.getvalue()[shown:] and "[fine-tuned]" not in screen.getvalue()[shown:]
+    chat.handle("/nope")
+    assert screen.getvalue().endswith("(unknown command /nope; commands: /tuned, /base, /both, /reset, /exit)\n")
+    assert chat.handle("/exit") is False
+
+
+def test_chat_refuses_prompts_and_data(trained, data_file):
+    out, _ = trained
+    with pytest.raises(ConfigError, match="without --prompt or --data"):
+        CompareConfig(adapter=out, chat=True, prompt=["头痛"]).validate()
+    with pytest.raises(ConfigError, match="without --prompt or --data"):
+        CompareConfig(adapter=out, chat=True, data=data_file).validate()
