@@ -4,6 +4,7 @@ seed recipe vs our defaults vs our low-memory setting, and the comparison script
 On one GPU, with ../shared beside the repo (or --shared PATH):
     python bench/bench_gpu.py --part train      # ~2 min on an H200, after building the checkpoint
     python bench/bench_gpu.py --part compare    # the comparison script four ways; ~5 min on an H200
+    python bench/bench_gpu.py --part export     # compare, then export its run in both layouts; +2 min
     python bench/bench_gpu.py --part ablate     # each speed setting on and off, side by side; ~3 min
 Each part builds (or reuses) a random-weight checkpoint in the ORIGINAL ChatGLM3 layout under
 --workdir, prints a table and merges its numbers into bench/results/latest.json. Then, wherever the
@@ -341,6 +342,27 @@ def part_compare(args, ckpt: Path, shared: Path) -> dict:
     return results
 
 
+def part_export(args, ckpt: Path, shared: Path) -> dict:
+    """`python -m glmtune.export` of the comparison's run (random LoRA on the 6B checkpoint), both
+    layouts: time per stage, peak GPU memory, size on disk. Each export is deleted once measured."""
+    import gc
+    import shutil
+
+    from glmtune.config import ExportConfig
+    from glmtune.export import export
+
+    results = {}
+    for fmt in ("native", "chatglm"):
+        out = args.workdir / f"export_{fmt}"
+        r = export(ExportConfig(adapter=args.workdir / "adapter", output=out, format=fmt, overwrite=True))
+        results[fmt] = {"device": r.device, "seconds": r.seconds, "peak_gpu_gib": r.peak_gpu_gib,
+                        "disk_gib": r.bytes / 2**30, "files": len(r.files), "parameters": r.parameters}
+        shutil.rmtree(out)
+        gc.collect()
+        torch.cuda.empty_cache()
+    return results
+
+
 def table(results: dict) -> list[str]:
     lines = []
     if "train" in results:
@@ -386,6 +408,12 @@ def table(results: dict) -> list[str]:
                          f"{r['warm_up_s']:>9.1f} {r['base_tok_per_s']:>10.0f} {r['tuned_tok_per_s']:>11.0f} "
                          f"{r['tuned_tok_per_s'] / r['base_tok_per_s']:>10.2f}  {r['weights'].split(';')[0]}; "
                          f"{r['decoding'].split(' (')[0]}")
+    if "export" in results:
+        for fmt, r in results["export"].items():
+            sec = r["seconds"]
+            lines.append(f"export {fmt:8} on {r['device']}: {sec['total']:.1f} s (load {sec['load']:.1f}, merge "
+                         f"{sec['merge']:.1f}, write {sec['write']:.1f}), peak GPU {r['peak_gpu_gib'] or 0:.1f} GiB, "
+                         f"{r['disk_gib']:.2f} GiB on disk in {r['files']} files")
     return lines
 
 
@@ -427,7 +455,7 @@ def main(args):
         results["ablate"] = part_ablate(args, ckpt, args.shared)
         out.write_text(json.dumps(results, indent=2))
         print("\n".join(table(results)), flush=True)
-    if args.part in ("compare", "all"):
+    if args.part in ("compare", "export", "all"):
         results["compare"] = part_compare(args, ckpt, args.shared)
         c = results["compare"]
         results["compare_default_wall_s"] = c["default"]["process_wall_s"]
@@ -436,12 +464,16 @@ def main(args):
         results["tuned_b1_tok_s"] = c["one_at_a_time"]["tuned_tok_per_s"]
         out.write_text(json.dumps(results, indent=2))
         print("\n".join(table(results)), flush=True)
+    if args.part in ("export", "all"):  # exports the comparison's run
+        results["export"] = part_export(args, ckpt, args.shared)
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--part", choices=("train", "compare", "all", "ablate"), default="all",
+    p.add_argument("--part", choices=("train", "compare", "export", "all", "ablate"), default="all",
                    help="what to measure; ablate: each speed setting on and off, side by side")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with chatglm3/ and realdata/")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/glmtune-bench"), help="checkpoint and scratch space")

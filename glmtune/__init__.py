@@ -15,7 +15,7 @@ install_log_filters()
 _EXPORTS = {
     "load_model": "checkpoint", "load_tokenizer": "tokenizer", "chat_ids": "tokenizer",
     "stop_token_ids": "tokenizer", "read_dataset": "data", "parse_line": "data", "Example": "data",
-    "DEFAULT_MODEL": "config", "TrainConfig": "config", "CompareConfig": "config",
+    "DEFAULT_MODEL": "config", "TrainConfig": "config", "CompareConfig": "config", "ExportConfig": "config",
     "GlmtuneError": "errors", "ConfigError": "errors", "DataError": "errors", "ModelLoadError": "errors",
     "RunDirError": "errors", "train": "finetune", "compare": "comparison",
 }

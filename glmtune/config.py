@@ -369,3 +369,47 @@ def check_file(path: Path, name: str) -> None:
         raise ConfigError(name, f"{path}: no such file")
     if not path.is_file():
         raise ConfigError(name, f"{path} is not a regular file (a pipe or a device?); give a data file")
+
+
+EXPORT_FORMATS = ("native", "chatglm")
+
+
+@dataclass
+class ExportConfig(Settings):
+    adapter: Path = opt(Path("chatglm3-medical-lora"), "output folder of a finished chatglm_finetuning.py run (adapter "
+                        "+ run_config.json + tokenizer)", group="what to export", aliases=("adapter_name_or_path",))
+    output: Path | None = opt(None, "folder to write the merged model into (default: ADAPTER-merged for native, "
+                              "ADAPTER-chatglm for chatglm)", group="what to export",
+                              aliases=("output_dir", "export_dir"))
+    format: str = opt("native", "native: transformers' GlmForCausalLM (AutoModelForCausalLM, vLLM; no remote code); "
+                      "chatglm: ChatGLM3's original layout (official demos, chatglm.cpp)", group="what to export",
+                      choices=EXPORT_FORMATS)
+    base_model: str | None = opt(None, "base model folder or hub id; default: the one recorded in run_config.json",
+                                 group="what to export", aliases=("model", "model_name_or_path"))
+    dtype: str = opt("bf16", "weights' precision: bf16, fp16 (ChatGLM3's own release format; GPUs without bf16), or "
+                     "fp32 (twice the size; for exact comparisons)", group="how", choices=("bf16", "fp16", "fp32"))
+    device: str = opt("auto", "where to merge: auto picks the GPU when the 16-bit model fits in its free memory, else "
+                      "the CPU (which needs about the model's size in RAM)", group="how",
+                      choices=("auto", "cuda", "cpu"))
+    overwrite: bool = opt(False, "replace an earlier export in --output: the files its glmtune_export.json lists, "
+                          "never others", group="how")
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first setting that cannot work, before torch is imported."""
+        check_choices(self)
+        if not self.adapter.is_dir():
+            raise ConfigError("adapter", f"{self.adapter}: no such folder; pass the --output-dir of a training run")
+        if self.base_model is not None:
+            check_model(self.base_model, "base_model")
+        output = self.target()
+        if output.exists() and not output.is_dir():
+            raise ConfigError("output", f"{output} is a file; choose a folder")
+        if output.resolve() == self.adapter.resolve():
+            raise ConfigError("output", f"{output} is the training run's folder; choose another folder")
+
+    def target(self) -> Path:
+        """--output, or a folder beside the run named after it and the format."""
+        if self.output is not None:
+            return self.output
+        run = self.adapter.resolve()
+        return run.with_name(f"{run.name}-{'merged' if self.format == 'native' else 'chatglm'}")

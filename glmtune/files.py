@@ -20,7 +20,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
-        os.chmod(scratch, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
+        os.chmod(scratch, 0o666 & ~umask())  # mkstemp's 0600 would hide the file from other users
         os.replace(scratch, path)
     except OSError as err:
         Path(scratch).unlink(missing_ok=True)
@@ -30,7 +30,7 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
@@ -52,8 +52,13 @@ def write_failure(err: BaseException) -> str | None:
     return None
 
 
-def free_space(path: Path) -> str:
-    """Free space on the disk that holds `path` (or its nearest existing parent), for messages."""
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds `path` (or its nearest existing parent)."""
     while not path.exists() and path != path.parent:
         path = path.parent
-    return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB free"
+    return shutil.disk_usage(path).free
+
+
+def free_space(path: Path) -> str:
+    """Free space on the disk that holds `path`, for messages."""
+    return f"{free_bytes(path) / 2**30:.1f} GiB free"
