@@ -3,8 +3,9 @@ conversation so far in every prompt.
 
 Commands: /tuned and /base switch the side that answers, /both answers with both (base first; the
 conversation keeps the fine-tuned answer), /reset forgets the conversation, /exit (or end of input)
-ends. On a terminal it prompts with "> "; from a pipe it reads one user turn per line and echoes it,
-so the transcript reads as a conversation.
+ends. Ctrl-C stops the turn being answered (it is not kept) or clears the line being typed. On a
+terminal it prompts with "> "; from a pipe it reads one user turn per line and echoes it, so the
+transcript reads as a conversation.
 
 Both sides stay available, so the adapter is never merged here: the weights are held as the
 comparison would hold them (16-bit where memory allows, else NF4) with the adapter attached, and
@@ -61,6 +62,12 @@ class Chat:
         text = line.strip()
         if not text:
             return True
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 (a GBK file piped in) arrive as lone surrogates
+            self.say("(this line is not UTF-8 text; skipped. Save the questions as UTF-8, or set the terminal to "
+                     "UTF-8)")
+            return True
         if text == "/exit":
             return False
         if text == "/reset":
@@ -76,41 +83,43 @@ class Chat:
         return True
 
     def answer(self, text: str) -> None:
+        """Both or one side's reply to `text`, after the conversation so far (its oldest exchanges
+        dropped where the context is full). Kept in the conversation only when no reply was stopped."""
         turn = {"role": "user", "content": text}
-        ids = self.fit([*self.history, turn])
-        replies = {side: self.reply(side, ids) for side in (("base", "tuned") if self.side == "both" else (self.side,))}
-        kept = replies.get("tuned", replies.get("base"))
-        if kept is not None:
-            self.history += [turn, {"role": "assistant", "content": kept}]
-
-    def fit(self, messages: list[dict]) -> list[int]:
-        """The prompt for `messages`, dropping the oldest exchanges until it and an answer fit."""
+        messages = [*self.history, turn]
         ids = chat_ids(self.tokenizer, messages)
-        while len(ids) + self.decoding.max_new_tokens > self.max_positions and len(messages) > 1:
+        room = self.max_positions - self.decoding.max_new_tokens
+        while len(ids) > room and len(messages) > 1:
             messages = messages[2:]
-            self.history = messages[:-1]
             ids = chat_ids(self.tokenizer, messages)
-            self.say("(the oldest exchange was dropped to fit the context)")
+        if len(ids) > room:
+            self.say(f"(this message is {len(ids)} tokens; with --max-new-tokens {self.decoding.max_new_tokens} the "
+                     f"context holds {room}: shorten it)")
+            return
+        if len(messages) < len(self.history) + 1:
+            self.say(f"({(len(self.history) + 1 - len(messages)) // 2} oldest exchange(s) dropped to fit the context)")
         self.prompts.append(ids)
-        return ids
+        replies = {}
+        for side in ("base", "tuned") if self.side == "both" else (self.side,):
+            replies[side] = self.reply(side, ids)
+            if replies[side] is None:
+                return
+        self.history = [*messages, {"role": "assistant", "content": replies.get("tuned", replies.get("base"))}]
 
     def reply(self, side: str, ids: list[int]) -> str | None:
-        """Stream one side's answer; None if Ctrl-C stopped it (then it is not kept)."""
+        """Stream one side's answer; None if Ctrl-C stopped it."""
         self.out.write(f"[{LABELS[side]}] ")
         streamer = StreamTo(self.tokenizer, self.out)
-        d = self.decoding
-        sampling = dict(do_sample=True, temperature=d.temperature, top_p=d.top_p) if d.do_sample \
-            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         inputs = torch.tensor([ids], device=self.sides.model.device)
-        torch.manual_seed(d.seed)
+        torch.manual_seed(self.decoding.seed)  # the same draws for both sides of /both
         try:
             with self.sides.base_side() if side == "base" else contextlib.nullcontext(), torch.inference_mode():
                 out = self.sides.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs),
-                                                max_new_tokens=d.max_new_tokens, streamer=streamer,
+                                                max_new_tokens=self.decoding.max_new_tokens, streamer=streamer,
                                                 eos_token_id=stop_token_ids(self.tokenizer),
-                                                pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                                                pad_token_id=self.tokenizer.pad_token_id, **self.decoding.sampling())
         except KeyboardInterrupt:
-            self.say("\n(stopped; this answer is not kept in the conversation)")
+            self.say("\n(stopped; this turn is not kept in the conversation)")
             return None
         return self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
@@ -129,6 +138,9 @@ def turns(stream: TextIO, out: TextIO) -> Iterator[str]:
             except EOFError:
                 out.write("\n")
                 return
+            except KeyboardInterrupt:  # Ctrl-C at the prompt drops the line typed so far, as shells do
+                out.write("\n")
+                continue
         else:
             line = stream.readline()
             if not line:
@@ -146,9 +158,10 @@ def start(config, run, base: str, out: TextIO) -> Chat:
 
     tokenizer = load_tokenizer(config.adapter)
     shape = model_shape(base)
-    # One prompt at a time; the cache grows with the conversation up to the context length.
-    plan = plan_weights(config.quantization, run.config.quantization, shape, device.free_memory(), 1, 2048,
-                        tokenizer.model_max_length, 1, device.cuda())
+    # One prompt at a time, the whole conversation prefilled each turn, up to the context length.
+    context = tokenizer.model_max_length
+    plan = plan_weights(config.quantization, run.config.quantization, shape, device.free_memory(), 1,
+                        context - config.max_new_tokens, context, 1, device.cuda())
     sides = Sides.load(base, config.adapter, plan, keep_unmerged=True)
     decoding = Decoding(config.max_new_tokens, config.do_sample, config.temperature, config.top_p, config.seed)
     held = plan.precision if plan.merged else "NF4"

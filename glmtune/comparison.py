@@ -13,9 +13,9 @@ from .config import CompareConfig
 from .data import Example, read_dataset
 from .errors import ConfigError, DataError
 from .hub import needs_gpu
+from .lora import check_adapter_files
 from .runs import RunRecord
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 STEM = "chatglm_comparison"  # the files: STEM.log, .json, .png, .html
 IN_PROGRESS = ".in-progress"  # in an output folder while its comparison runs (left by one that failed)
 
@@ -33,15 +33,13 @@ class Comparison:
         from .metrics import DEFAULT_LEXICON_PATH
 
         c = self.config
-        missing = [f for f in ADAPTER_FILES if not (c.adapter / f).is_file()]
-        if missing:
-            raise ConfigError("adapter", f"{c.adapter} is incomplete: {', '.join(missing)} missing. Did the training "
-                                         "run finish? Run it again with --resume.")
+        check_adapter_files(c.adapter)
         self.run = RunRecord.load(c.adapter)
         self.base = c.base_model or self.run.config.model
         self.prompt_format = self.run.resolved.prompt_format
         self.terms_file = c.terms_file or DEFAULT_LEXICON_PATH
-        self.lexicon = load_lexicon(self.terms_file)  # before any model: a bad --terms-file must not waste a run
+        if not c.chat:  # before any model: a bad --terms-file must not waste a run
+            self.lexicon = load_lexicon(self.terms_file)
         if not device.cuda() and needs_gpu(self.base):
             raise ConfigError("base_model", f"this adapter's base is {self.base}, a 6B model that needs a CUDA GPU. "
                                             "For a CPU demo, train with --model tiny and compare that adapter.")
@@ -63,28 +61,38 @@ class Comparison:
             if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
                 raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, "
                                 "which has none; compare it on question/answer data")
-        self.output = output_dir(c)  # claimed now, before any model loads
 
     def load_model(self) -> list[str]:
         """The tokenizer saved with the adapter; how to hold the weights and decode (from the free
         memory and the work); the model. Returns the lines that say which path runs and why."""
         from .generation import Decoding
         from .inference import Sides, cache_length, plan_compile, plan_weights
-        from .prompts import example_prompt_ids
+        from .prompts import encode, example_prompt_ids
         from .tokenizer import load_tokenizer
 
         c = self.config
         self.tokenizer = load_tokenizer(c.adapter)
         self.prompts = [example_prompt_ids(self.tokenizer, ex, self.prompt_format) for ex, _ in self.items]
         width = max(map(len, self.prompts))
+        room = self.tokenizer.model_max_length - c.max_new_tokens
+        if width > room:
+            longest = max(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
+            raise DataError(f"prompt {longest + 1} ({self.items[longest][0].question[:30]}...) is {width} tokens; with "
+                            f"--max-new-tokens {c.max_new_tokens} the context ({self.tokenizer.model_max_length}) has "
+                            f"room for {room}. Shorten it, or lower --max-new-tokens")
         cache_len = cache_length(width, c.max_new_tokens)
+        referenced = [ex for ex, reference in self.items if reference is not None and not c.no_perplexity]
+        # perplexity reads prompt + reference + eos, as training encoded them
+        scored = max((len(encode(self.tokenizer, ex, self.prompt_format, self.run.config.max_length).input_ids)
+                      for ex in referenced), default=0)
         self.weights = plan_weights(c.quantization, self.run.config.quantization, model_shape(self.base),
                                     device.free_memory(), len(self.prompts), width, cache_len, c.batch_size,
-                                    device.cuda())
+                                    device.cuda(), scored)
         self.compiling = plan_compile(c.compile, self.weights, len(self.prompts), c.max_new_tokens, cache_len,
                                       self.base, device.cuda())
         self.decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed, cache_len,
                                  self.compiling.on)
+        self.output = output_dir(c)  # claimed now: after every check, before any model loads
         self.sides = Sides.load(self.base, c.adapter, self.weights)
         return [f"weights:  {self.weights.describe()}", f"decoding: static KV cache, {self.compiling.reason}"]
 

@@ -47,9 +47,9 @@ from pathlib import Path
 from . import cli, files
 from .config import ExportConfig
 from .errors import ConfigError, ModelLoadError, RunDirError
+from .lora import check_adapter_files
 from .runs import FINISHED, RunRecord, library_versions
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 SCRATCH = ".exporting"  # inside the output folder while an export writes; never looks like a model
 # What was exported from what, and which files the export wrote: --overwrite deletes those and nothing
 # else (an export's file names are any model's, so names alone cannot tell ours from another model's).
@@ -124,10 +124,7 @@ class Export:
 
         c = self.config
         c.validate()  # a config built in Python has not been through the command line's checks
-        missing = [f for f in ADAPTER_FILES if not (c.adapter / f).is_file()]
-        if missing:
-            raise ConfigError("adapter", f"{c.adapter} is incomplete: {', '.join(missing)} missing. Did the training "
-                                         "run finish? Run it again with --resume.")
+        check_adapter_files(c.adapter)
         self.run = RunRecord.load(c.adapter)
         if self.run.state != FINISHED:
             raise RunDirError(f"the run in {c.adapter} has not finished (its record says {self.run.state}); finish "
@@ -149,13 +146,19 @@ class Export:
             raise ConfigError("output", f"{self.output} is the base model's folder; choose another folder")
         self.replaced = export_files_to_replace(self.output, c.overwrite)
         needed = model_bytes + 64 * 2**20  # tokenizer and configs
-        free = files.free_bytes(self.output) + sum(p.stat().st_size for p in self.replaced)
+        free = files.free_bytes(self.output)
+        # With room for both, the earlier export stays whole until the new one is written; without, it
+        # must go first, and a failure then leaves neither.
+        self.delete_first = free < needed
+        free += sum(p.stat().st_size for p in self.replaced)
         if free < needed:
             raise RunDirError(f"{self.output}: the export needs {size(needed)} and the disk has {size(free)} free; "
                               "free some space or choose another --output")
 
     def merge(self) -> None:
         """The base in 16 bits (or fp32) with the adapter merged into its weights."""
+        import torch
+
         from . import device
         from .checkpoint import load_model
         from .lora import load_adapter
@@ -163,8 +166,12 @@ class Export:
         c = self.config
         device.reset_peak()
         started = time.perf_counter()
-        model = load_model(self.base, quantization=None, dtype=self.dtype,
-                           device_map={"": 0} if self.device == "cuda" else None)
+        try:
+            model = load_model(self.base, quantization=None, dtype=self.dtype,
+                               device_map={"": 0} if self.device == "cuda" else None)
+        except torch.OutOfMemoryError:
+            raise ModelLoadError(f"the {c.dtype} model does not fit in the GPU's free memory; export with --device cpu "
+                                 "(it needs about the model's size in RAM)") from None
         loaded = time.perf_counter()
         model = load_adapter(model, c.adapter, self.base)  # names an adapter that does not fit the base
         self.model = model.merge_and_unload(progressbar=True).eval()
@@ -178,8 +185,10 @@ class Export:
 
         started = time.perf_counter()
         c, out = self.config, self.output
-        for stale in self.replaced:
-            stale.unlink()
+        if self.delete_first:
+            print(f"deleting the earlier export in {out} first: the disk has no room for both")
+            for stale in sorted(self.replaced, key=lambda p: p.name == MANIFEST):  # the manifest last
+                stale.unlink()
         scratch = out / SCRATCH
         shutil.rmtree(scratch, ignore_errors=True)  # what a killed export left
         scratch.mkdir(parents=True)
@@ -190,13 +199,20 @@ class Export:
             else:
                 write_chatglm(self.model, self.base_config, self.base_dir, c.dtype, scratch)
             written = sorted(p.name for p in scratch.iterdir())
+            stale = [p for p in self.replaced if p.exists() and p.name not in (*written, MANIFEST)]
+            # Until the stale files are gone the manifest lists them too, so that a kill in between
+            # leaves a folder --overwrite still recognises as ours.
             moved.append(out / MANIFEST)
-            files.write_atomic(out / MANIFEST, json.dumps(self.manifest(written), indent=2, ensure_ascii=False) + "\n")
+            self.write_manifest(sorted({*written, *(p.name for p in stale)}))
             for name in sorted(written, key=lambda n: n == "config.json"):
                 os.chmod(scratch / name, 0o666 & ~files.umask())  # some writers create files only their owner reads
                 os.replace(scratch / name, out / name)
                 moved.append(out / name)
             scratch.rmdir()
+            for path in stale:
+                path.unlink()
+            if stale:
+                self.write_manifest(written)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             for path in moved:
@@ -208,6 +224,10 @@ class Export:
             parameters=self.parameters, files=[*written, MANIFEST],
             bytes=sum((out / n).stat().st_size for n in [*written, MANIFEST]), seconds=self.seconds,
             peak_gpu_gib=device.peak_gib())
+
+    def write_manifest(self, listed: list[str]) -> None:
+        text = json.dumps(self.manifest(listed), indent=2, ensure_ascii=False)
+        files.write_atomic(self.output / MANIFEST, text + "\n")
 
     def manifest(self, written: list[str]) -> dict:
         c = self.config
@@ -271,8 +291,9 @@ def merge_device(choice: str, model_bytes: int) -> str:
     if choice == "cuda" and not device.cuda():
         raise ConfigError("device", "no CUDA GPU was found; use --device cpu (or auto)")
     if choice == "auto":
-        # Headroom for the merge's temporaries (one layer's LoRA product at a time).
-        return "cuda" if device.cuda() and device.free_memory() > 1.1 * model_bytes else "cpu"
+        # Headroom for the merge's temporaries and the CUDA context: 6B in bf16 (11.6 GiB) peaked at
+        # 14.4 GiB on an H200 (bench/RESULTS.md).
+        return "cuda" if device.cuda() and device.free_memory() > 1.3 * model_bytes else "cpu"
     return choice
 
 

@@ -55,6 +55,12 @@ class Decoding:
     cache_len: int | None = None  # a static KV cache of this many positions; None: the growing cache
     compiled: bool = False  # compile the decoding step (static cache only)
 
+    def sampling(self) -> dict:
+        """generate()'s sampling arguments; greedy overrides the model's own sampling defaults."""
+        if self.do_sample:
+            return dict(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+
     def cache_options(self) -> dict:
         if self.cache_len is None:
             return {}
@@ -105,8 +111,6 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
     stops = stop_token_ids(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generated | None] = [None] * len(prompts)
-    sampling = dict(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p) \
-        if decoding.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
         for chunk in batches(order, batch_size, equal=decoding.compiled):
             batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
@@ -118,11 +122,13 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=decoding.max_new_tokens, eos_token_id=stops,
                                      pad_token_id=tokenizer.pad_token_id, streamer=clock, min_new_tokens=min_new_tokens,
-                                     **sampling, **decoding.cache_options())
+                                     **decoding.sampling(), **decoding.cache_options())
             device.synchronize()
             step_done = [t - began for t in clock.times[1:]]  # step_done[j]: new token j exists
             width = batch["input_ids"].shape[1]
             for row, index in enumerate(chunk):
+                if results[index] is not None:  # a repeat topping up the last batch: its answer is dropped
+                    continue
                 new = out[row, width:].tolist()
                 end = next((j for j, t in enumerate(new) if t in stops), None)
                 used = len(new) if end is None else end + 1  # the stop token is generated work too

@@ -104,37 +104,37 @@ class WeightsPlan:
 
 
 def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: int, prompt_width: int,
-                 cache_len: int, batch_size: int, on_gpu: bool) -> WeightsPlan:
+                 cache_len: int, batch_size: int, on_gpu: bool, scored_len: int = 0) -> WeightsPlan:
     """How to hold the weights for `prompts` prompts (the longest `prompt_width` tokens, a static
-    cache of `cache_len`), given `free` bytes. choice: the --quantization flag (auto, as-trained,
-    nf4, none); trained: the run's own quantization."""
+    cache of `cache_len`; the longest perplexity sequence `scored_len`), given `free` bytes.
+    choice: the --quantization flag (auto, as-trained, nf4, none); trained: the run's own."""
     precision = device.resolve_precision()
     element = 2 if on_gpu else 4
     row = shape.row_bytes(prompt_width, cache_len, element)
-    ppl_row = shape.perplexity_row_bytes(cache_len, element)
+    ppl_row = shape.perplexity_row_bytes(scored_len, element)
     wanted = min(batch_size, max(prompts, 1))
 
-    def room(quantized: bool) -> float:
-        return free - shape.weight_bytes(quantized, element) - MARGIN
-
     def plan(merged: bool, reason: str) -> WeightsPlan:
-        left = max(room(not merged), 0.0)
+        left = max(free - shape.weight_bytes(not merged, element) - MARGIN, 0.0)
         rows = max(1, min(wanted, int(left // row)))
-        ppl = max(1, min(PERPLEXITY_ROWS, rows, int(left // ppl_row)))
+        ppl = max(1, min(PERPLEXITY_ROWS, int(left // ppl_row) if ppl_row else PERPLEXITY_ROWS))
         return WeightsPlan(merged, precision, rows, ppl, reason)
 
     sixteen = f"{precision} weights {gib(shape.weight_bytes(False, element))}"
     needed = shape.weight_bytes(False, element) + MARGIN + min(MIN_ROWS, wanted) * row
+    flag = f"--quantization {choice}"
     if choice == "as-trained":
         choice = "nf4" if trained == "nf4" else "none"
+        flag = f"--quantization as-trained (the run trained on {trained})"
     if choice == "nf4":
-        return plan(False, "--quantization nf4: the weights the adapter was trained against")
+        why = "the weights the adapter was trained against" if trained == "nf4" else "a third of the memory"
+        return plan(False, f"{flag}: {why}")
     if choice == "none":
         if needed > free:
-            raise ConfigError("quantization", f"16-bit weights need about {gib(needed)} with a batch of "
-                                              f"{min(MIN_ROWS, wanted)}, and {gib(free)} is free; use --quantization "
-                                              "auto or nf4 (4-bit, about a third of the memory)")
-        return plan(True, f"--quantization none: {sixteen}, {gib(free)} free")
+            raise ConfigError("quantization", f"{flag} holds the weights in 16 bits, which with a batch of "
+                                              f"{min(MIN_ROWS, wanted)} needs about {gib(needed)}, and {gib(free)} is "
+                                              "free; use --quantization auto or nf4 (4-bit, a third of the memory)")
+        return plan(True, f"{flag}: {sixteen}, {gib(free)} free")
     if needed <= free:
         return plan(True, f"auto: {sixteen} fit in the {gib(free)} free")
     return plan(False, f"auto: {sixteen} and a batch need {gib(needed)}, only {gib(free)} free; "

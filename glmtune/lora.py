@@ -44,6 +44,17 @@ def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str]):
     return _without_embedding_copies(model)
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def check_adapter_files(folder: Path) -> None:
+    """ConfigError when a run folder lacks its adapter (a run that never finished)."""
+    missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError("adapter", f"{folder} is incomplete: {', '.join(missing)} missing. Did the training "
+                                     "run finish? Run it again with --resume.")
+
+
 def load_adapter(model, folder: Path, base: str):
     """`model` (loaded from `base`) with the trained adapter in `folder` attached (inference).
     A damaged adapter, or one trained on another base, is a ModelLoadError naming the file."""

@@ -249,6 +249,24 @@ def test_a_killed_export_never_looks_complete(exports, monkeypatch, tmp_path, mo
     assert list(out.iterdir()) == []
 
 
+def test_a_failed_overwrite_keeps_the_earlier_export(exports, monkeypatch, tmp_path):
+    import glmtune.export as exporting
+
+    run, native, _ = exports
+    target = tmp_path / "target"
+    shutil.copytree(native.output, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def full(model, tokenizer, folder):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(exporting, "write_native", full)
+    with pytest.raises(OSError):
+        export(ExportConfig(adapter=run, output=target, dtype="fp32", overwrite=True))
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # untouched, no scratch left
+
+
 def test_unfinished_run_and_bad_settings_are_refused(exports, tmp_path):
     run, native, _ = exports
     with pytest.raises(ConfigError, match="is the training run's folder"):

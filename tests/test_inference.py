@@ -10,11 +10,11 @@ from peft import PeftModel
 
 import glmtune
 from glmtune import device
-from glmtune.chat import Chat, start
+from glmtune.chat import start
 from glmtune.checkpoint import chatglm_to_glm_config
 from glmtune.comparison import compare
 from glmtune.config import CompareConfig
-from glmtune.errors import ConfigError
+from glmtune.errors import ConfigError, DataError
 from glmtune.generation import Decoding, batches, generate_answers
 from glmtune.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights, record_compile_cost
 from glmtune.prompts import prompt_ids
@@ -65,6 +65,17 @@ def test_merged_path_base_side_equals_the_adapter_disabled_model(trained):
             pass
 
 
+def test_compiled_batches_of_one_shape_drop_the_repeats(trained):
+    out, model = trained
+    tok = glmtune.load_tokenizer(out)
+    prompts = [prompt_ids(tok, q, "chat") for q in [*QUESTIONS, "失眠怎么办？"]]
+    plain = Decoding(max_new_tokens=8, cache_len=128)
+    shaped = Decoding(max_new_tokens=8, cache_len=128, compiled=True)  # compiles on CUDA only; here it shapes batches
+    expected = generate_answers(model.eval(), tok, prompts, plain, 2)  # batches of 2, 2, 1
+    got = generate_answers(model, tok, prompts, shaped, 2)  # 2, 2, and 1 topped up with a repeat
+    assert [a.text for a in got] == [a.text for a in expected] and len(set(a.text for a in got)) > 1
+
+
 def test_static_cache_answers_equal_the_growing_caches(trained):
     out, model = trained
     tok = glmtune.load_tokenizer(out)
@@ -105,6 +116,14 @@ def test_auto_holds_16_bit_weights_where_they_fit(chatglm3_shape, card_gib, merg
     assert weights + plan.batch_size * chatglm3_shape.row_bytes(300, 576, 2) < free
 
 
+def test_perplexity_batches_fit_beside_the_weights(chatglm3_shape):
+    free = 15.4 * GiB  # a 16 GB card
+    plan = plan_weights("auto", "nf4", chatglm3_shape, free, 27, 120, 384, 256, True, scored_len=1024)
+    room = free - chatglm3_shape.weight_bytes(False, 2) - GiB
+    assert plan.merged and 1 <= plan.perplexity_batch < 16
+    assert plan.perplexity_batch * chatglm3_shape.perplexity_row_bytes(1024, 2) <= room
+
+
 def test_explicit_choices_are_kept(chatglm3_shape):
     big, small = 139 * GiB, 7.4 * GiB
     assert not plan_weights("nf4", "nf4", chatglm3_shape, big, 27, 300, 576, 256, True).merged
@@ -113,6 +132,9 @@ def test_explicit_choices_are_kept(chatglm3_shape):
     assert plan_weights("as-trained", "none", chatglm3_shape, big, 27, 300, 576, 256, True).merged
     with pytest.raises(ConfigError, match="--quantization auto or nf4"):
         plan_weights("none", "nf4", chatglm3_shape, small, 27, 300, 576, 256, True)
+    reason = plan_weights("as-trained", "nf4", chatglm3_shape, big, 27, 300, 576, 256, True).reason
+    assert reason == "--quantization as-trained (the run trained on nf4): the weights the adapter was trained against"
+    assert plan_weights("nf4", "none", chatglm3_shape, big, 27, 300, 576, 256, True).reason.endswith("third of the memory")
 
 
 def test_compile_auto_weighs_the_work_against_the_compile_cost(monkeypatch, tmp_path):
@@ -177,6 +199,33 @@ def test_chat_keeps_the_conversation_and_switches_sides(trained):
     chat.handle("/nope")
     assert screen.getvalue().endswith("(unknown command /nope; commands: /tuned, /base, /both, /reset, /exit)\n")
     assert chat.handle("/exit") is False
+
+
+def test_chat_drops_the_oldest_exchanges_and_refuses_what_cannot_fit(trained):
+    out, _ = trained
+    screen = io.StringIO()
+    chat = start(CompareConfig(adapter=out, chat=True, max_new_tokens=8), RunRecord.load(out), "tiny", screen)
+    for question in ("头痛怎么办？", "要吃什么药？"):
+        chat.handle(question)
+    assert len(chat.history) == 4
+    chat.max_positions = len(chat.prompts[-1]) + 8 + 4  # room for the last exchange, not for both
+    chat.handle("还要注意什么？")
+    assert "(1 oldest exchange(s) dropped to fit the context)" in screen.getvalue()
+    assert [m["content"] for m in chat.history[::2]] == ["要吃什么药？", "还要注意什么？"]
+    before = len(chat.prompts)
+    chat.handle("头痛" * 500)
+    assert "context holds" in screen.getvalue().splitlines()[-1] and len(chat.prompts) == before
+    chat.handle("\udcff\udcfe头痛")  # GBK bytes read as UTF-8 with surrogate escapes
+    assert screen.getvalue().splitlines()[-1].startswith("(this line is not UTF-8 text; skipped.")
+    assert len(chat.prompts) == before
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_the_folder(trained, tmp_path):
+    out, _ = trained
+    config = CompareConfig(adapter=out, output=tmp_path / "c", prompt=["头痛" * 3000])
+    with pytest.raises(DataError, match=r"prompt 1 \(头痛头痛.*\) is \d+ tokens; with --max-new-tokens 256 the context"):
+        compare(config)
+    assert not (tmp_path / "c").exists()
 
 
 def test_chat_refuses_prompts_and_data(trained, data_file):
