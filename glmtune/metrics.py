@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
 with warnings.catch_warnings():
@@ -221,8 +222,27 @@ def rouge_zh(hyp: str, ref: str, segment: Segmenter) -> dict[str, float]:
     hyp_words, ref_words = _words(hyp, segment), _words(ref, segment)
     if not hyp_words or not ref_words:
         return {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
-    scores = Rouge().get_scores(" ".join(hyp_words), " ".join(ref_words))[0]
-    return {name: score["f"] for name, score in scores.items()}
+    scores = Rouge(metrics=["rouge-1", "rouge-2"]).get_scores(" ".join(hyp_words), " ".join(ref_words))[0]
+    # rouge_chinese's ROUGE-L is this F over the LCS of the two word lists, but its LCS is a Python
+    # dict-of-cells table: half of all scoring time for 256-token answers. Same numbers (tested).
+    precision, recall = (lcs_length(hyp_words, ref_words) / len(words) for words in (hyp_words, ref_words))
+    rouge_l = 2.0 * ((precision * recall) / (precision + recall + 1e-8))
+    return {**{name: score["f"] for name, score in scores.items()}, "rouge-l": rouge_l}
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two word lists, a row of the dynamic programme
+    at a time: with equal words marking where a row may step up by one over the row above, each
+    row is the running maximum of that candidate row."""
+    if not a or not b:
+        return 0
+    ids = {word: i for i, word in enumerate({*a, *b})}
+    columns = np.array([ids[word] for word in b])
+    row = np.zeros(len(b) + 1, dtype=np.int64)
+    for word in a:
+        candidate = np.where(columns == ids[word], row[:-1] + 1, row[1:])
+        row[1:] = np.maximum.accumulate(candidate)
+    return int(row[-1])
 
 
 def char_bleu4(hyp: str, ref: str) -> float:

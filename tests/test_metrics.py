@@ -13,10 +13,12 @@ from glmtune.metrics import (
     Lexicon,
     Overlap,
     TermDensity,
+    _words,
     change_rate,
     char_bleu4,
     char_len,
     distinct_n,
+    lcs_length,
     prompt_overlap,
     rouge_zh,
     summarize,
@@ -251,6 +253,30 @@ def test_rouge_counts_ngram_sets() -> None:
     # rouge_chinese's default counts distinct n-grams: {a, b} vs {a, b} -> 1.0,
     # where clipped counts would give P = 2/3, R = 1, F = 0.8.
     assert rouge_zh("a a b", "a b", str.split)["rouge-1"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_rouge_l_equals_rouge_chineses_on_real_answers(lexicon: Lexicon, realdata_dir: Path) -> None:
+    from rouge_chinese import Rouge
+
+    from glmtune.data import read_dataset
+
+    answers = [ex.answer for ex in read_dataset(realdata_dir / "toyhom_internal_medicine_200.txt").examples]
+    pairs = [(answers[i], answers[(i * 7 + 3) % len(answers)]) for i in range(len(answers))]
+    pairs += [(a + a[::-1], a) for a in answers[:20]]  # long, repetitive hypotheses
+    for hyp, ref in pairs:
+        hyp_words, ref_words = (" ".join(_words(text, lexicon.segment)) for text in (hyp, ref))
+        expected = Rouge().get_scores(hyp_words, ref_words)[0]["rouge-l"]["f"]
+        assert rouge_zh(hyp, ref, lexicon.segment)["rouge-l"] == pytest.approx(expected, abs=1e-12)
+
+
+@given(st.lists(st.sampled_from("abcde"), max_size=30), st.lists(st.sampled_from("abcde"), max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_lcs_length_equals_the_textbook_table(a: list[str], b: list[str]) -> None:
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a, 1):
+        for j, y in enumerate(b, 1):
+            table[i][j] = table[i - 1][j - 1] + 1 if x == y else max(table[i - 1][j], table[i][j - 1])
+    assert lcs_length(a, b) == table[-1][-1]
 
 
 @pytest.mark.parametrize(("hyp", "ref"), [("", "高血压"), ("高血压", ""), ("  ", "高血压"), ("", "")])
