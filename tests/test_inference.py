@@ -10,7 +10,7 @@ from peft import PeftModel
 
 import glmtune
 from glmtune import device
-from glmtune.chat import start
+from glmtune.chat import start, talk
 from glmtune.checkpoint import chatglm_to_glm_config
 from glmtune.comparison import compare
 from glmtune.config import CompareConfig
@@ -199,6 +199,20 @@ def test_chat_keeps_the_conversation_and_switches_sides(trained):
     chat.handle("/nope")
     assert screen.getvalue().endswith("(unknown command /nope; commands: /tuned, /base, /both, /reset, /exit)\n")
     assert chat.handle("/exit") is False
+
+
+def test_chat_from_a_pipe_answers_each_line_with_the_conversation_so_far(trained):
+    out, _ = trained
+    screen = io.StringIO()
+    chat = start(CompareConfig(adapter=out, chat=True, max_new_tokens=8), RunRecord.load(out), "tiny", screen)
+    talk(chat, io.StringIO("头痛怎么办？\n\n要吃什么药？\n/exit\n还在吗？\n"))  # read as a pipe: not a terminal
+    first, second = chat.prompts  # the empty line is skipped, nothing after /exit is read
+    answer = chat.history[1]["content"]
+    assert second == glmtune.chat_ids(chat.tokenizer, [{"role": "user", "content": "头痛怎么办？"},
+                                                       {"role": "assistant", "content": answer},
+                                                       {"role": "user", "content": "要吃什么药？"}])
+    assert second[: len(first)] == first
+    assert screen.getvalue().count("[fine-tuned] ") == 2 and "> 还在吗？" not in screen.getvalue()
 
 
 def test_chat_drops_the_oldest_exchanges_and_refuses_what_cannot_fit(trained):
