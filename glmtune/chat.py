@@ -152,12 +152,11 @@ def turns(stream: TextIO, out: TextIO) -> Iterator[str]:
 
 def start(config, run, base: str, out: TextIO) -> Chat:
     """The chat's model (as the comparison would hold the weights, adapter attached) and tokenizer."""
-    from .comparison import model_shape
-    from .inference import Sides, plan_weights
+    from .inference import Shape, Sides, plan_weights
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(config.adapter)
-    shape = model_shape(base)
+    shape = Shape.of_model(base)
     # One prompt at a time, the whole conversation prefilled each turn, up to the context length.
     context = tokenizer.model_max_length
     plan = plan_weights(config.quantization, run.config.quantization, shape, device.free_memory(), 1,

@@ -66,7 +66,7 @@ class Comparison:
         """The tokenizer saved with the adapter; how to hold the weights and decode (from the free
         memory and the work); the model. Returns the lines that say which path runs and why."""
         from .generation import Decoding
-        from .inference import Sides, cache_length, plan_compile, plan_weights
+        from .inference import Shape, Sides, cache_length, plan_compile, plan_weights
         from .prompts import encode, example_prompt_ids
         from .tokenizer import load_tokenizer
 
@@ -81,13 +81,14 @@ class Comparison:
                             f"--max-new-tokens {c.max_new_tokens} the context ({self.tokenizer.model_max_length}) has "
                             f"room for {room}. Shorten it, or lower --max-new-tokens")
         cache_len = cache_length(width, c.max_new_tokens)
-        referenced = [ex for ex, reference in self.items if reference is not None and not c.no_perplexity]
-        # perplexity reads prompt + reference + eos, as training encoded them
-        scored = max((len(encode(self.tokenizer, ex, self.prompt_format, self.run.config.max_length).input_ids)
-                      for ex in referenced), default=0)
-        self.weights = plan_weights(c.quantization, self.run.config.quantization, model_shape(self.base),
+        # what perplexity reads: prompt + reference + eos, encoded as training encoded them (by item)
+        self.scored = {} if c.no_perplexity else {
+            i: encode(self.tokenizer, ex, self.prompt_format, self.run.config.max_length)
+            for i, (ex, reference) in enumerate(self.items) if reference is not None}
+        scored_len = max((len(row.input_ids) for row in self.scored.values()), default=0)
+        self.weights = plan_weights(c.quantization, self.run.config.quantization, Shape.of_model(self.base),
                                     device.free_memory(), len(self.prompts), width, cache_len, c.batch_size,
-                                    device.cuda(), scored)
+                                    device.cuda(), scored_len)
         self.compiling = plan_compile(c.compile, self.weights, len(self.prompts), c.max_new_tokens, cache_len,
                                       self.base, device.cuda())
         self.decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed, cache_len,
@@ -116,20 +117,16 @@ class Comparison:
     def _side(self, model, side: str) -> tuple[list, list, dict]:
         from .generation import generate_answers, reference_perplexity
 
-        c = self.config
         device.reset_peak()
         began = time.perf_counter()
         answers = generate_answers(model, self.tokenizer, self.prompts, self.decoding, self.weights.batch_size,
                                    desc=side)
         wall = time.perf_counter() - began
         ppl: list = [None] * len(self.items)
-        referenced = [i for i, (_, reference) in enumerate(self.items) if reference is not None]
-        if referenced and not c.no_perplexity:
-            values = reference_perplexity(model, self.tokenizer, [self.items[i][0] for i in referenced],
-                                          self.prompt_format, self.run.config.max_length,
-                                          self.weights.perplexity_batch)
-            for i, v in zip(referenced, values):
-                ppl[i] = v
+        values = reference_perplexity(model, list(self.scored.values()), self.tokenizer.pad_token_id,
+                                      self.weights.perplexity_batch)
+        for i, v in zip(self.scored, values):
+            ppl[i] = v
         new_tokens = sum(a.new_tokens for a in answers)
         timing = {"wall_s": wall, "new_tokens": new_tokens, "tok_per_s": new_tokens / wall if wall else 0.0,
                   "peak_gpu_gib": device.peak_gib()}
@@ -189,15 +186,6 @@ class Comparison:
                 f"{t['warm_up_s']:.1f} s, scoring {t['score_s']:.1f} s",
                 f"wrote {self.output}/: {', '.join(p.name for p in self.outputs)}",
                 f"open   {self.outputs[-1]} in a browser for every answer side by side"]
-
-
-def model_shape(base: str):
-    """The sizes of the base model, from its config alone (nothing is downloaded but the config)."""
-    from .checkpoint import read_config
-    from .hub import resolve_model_dir
-    from .inference import Shape
-
-    return Shape.of(read_config(resolve_model_dir(base, weights=False)))
 
 
 def load_lexicon(path: Path):

@@ -321,10 +321,7 @@ class CompareConfig(Settings):
             if not ok:
                 raise ConfigError(name, message)
         check_choices(self)
-        if not self.adapter.is_dir():
-            raise ConfigError("adapter", f"{self.adapter}: no such folder; pass the --output-dir of a training run")
-        if self.base_model is not None:
-            check_model(self.base_model, "base_model")
+        check_run_and_base(self.adapter, self.base_model)
         if self.data is not None:
             check_file(self.data, "data")
         if self.terms_file is not None:
@@ -347,6 +344,14 @@ def check_choices(config: Settings) -> None:
         choices, value = f.metadata.get("choices"), getattr(config, f.name)
         if choices and value not in choices:
             raise ConfigError(f.name, f"must be one of {', '.join(choices)}, not {value!r}")
+
+
+def check_run_and_base(adapter: Path, base_model: str | None) -> None:
+    """--adapter is a folder; --base-model, when given, a model that can be found."""
+    if not adapter.is_dir():
+        raise ConfigError("adapter", f"{adapter}: no such folder; pass the --output-dir of a training run")
+    if base_model is not None:
+        check_model(base_model, "base_model")
 
 
 def check_model(name_or_path: str, field_name: str) -> None:
@@ -397,10 +402,7 @@ class ExportConfig(Settings):
     def validate(self) -> None:
         """Raise ConfigError for the first setting that cannot work, before torch is imported."""
         check_choices(self)
-        if not self.adapter.is_dir():
-            raise ConfigError("adapter", f"{self.adapter}: no such folder; pass the --output-dir of a training run")
-        if self.base_model is not None:
-            check_model(self.base_model, "base_model")
+        check_run_and_base(self.adapter, self.base_model)
         output = self.target()
         if output.exists() and not output.is_dir():
             raise ConfigError("output", f"{output} is a file; choose a folder")

@@ -18,7 +18,7 @@ from transformers import CompileConfig
 from transformers.generation.streamers import BaseStreamer
 
 from . import device
-from .prompts import IGNORE_INDEX, PadCollator, encode
+from .prompts import IGNORE_INDEX, Encoded, PadCollator
 from .tokenizer import stop_token_ids
 
 
@@ -138,11 +138,11 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
     return results  # type: ignore[return-value]
 
 
-def reference_perplexity(model, tokenizer, examples, prompt_format: str, max_length: int,
-                         batch_size: int) -> list[float]:
-    """exp(mean token NLL) of each example's reference answer (and its eos) given its prompt."""
-    collator = PadCollator(tokenizer.pad_token_id)
-    rows = [vars(encode(tokenizer, ex, prompt_format, max_length)) for ex in examples]
+def reference_perplexity(model, encoded: list[Encoded], pad_id: int, batch_size: int) -> list[float]:
+    """exp(mean token NLL) of each encoded example's labelled tokens (its reference answer and eos)
+    given its prompt: `prompts.encode` rows, as training saw them."""
+    collator = PadCollator(pad_id)
+    rows = [vars(row) for row in encoded]
     values: list[float] = []
     for start in range(0, len(rows), batch_size):
         batch = collator(rows[start:start + batch_size])

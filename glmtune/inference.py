@@ -60,6 +60,14 @@ class Shape:
         return cls(config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
                    config.num_attention_heads, config.num_key_value_heads, config.head_dim)
 
+    @classmethod
+    def of_model(cls, base: str) -> "Shape":
+        """The sizes of a base model from its config alone (nothing is downloaded but the config)."""
+        from .checkpoint import read_config
+        from .hub import resolve_model_dir
+
+        return cls.of(read_config(resolve_model_dir(base, weights=False)))
+
     def linear_params(self) -> int:
         """Parameters of the decoder layers' projections: what NF4 quantizes."""
         attention = self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * self.hidden

@@ -12,7 +12,7 @@ from glmtune.config import CompareConfig
 from glmtune.data import Example
 from glmtune.errors import ConfigError, DataError, ModelLoadError
 from glmtune.generation import Decoding, generate_answers, reference_perplexity
-from glmtune.prompts import prompt_ids
+from glmtune.prompts import encode, prompt_ids
 from glmtune.runs import RunRecord
 from glmtune.scoring import display_width
 
@@ -61,11 +61,12 @@ def test_sampling_is_seeded_and_same_for_both_models(tuned):
 def test_reference_perplexity_batched_equals_single_and_drops_with_training(tuned, data_file):
     model, tok = tuned
     pairs = [Example(*line.split(",", 1), 0) for line in data_file.read_text(encoding="utf-8").splitlines()[:4]]
-    batched = reference_perplexity(model, tok, pairs, "glm3", 256, batch_size=4)
-    single = reference_perplexity(model, tok, pairs, "glm3", 256, batch_size=1)
+    rows = [encode(tok, ex, "glm3", 256) for ex in pairs]
+    batched = reference_perplexity(model, rows, tok.pad_token_id, batch_size=4)
+    single = reference_perplexity(model, rows, tok.pad_token_id, batch_size=1)
     assert batched == pytest.approx(single, rel=1e-4)
     with model.disable_adapter():
-        base = reference_perplexity(model, tok, pairs, "glm3", 256, batch_size=4)
+        base = reference_perplexity(model, rows, tok.pad_token_id, batch_size=4)
     assert all(t < b for t, b in zip(batched, base))  # trained on these very lines
 
 
