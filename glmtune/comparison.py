@@ -101,7 +101,7 @@ class Comparison:
         """Both sides' answers (and reference perplexities), each timed on its own; the base side
         first, then the fine-tuned side (merging the adapter, where the weights are 16-bit)."""
         from .generation import warm_up
-        from .inference import record_compile_cost
+        from .compiling import record_compile_cost
 
         with self.sides.base_side() as model:
             self.loaded = time.perf_counter()

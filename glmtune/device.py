@@ -55,15 +55,39 @@ def name() -> str:
     return torch.cuda.get_device_name(0) if cuda() else "CPU"
 
 
+SMALL_CARD = 32 * 2**30  # below this, fragmentation can decide whether a run fits
+
+_limit: int | None = None  # --gpu-memory, in bytes
+
+
+def limit_memory(gib: float | None) -> None:
+    """Let PyTorch use at most `gib` GiB of the GPU (to share a card, or to check that a recipe fits
+    a smaller one), and on small cards map memory in expandable segments, which leave far less
+    unusable between blocks. Call before anything is put on the GPU."""
+    global _limit
+    if not cuda():
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    if gib is not None:
+        _limit = min(int(gib * 2**30), total)
+        torch.cuda.set_per_process_memory_fraction(_limit / total)
+    if total_memory() < SMALL_CARD and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+        # The public way is the environment variable, read once when CUDA starts; by now it has.
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+
+
 def total_memory() -> int:
-    return torch.cuda.get_device_properties(0).total_memory if cuda() else 0
+    if not cuda():
+        return 0
+    return _limit or torch.cuda.get_device_properties(0).total_memory
 
 
 def free_memory() -> int:
     """Bytes free for this process as the driver reports them (after other processes and this one's
-    CUDA context); on CPU, the memory the OS reports available."""
+    CUDA context; within --gpu-memory when given); on CPU, the memory the OS reports available."""
     if cuda():
-        return torch.cuda.mem_get_info()[0]
+        free = torch.cuda.mem_get_info()[0]
+        return free if _limit is None else min(free, _limit - torch.cuda.memory_reserved())
     try:
         with open("/proc/meminfo", encoding="ascii") as info:
             fields = dict(line.split(":", 1) for line in info)
@@ -78,6 +102,11 @@ def allocated() -> int:
 
 def peak_gib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if cuda() else None
+
+
+def empty_cache() -> None:
+    if cuda():
+        torch.cuda.empty_cache()
 
 
 def reset_peak() -> None:

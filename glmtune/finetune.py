@@ -96,8 +96,11 @@ class FineTune:
         """The base (NF4 unless told otherwise) with LoRA adapters, and the batch that fits memory."""
         from transformers import set_seed
 
+        from .compiling import compile_decoder_layers, plan_training_compile
+
         c, resolved = self.config, self.record.resolved
         set_seed(c.seed)
+        device.limit_memory(c.gpu_memory)
         resolved.precision = device.resolve_precision(c.precision)
         resolved.lora_targets = resolve_lora_targets(c.lora_target)
         self.model = build_peft_model(c)
@@ -106,9 +109,21 @@ class FineTune:
                                              c.gradient_checkpointing)
         resolved.micro_batch, resolved.grad_accum, resolved.effective_batch = micro, accum, micro * accum
         resolved.checkpointing = describe(c.gradient_checkpointing, self.plan)
+        self.compiling = plan_training_compile(c.compile, self.tokens_to_train(), c.model, device.cuda(),
+                                               c.gradient_checkpointing)
+        resolved.compile = self.compiling.reason
+        if self.compiling.on:  # after the memory probes: they measure eager memory, which compiling only lowers
+            compile_decoder_layers(self.model)
         resolved.examples = {"train": len(self.train_ds), "eval": len(self.eval_ds)}
         resolved.tokens = asdict(self.stats)
         self.record.save(self.out)
+
+    def tokens_to_train(self) -> float:
+        """Tokens the run will train on (padding aside), for weighing the compile cost."""
+        lengths, c = self.train_ds["length"], self.config
+        if c.max_steps > 0:
+            return c.max_steps * self.record.resolved.effective_batch * sum(lengths) / max(1, len(lengths))
+        return c.epochs * sum(lengths)
 
     def plan_summary(self) -> str:
         """The one screen printed before training: what will run, on what, into where."""
@@ -129,7 +144,8 @@ class FineTune:
             f"params     {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)",
             f"batch      micro {r.micro_batch} x accum {r.grad_accum} = effective {r.effective_batch}; "
             "length-grouped, dynamic padding",
-            f"memory     activation checkpointing {r.checkpointing}",
+            f"memory     activation checkpointing {r.checkpointing}{least_memory_hint()}",
+            f"compile    {r.compile}",
             f"device     {device.name()}{memory}",
             f"output     {self.out}{resumed}",
         ]
@@ -138,6 +154,7 @@ class FineTune:
     def train(self) -> None:
         """Run the Trainer. Ctrl-C saves a checkpoint and raises Interrupted; a NaN loss raises
         TrainingError; neither leaves a final adapter behind."""
+        from .compiling import compile_seconds, record_compile_cost
         from .trainer import GroupedTrainer, StopOnInterrupt, StopOnNonFiniteLoss, training_arguments
 
         r = self.record.resolved
@@ -146,7 +163,9 @@ class FineTune:
         self.trainer = GroupedTrainer(
             model=self.model, args=args, train_dataset=self.train_ds,
             eval_dataset=self.eval_ds if len(self.eval_ds) else None, data_collator=self.collator,
-            callbacks=[self.nan_guard, self.interrupt, *self.callbacks], checkpoint_plan=self.plan)
+            callbacks=[self.nan_guard, self.interrupt, *self.callbacks], checkpoint_plan=self.plan,
+            compiled=self.compiling.on)
+        device.reset_peak()  # the probes' peaks are not training's
         began = time.perf_counter()
         state = trainer_state(self.resume_from) if self.resume_from else {}  # complete: prepare checked it
         start_epoch = state.get("epoch") or 0.0
@@ -161,6 +180,9 @@ class FineTune:
             finally:
                 self.interrupt.restore()
         self.train_seconds = time.perf_counter() - began
+        self.compile_seconds = compile_seconds() if self.compiling.on else 0.0
+        if self.compiling.on and device.cuda() and self.compile_seconds:
+            record_compile_cost(self.compiling.key, self.compile_seconds)
         epochs_run = max(0.0, (self.trainer.state.epoch or 0.0) - start_epoch)
         self.tokens_per_s = epochs_run * sum(self.train_ds["length"]) / max(self.train_seconds, 1e-9)
         loss = self.result.training_loss
@@ -195,6 +217,9 @@ class FineTune:
         if self.plan is not None:
             metrics["checkpoint_plan"] = self.plan.summary()
         metrics |= {"train_seconds": self.train_seconds, "train_tokens_per_s": self.tokens_per_s,
+                    "peak_gpu_gib": device.peak_gib(),
+                    "compile": {"chosen": self.record.resolved.compile, "compile_seconds": self.compile_seconds},
+                    "out_of_memory_recoveries": self.trainer.memory_events,
                     "log_history": self.trainer.state.log_history}
         self.metrics = metrics
         write_atomic(self.out / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -254,12 +279,22 @@ class FineTune:
             f"saved      {self.out}: adapter, tokenizer, run_config.json, {self.record.resolved.eval_file}, "
             "train_metrics.json, loss.png",
         ]
+        if self.trainer.memory_events:
+            lines.append(f"memory     {len(self.trainer.memory_events)} micro-batches ran out of GPU memory and were "
+                         "redone (train_metrics.json lists them)")
         if self.config.reporters():
             lines.append(f"logs       {', '.join(self.config.reporters())}"
                          + (f" (tensorboard --logdir {self.out / 'runs'})" if "tensorboard" in self.config.reporters()
                             else ""))
         lines.append(f"next       python chatglm_finetuning_tst.py --adapter {self.out}")
         return "\n".join(lines)
+
+
+def least_memory_hint() -> str:
+    """On a small GPU, the flags that train in the least memory (slowest)."""
+    if not device.cuda() or device.total_memory() >= device.SMALL_CARD:
+        return ""
+    return "; least memory (slowest): --batch-size 1 --gradient-checkpointing on"
 
 
 def diverged_error(what: str) -> TrainingError:

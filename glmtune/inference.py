@@ -19,12 +19,12 @@ that bounds decoding, at a one-off compile cost that `plan_compile` weighs again
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import device
+from .compiling import CompilePlan, compile_costs
 from .errors import ConfigError
 
 GiB = 2**30
@@ -149,13 +149,6 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
                        "NF4 needs about a third")
 
 
-@dataclass
-class CompilePlan:
-    on: bool
-    reason: str
-    key: str  # what a measured compile time is recorded under
-
-
 def decoding_steps(prompts: int, batch_size: int, max_new_tokens: int) -> int:
     """Decoding steps of both sides at most: each batch decodes up to max_new_tokens per side."""
     return 2 * math.ceil(prompts / batch_size) * max_new_tokens
@@ -185,31 +178,6 @@ def plan_compile(choice: str, weights: WeightsPlan, prompts: int, max_new_tokens
     verdict = "compiled" if saving > cost else "eager"
     reason = f"auto: {steps} decoding steps would save ~{saving:.0f} s, {source} costs ~{cost:.0f} s"
     return CompilePlan(saving > cost, f"{verdict} ({reason})", key)
-
-
-def _costs_file() -> Path:
-    from .tiny import cache_root
-
-    return cache_root() / "compile_costs.json"
-
-
-def compile_costs() -> dict[str, float]:
-    try:
-        costs = json.loads(_costs_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none yet, or damaged: estimate as for a first compile
-        return {}
-    return costs if isinstance(costs, dict) else {}
-
-
-def record_compile_cost(key: str, seconds: float) -> None:
-    """Remember what a compile took here, for the next 'auto' decision. Best effort: a cache that
-    cannot be written only makes the next estimate the first-compile one."""
-    from .files import write_atomic
-
-    costs = compile_costs() | {key: round(seconds, 1)}
-    with contextlib.suppress(OSError):
-        _costs_file().parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(_costs_file(), json.dumps(costs, indent=1) + "\n")
 
 
 def cache_length(prompt_width: int, max_new_tokens: int) -> int:

@@ -9,6 +9,12 @@ micro-batch: two probes on the longest rows measure activation bytes per token w
 checkpointed and with none, and each micro-batch then checkpoints the fewest layers that fit.
 Checkpointing recomputes exactly (dropout included), so the plan changes speed and memory, never
 the numbers.
+
+The budget is the free memory the driver reports, less the optimizer's state (allocated at the
+first step, after the probes) and a margin for the allocator's fragmentation. Should a micro-batch
+still run out of memory, the trainer redoes it exactly (gradients and random state as before it),
+with more layers checkpointed, or, when all already are, split in halves: the effective batch, and
+so the numbers, stay the same.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from . import device
+from .loss import chunked_loss
 
-MEMORY_FRACTION = 0.9  # of the GPU's memory; the rest absorbs fragmentation and the optimizer's buffers
+MARGIN = 0.1  # of the free memory, for fragmentation: blocks the allocator holds but cannot hand out
+MIN_MARGIN = 256 * 2**20
 
 
 def decoder_layers(model) -> list[GradientCheckpointingLayer]:
@@ -32,9 +40,14 @@ def decoder_layers(model) -> list[GradientCheckpointingLayer]:
 
 def checkpoint_layers(layers: list[GradientCheckpointingLayer], count: int) -> None:
     """Checkpoint the first `count` of `decoder_layers(model)` and keep the others' activations.
-    Needs `activation_checkpointing_enable()` once before, which installs the recompute function."""
+    Needs `activation_checkpointing_enable()` once before, which installs the recompute function.
+    Compiled layers (`compiling.compile_decoder_layers`) run their compiled code only when not
+    checkpointed: inductor cannot partition a checkpoint traced inside a layer (torch 2.11)."""
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < count
+        compiled = getattr(layer, "compiled_call", None)
+        if compiled is not None:
+            layer._compiled_call_impl = None if layer.gradient_checkpointing else compiled
 
 
 @dataclass
@@ -47,6 +60,17 @@ class CheckpointPlan:
     per_token_full: float  # every layer checkpointed
     per_token_none: float  # no layer checkpointed
     used: Counter = field(default_factory=Counter)  # checkpointed layers -> micro-batches run so
+
+    def bytes_for(self, tokens: int, count: int) -> float:
+        """Estimated activation bytes of `tokens` with `count` layers checkpointed."""
+        return tokens * (self.per_token_none - count / self.layers * (self.per_token_none - self.per_token_full))
+
+    def after_out_of_memory(self, tokens: int, count: int) -> int:
+        """A micro-batch of `tokens` ran out of memory with `count` layers checkpointed, so the
+        budget was too generous: lower it below that batch's estimate, so that it, and every batch
+        like it from now on, checkpoints more. Returns the batch's new count."""
+        self.budget_bytes = min(self.budget_bytes, 0.9 * self.bytes_for(tokens, count))
+        return self.layers_for(tokens)
 
     def layers_for(self, tokens: int) -> int:
         """The fewest checkpointed layers whose activations for `tokens` fit in the budget."""
@@ -79,7 +103,7 @@ def _probe(model, batch: dict) -> float | None:
     resting = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     try:
-        with device.autocast():
+        with device.autocast(), chunked_loss(model):
             model(**batch).loss.backward()
         return torch.cuda.max_memory_allocated() - resting
     except torch.OutOfMemoryError:
@@ -90,8 +114,11 @@ def _probe(model, batch: dict) -> float | None:
         torch.cuda.empty_cache()
 
 
-def _budget() -> float:
-    return MEMORY_FRACTION * device.total_memory() - device.allocated()
+def _budget(model) -> float:
+    """What one micro-batch's activations and gradients may take (the probes measure exactly those)."""
+    free = device.free_memory()
+    optimizer = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)  # AdamW
+    return free - optimizer - max(MIN_MARGIN, MARGIN * free)
 
 
 def _longest_first(dataset) -> list[int]:
@@ -112,7 +139,7 @@ def fit_micro_batch(model, dataset, collator, effective_batch: int) -> int:
     try:
         for size in candidates:
             peak = _probe(model, collator([dataset[i] for i in order[:size]]))
-            if peak is not None and peak < _budget():
+            if peak is not None and peak < _budget(model):
                 return size
         return 1
     finally:
@@ -144,7 +171,7 @@ def plan_checkpointing(model, dataset, collator, micro_batch: int) -> Checkpoint
                 per_token_none = max(peak / batch["input_ids"].numel(), per_token_full)
                 break
             rows = rows[: len(rows) // 2]
-        return CheckpointPlan(len(layers), _budget(), per_token_full, per_token_none)
+        return CheckpointPlan(len(layers), _budget(model), per_token_full, per_token_none)
     finally:
         checkpoint_layers(layers, len(layers))
         model.train(was_training)
@@ -170,3 +197,42 @@ def describe(checkpointing: str, plan: CheckpointPlan | None) -> str:
         return (f"auto per micro-batch ({plan.per_token_none / 2**20:.2f} MiB/token without, "
                 f"{plan.per_token_full / 2**20:.2f} with all {plan.layers} layers; {plan.budget_bytes / 2**30:.1f} GiB free)")
     return "on (every layer)" if uses_checkpointing(checkpointing) else "off"
+
+
+class GradientSnapshot:
+    """The gradients accumulated before a micro-batch, so that one which runs out of memory halfway
+    through its backward pass (some gradients already added to) can be redone without counting it
+    twice. Held in CPU memory (pinned, so the copy runs beside the GPU's work); nothing is copied
+    for the first micro-batch of an optimizer step, which starts from no gradients."""
+
+    def __init__(self, model):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.copies: list[torch.Tensor] | None = None
+        self.held = [False] * len(self.params)
+
+    def take(self) -> None:
+        self.held = [p.grad is not None for p in self.params]
+        if not any(self.held):
+            return
+        if self.copies is None:
+            self.copies = [torch.empty(p.shape, dtype=p.dtype, pin_memory=p.is_cuda) for p in self.params]
+        pairs = [(c, p.grad) for c, p, held in zip(self.copies, self.params, self.held) if held]
+        torch._foreach_copy_([c for c, _ in pairs], [g for _, g in pairs], non_blocking=True)
+
+    def restore(self) -> None:
+        for i, p in enumerate(self.params):
+            if self.held[i]:
+                p.grad.copy_(self.copies[i], non_blocking=True)
+            else:
+                p.grad = None
+
+
+def split_rows(batch: dict, rows: int) -> list[dict]:
+    """A micro-batch as parts of at most `rows` rows, each cut to its own longest row (rounded up
+    to 8 columns, as the collator pads)."""
+    parts = []
+    for start in range(0, len(batch["input_ids"]), rows):
+        part = {k: v[start:start + rows] for k, v in batch.items()}
+        width = min(-(-int(part["attention_mask"].sum(1).max()) // 8) * 8, part["input_ids"].shape[1])
+        parts.append({k: v[:, :width] for k, v in part.items()})
+    return parts

@@ -66,6 +66,7 @@ class Resolved:
     grad_accum: int = 0
     effective_batch: int = 0
     checkpointing: str = ""
+    compile: str = ""
     examples: dict = field(default_factory=dict)
     tokens: dict = field(default_factory=dict)
 

@@ -1,20 +1,25 @@
-"""The HF Trainer as this job runs it: length-grouped, reproducible batches, the per-micro-batch
-checkpoint plan, a NaN guard, and a Ctrl-C that stops at a clean checkpoint."""
+"""The HF Trainer as this job runs it: length-grouped, reproducible batches, the loss chunked over
+the vocabulary, the per-micro-batch checkpoint plan, micro-batches that ran out of memory redone,
+a NaN guard, and a Ctrl-C that stops at a clean checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
 import threading
 
 import torch
+from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from . import device
 from .config import TrainConfig
-from .memory import decoder_layers
+from .errors import TrainingError
+from .loss import chunked_loss
+from .memory import GradientSnapshot, decoder_layers, split_rows
 
 
 def training_arguments(config: TrainConfig, micro: int, accum: int, precision: str,
@@ -53,25 +58,79 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class GroupedTrainer(Trainer):
-    """The HF Trainer with rows of similar length batched together (little padding), reproducibly,
-    and, given a `CheckpointPlan`, only as much activation checkpointing as each micro-batch needs."""
+    """The HF Trainer with rows of similar length batched together (little padding), reproducibly;
+    given a `CheckpointPlan`, only as much activation checkpointing as each micro-batch needs; and a
+    micro-batch that runs out of GPU memory redone with more checkpointing or in halves."""
 
-    def __init__(self, *args, checkpoint_plan=None, **kwargs):
+    def __init__(self, *args, checkpoint_plan=None, compiled: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.checkpoint_plan = checkpoint_plan
+        self.checkpoint_plan, self.compiled = checkpoint_plan, compiled
         # Found once: walking every module of a 6B model on each micro-batch is wasted time.
         self.decoder_layers = decoder_layers(self.model) if checkpoint_plan is not None else []
+        self.snapshot = GradientSnapshot(self.model)
+        self.max_rows = float("inf")  # rows per micro-batch, lowered when one ran out of memory
+        self.memory_events: list[str] = []  # each recovery, as said on the console
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with chunked_loss(self.model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.checkpoint_plan is not None:
-            self.checkpoint_plan.apply(self.decoder_layers, inputs["input_ids"].numel())
-        return super().training_step(model, inputs, num_items_in_batch)
+        rows = len(inputs["input_ids"])
+        if rows > self.max_rows:
+            # The loss is summed over tokens and divided by the count over the whole accumulated
+            # batch (num_items_in_batch), so the parts' losses add up to the micro-batch's exactly.
+            return sum(self.training_step(model, part, num_items_in_batch)
+                       for part in split_rows(inputs, self.max_rows))
+        tokens = inputs["input_ids"].numel()
+        self.snapshot.take()
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state() if device.cuda() else None
+        while True:
+            count = self.checkpoint_plan.apply(self.decoder_layers, tokens) if self.checkpoint_plan else None
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            except torch.OutOfMemoryError:
+                pass  # recovered below, once the traceback (holding the step's tensors) is gone
+            self.snapshot.restore()  # the same gradients and dropout masks as before the attempt
+            torch.set_rng_state(rng[0])
+            if rng[1] is not None:
+                torch.cuda.set_rng_state(rng[1])
+            device.empty_cache()
+            self._make_room(tokens, rows, count)
+            if rows > self.max_rows:
+                return self.training_step(model, inputs, num_items_in_batch)
+
+    def _make_room(self, tokens: int, rows: int, count: int | None) -> None:
+        """After an out-of-memory micro-batch: checkpoint more layers, else use fewer rows per
+        micro-batch from now on; say which. TrainingError when neither is left."""
+        plan, gpu = self.checkpoint_plan, f"out of GPU memory on a micro-batch of {rows} rows ({tokens} tokens)"
+        if plan is not None and count < plan.layers:
+            more = plan.after_out_of_memory(tokens, count)
+            event = (f"{gpu} with {count} of {plan.layers} layers checkpointed; redoing it with {more} (and "
+                     "checkpointing more from now on)")
+        elif rows > 1:
+            self.max_rows = -(-rows // 2)
+            event = (f"{gpu}; redoing it as micro-batches of at most {self.max_rows} rows from now on (the effective "
+                     f"batch, and so the result, stays the same)")
+        else:
+            free = device.free_memory() / 2**30
+            if all(layer.gradient_checkpointing for layer in decoder_layers(self.model)):
+                how = "even with every layer checkpointed; lower --max-length"
+            else:
+                how = "; use --gradient-checkpointing on (or auto), or lower --max-length"
+            raise TrainingError(f"{gpu} {how}, or free the GPU (nvidia-smi lists what else runs on it; {free:.1f} "
+                                "GiB free now). --resume continues from the last checkpoint")
+        self.memory_events.append(event)
+        tqdm.write(event, file=sys.stderr)
 
     def evaluate(self, *args, **kwargs):
         # Creating the eval DataLoader draws from the global RNG. An evaluation that runs after a
         # checkpoint would then shift every later dropout mask, and a run resumed from that
         # checkpoint would train differently from an uninterrupted one.
-        with torch.random.fork_rng(devices=[]):
+        # Compiled layers would compile again for evaluation (no gradients, no dropout): not worth it
+        # for a few batches.
+        stance = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), stance:
             return super().evaluate(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):

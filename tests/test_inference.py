@@ -16,7 +16,8 @@ from glmtune.comparison import compare
 from glmtune.config import CompareConfig
 from glmtune.errors import ConfigError, DataError
 from glmtune.generation import Decoding, batches, generate_answers
-from glmtune.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights, record_compile_cost
+from glmtune.compiling import record_compile_cost
+from glmtune.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights
 from glmtune.prompts import prompt_ids
 from glmtune.runs import RunRecord
 
