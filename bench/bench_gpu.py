@@ -2,7 +2,8 @@
 seed recipe vs our defaults vs our low-memory setting, and the comparison script's speed.
 
 On one GPU, with ../shared beside the repo (or --shared PATH):
-    python bench/bench_gpu.py --part train      # ~2 min on an H200, after building the checkpoint
+    python bench/bench_gpu.py --part train      # ~4 min on an H200 (eager, then compiled), after the checkpoint
+    python bench/bench_gpu.py --part cards      # the default command on simulated 6-24 GB cards; ~5 min
     python bench/bench_gpu.py --part compare    # the comparison script four ways; ~5 min on an H200
     python bench/bench_gpu.py --part export     # compare, then export its run in both layouts; +2 min
     python bench/bench_gpu.py --part ablate     # each speed setting on and off, side by side; ~3 min
@@ -15,6 +16,7 @@ JSON ends up:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO))  # the GPU machine runs from a copy of the repo, w
 import glmtune  # noqa: E402
 from glmtune import device  # noqa: E402
 from glmtune.checkpoint import load_model  # noqa: E402
+from glmtune.compiling import compile_decoder_layers, compile_seconds  # noqa: E402
 from glmtune.config import TrainConfig  # noqa: E402
 from glmtune.data import Example, read_dataset, split_eval, write_examples, write_seed_format  # noqa: E402
 from glmtune.generation import Decoding, cast_adapters, generate_answers, warm_up  # noqa: E402
@@ -118,6 +121,7 @@ def lora_snapshot(model):
                 if n in initial:
                     p.copy_(initial[n])
 
+    reset.initial = initial  # cleared before a row whose peak memory must not include the copy
     return reset
 
 
@@ -157,6 +161,8 @@ def timed_training(name, model, dataset, collator, micro, accum, precision, step
     trainer_class = GroupedTrainer if grouped else Trainer
     trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, data_collator=counter,
                             callbacks=[clock], **extra)
+    gc.collect()  # the previous mode's optimizer state, so the peak is this mode's alone
+    device.empty_cache()
     device.reset_peak()
     trainer.train()
     (t0, r0, p0), (t1, r1, p1) = clock.marks[warmup - 1], clock.marks[-1]
@@ -225,12 +231,21 @@ def part_train(args, ckpt: Path, shared: Path) -> dict:
                                      args.steps, args.warmup, True, args.workdir, plan)
     if CUDA:
         results["profile_ours"] = profile_step(model, dataset, PadCollator(pad), micro, plan)
+    results |= compiled_rows(args, model, dataset, PadCollator(pad), micro, accum, plan, reset)
+    with torch.compiler.set_stance("force_eager"):  # the rows below run eagerly, as in earlier runs
+        results |= eager_rows(args, model, tokenizer, examples, dataset, micro, accum, reset, results["ours"])
+    return results
+
+
+def eager_rows(args, model, tokenizer, examples, dataset, micro, accum, reset, ours) -> dict:
+    """Every layer checkpointed; the seed's recipe; the low-memory setting."""
+    pad, results = tokenizer.pad_token_id, {}
     # the same with every layer checkpointed on every step (the seed's setting, our previous default)
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     reset()
     results["ours_ckpt_all"] = timed_training("ours_ckpt_all", model, dataset, PadCollator(pad), micro, accum,
                                               OURS_PRECISION, args.steps, args.warmup, True, args.workdir)
-    pairs = list(zip(results["ours"]["losses"], results["ours_ckpt_all"]["losses"]))
+    pairs = list(zip(ours["losses"], results["ours_ckpt_all"]["losses"]))
     results["loss_max_abs_diff_ours_vs_ckpt_all"] = max(abs(a - b) for a, b in pairs)
     # the seed recipe: pad to 1024, micro-batch 1, fp16, random order, every layer checkpointed
     for module in model.modules():
@@ -242,7 +257,9 @@ def part_train(args, ckpt: Path, shared: Path) -> dict:
     for module in model.modules():
         if hasattr(module, "compute_dtype"):
             module.compute_dtype = torch.bfloat16
-    # low memory: micro-batch 1 on full 1,024-token samples, every layer checkpointed
+    # low memory: micro-batch 1 on full 1,024-token samples, every layer checkpointed (the last row:
+    # the starting weights' copy is dropped first, as no training run holds one)
+    reset.initial.clear()
     long_text = "".join(ex.answer for ex in examples[:40])
     long = [Example(ex.question, long_text, 0) for ex in examples[:64]]
     long_ds, _ = tokenize_examples(long, tokenizer, "glm3", 1024, False)
@@ -251,10 +268,45 @@ def part_train(args, ckpt: Path, shared: Path) -> dict:
     return results
 
 
+def compiled_rows(args, model, dataset, collator, micro, accum, plan, reset) -> dict:
+    """The default rows again with every decoder layer compiled: an untimed pass over the same
+    batches compiles (its wall time and torch's own compile time are kept), then the timed pass;
+    then the numbers, with LoRA dropout off (compiled code draws other random masks): the same
+    steps eager and compiled, from the same start."""
+    results = {}
+    compiled_before, began = compile_seconds(), time.perf_counter()
+    compile_decoder_layers(model)
+    reset()
+    timed_training("compile_warmup", model, dataset, collator, micro, accum, OURS_PRECISION, args.steps,
+                   args.warmup, True, args.workdir, plan)
+    results["compile_warmup_s"] = time.perf_counter() - began
+    results["compile_s"] = compile_seconds() - compiled_before
+    if plan:
+        plan.used.clear()
+    reset()
+    results["ours_compiled"] = timed_training("ours_compiled", model, dataset, collator, micro, accum, OURS_PRECISION,
+                                              args.steps, args.warmup, True, args.workdir, plan)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in dropouts:
+        m.p = 0.0
+    losses = {}
+    for name, stance in (("eager", "force_eager"), ("compiled", "default")):
+        reset()
+        with torch.compiler.set_stance(stance):
+            losses[name] = timed_training(f"{name}_no_dropout", model, dataset, collator, micro, accum, OURS_PRECISION,
+                                          args.steps, args.warmup, True, args.workdir, plan)["losses"]
+    for m in dropouts:
+        m.p = 0.1
+    results["no_dropout_losses"] = losses
+    results["loss_max_abs_diff_compiled_vs_eager"] = max(abs(a - b) for a, b in zip(losses["eager"], losses["compiled"]))
+    results["compile_s_total"] = compile_seconds() - compiled_before  # with the recompile for dropout off
+    return results
+
+
 def part_ablate(args, ckpt: Path, shared: Path) -> dict:
-    """Each speed setting on and off, side by side on one loaded model: the CUDA allocator's
-    expandable segments and the per-micro-batch checkpoint plan in training (same data, init and
-    seed for every mode), and bf16 adapter weights in batched decoding."""
+    """Each speed setting on and off, side by side on one loaded model: the per-micro-batch
+    checkpoint plan and compiled decoder layers in training (same data, init and seed for every
+    mode), and bf16 adapter weights in batched decoding."""
     parsed, tokenizer, examples, dataset, _, model, _ = training_setup(args, ckpt, shared)
     pad = tokenizer.pad_token_id
     reset = lora_snapshot(model)
@@ -262,21 +314,27 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     layers = decoder_layers(model)
     results = {"train": {}, "decode": {}}
-    runs = [(True, "ckpt_all"), (True, "plan"), (False, "ckpt_all"), (False, "plan"), (True, "ckpt_all")]
-    for i, (expandable, mode) in enumerate(runs):
-        if CUDA:
-            torch.cuda.empty_cache()
-            torch.cuda.memory._set_allocator_settings(f"expandable_segments:{expandable}")
+
+    def train_mode(name, mode):
         reset()
         checkpoint_layers(layers, len(layers))
-        name = f"{i}_{mode}_{'expandable' if expandable else 'plain'}"
         results["train"][name] = timed_training(name, model, dataset, PadCollator(pad), micro, accum, OURS_PRECISION,
                                                 args.steps, args.warmup, True, args.workdir,
                                                 plan if mode == "plan" else None)
+
+    for i, mode in enumerate(("ckpt_all", "plan")):
+        train_mode(f"{i}_{mode}_eager", mode)
+    compiled_before, began = compile_seconds(), time.perf_counter()
+    compile_decoder_layers(model)
+    for mode in ("plan", "ckpt_all"):  # untimed: compiles for each batch shape and checkpointing variant
+        timed_training("compile_warmup", model, dataset, PadCollator(pad), micro, accum, OURS_PRECISION, args.steps,
+                       args.warmup, True, args.workdir, plan if mode == "plan" else None)
+    results["compile_warmup_s"], results["compile_s"] = time.perf_counter() - began, compile_seconds() - compiled_before
+    for i, mode in enumerate(("plan", "ckpt_all"), 2):
+        train_mode(f"{i}_{mode}_compiled", mode)
     del model
-    if CUDA:
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
-        torch.cuda.empty_cache()
+    gc.collect()
+    device.empty_cache()
 
     model = get_peft_model(load_model(ckpt, quantization="nf4"), random_lora()).eval()
     prompts = [prompt_ids(tokenizer, ex.question, "glm3") for ex in examples[: args.prompts]]
@@ -342,10 +400,59 @@ def part_compare(args, ckpt: Path, shared: Path) -> dict:
     return results
 
 
+CARDS_GB = (6, 8, 12, 16, 24)
+
+
+def usable_gib(card_gb: int) -> float:
+    """What PyTorch gets of a card: a little under its size, less ~0.6 GiB of CUDA context (a 6 GB
+    laptop card leaves about 5.3 GiB)."""
+    return round(card_gb * 0.98 - 0.6, 2)
+
+
+def part_cards(args, ckpt: Path, shared: Path) -> dict:
+    """chatglm_finetuning.py with default flags, whole process, on simulated cards (--gpu-memory caps
+    what PyTorch may use) for one epoch over rows up to 1,024 tokens (half of them that long, so
+    the longest micro-batches are real); then the default 3-epoch run on financial_data.txt on the
+    whole GPU, load to saved adapter."""
+    tokenizer = glmtune.load_tokenizer(ckpt)
+    examples = realistic_examples(shared)
+    long_text = "".join(ex.answer for ex in examples[:40])
+    rows = [Example(ex.question, long_text, 0) for ex in examples[:64]] + examples[64:128]
+    data = args.workdir / "cards.txt"
+    write_seed_format(rows, data)
+    lengths = tokenize_examples(rows, tokenizer, "glm3", 1024, False)[1]
+    results = {"rows": len(rows), "max_tokens": lengths.max, "median_tokens": lengths.median}
+
+    def run(label, flags):
+        out = args.workdir / f"cards_{label}"
+        began = time.perf_counter()
+        done = subprocess.run([sys.executable, str(REPO / "chatglm_finetuning.py"), "--model", str(ckpt),
+                               "--output-dir", str(out), "--overwrite", "--save-steps", "1000", *flags],
+                              capture_output=True, text=True)
+        row = {"flags": " ".join(flags), "process_wall_s": time.perf_counter() - began, "exit": done.returncode}
+        if done.returncode:
+            row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
+            print(done.stderr[-3000:], flush=True)
+            return row
+        resolved = json.loads((out / "run_config.json").read_text())["resolved"]
+        metrics = json.loads((out / "train_metrics.json").read_text())
+        return row | {"micro_batch": resolved["micro_batch"], "grad_accum": resolved["grad_accum"],
+                      "checkpointing": resolved["checkpointing"], "compile": resolved["compile"],
+                      "peak_gib": metrics["peak_gpu_gib"], "real_tok_s": metrics["train_tokens_per_s"],
+                      "train_s": metrics["train_seconds"], "recoveries": metrics["out_of_memory_recoveries"],
+                      "plan": metrics.get("checkpoint_plan", {}).get("checkpointed_layers_per_micro_batch")}
+
+    for card in CARDS_GB:
+        results[f"{card}GB"] = {"usable_gib": usable_gib(card)} | run(
+            f"{card}GB", ["--data", str(data), "--epochs", "1", "--gpu-memory", str(usable_gib(card))])
+        print(json.dumps({card: results[f"{card}GB"]}), flush=True)
+    results["default_run"] = run("default", ["--data", str(REPO / "financial_data.txt")])
+    return results
+
+
 def part_export(args, ckpt: Path, shared: Path) -> dict:
     """`python -m glmtune.export` of the comparison's run (random LoRA on the 6B checkpoint), both
     layouts: time per stage, peak GPU memory, size on disk. Each export is deleted once measured."""
-    import gc
     import shutil
 
     from glmtune.config import ExportConfig
@@ -369,7 +476,7 @@ def table(results: dict) -> list[str]:
         t = results["train"]
         lines += [f"{'training (6B, NF4, LoRA r=16)':34} {'micro x acc':>11} {'real tok/s':>10} {'padded':>7} "
                   f"{'step s':>7} {'peak GiB':>8}"]
-        for key in ("seed", "ours_ckpt_all", "ours", "lowmem"):
+        for key in ("seed", "ours_ckpt_all", "ours", "ours_compiled", "lowmem"):
             if key not in t:
                 continue
             r = t[key]
@@ -377,6 +484,12 @@ def table(results: dict) -> list[str]:
                          f"{r['real_tok_s']:>10.0f} {100 * r['padded_fraction']:>6.0f}% {r['step_s']:>7.2f} "
                          f"{r['peak_gib']:>8.2f}")
         lines.append(f"ours / seed recipe: {t['ours']['real_tok_s'] / t['seed']['real_tok_s']:.1f}x real tokens/s")
+        if "ours_compiled" in t:
+            lines.append(f"ours_compiled / seed recipe: {t['ours_compiled']['real_tok_s'] / t['seed']['real_tok_s']:.1f}x; "
+                         f"/ ours (eager): {t['ours_compiled']['real_tok_s'] / t['ours']['real_tok_s']:.2f}x; compile "
+                         f"warm-up {t['compile_warmup_s']:.0f} s wall ({t['compile_s']:.0f} s compiling); no-dropout "
+                         f"losses compiled vs eager: max |difference| {t['loss_max_abs_diff_compiled_vs_eager']:.4f} "
+                         f"over {len(t['no_dropout_losses']['eager'])} steps")
         if "ours_ckpt_all" in t:
             lines.append(f"ours / ours_ckpt_all: {t['ours']['real_tok_s'] / t['ours_ckpt_all']['real_tok_s']:.2f}x; "
                          f"max |loss difference| over {len(t['ours']['losses'])} steps: "
@@ -390,10 +503,31 @@ def table(results: dict) -> list[str]:
             p = t["profile_ours"]
             lines.append(f"profile of one ours micro-batch ({p['tokens']} tokens): {p['kernels']} kernels, GPU busy "
                          f"{p['gpu_busy_s']:.3f} s of {p['wall_s']:.3f} s wall")
+    if "cards" in results:
+        c = results["cards"]
+        lines.append(f"default command, one epoch of {c['rows']} rows (median {c['median_tokens']:.0f}, max "
+                     f"{c['max_tokens']} tokens), on simulated cards:")
+        lines.append(f"{'card':>12} {'usable':>7} {'micro x acc':>11} {'peak GiB':>8} {'real tok/s':>10} {'OOM redone':>10}  "
+                     "checkpointed layers per micro-batch")
+        for key, r in c.items():
+            if not key.endswith("GB") and key != "default_run":
+                continue
+            name = key if key != "default_run" else "whole GPU"
+            if r["exit"]:
+                lines.append(f"{name:>12} {r.get('usable_gib', ''):>7} FAILED: {r['error']}")
+                continue
+            lines.append(f"{name:>12} {r.get('usable_gib', '-'):>7} {str(r['micro_batch']) + ' x ' + str(r['grad_accum']):>11} "
+                         f"{r['peak_gib'] or 0:>8.2f} {r['real_tok_s']:>10.0f} {len(r['recoveries']):>10}  {r['plan']}")
+        d = c["default_run"]
+        lines.append(f"default 3-epoch run on financial_data.txt, whole process: {d['process_wall_s']:.1f} s "
+                     f"(training {d.get('train_s', 0):.1f} s; {d.get('compile', '')})")
     if "ablate" in results:
         for name, r in results["ablate"]["train"].items():
             lines.append(f"ablate train {name:28} {r['real_tok_s']:>6.0f} real tok/s, step {r['step_s']:.3f} s, "
                          f"peak {r['peak_gib']:.1f} GiB, losses {[round(x, 4) for x in r['losses']]}")
+        if "compile_warmup_s" in results["ablate"]:
+            lines.append(f"ablate compile warm-up {results['ablate']['compile_warmup_s']:.0f} s wall "
+                         f"({results['ablate']['compile_s']:.0f} s compiling)")
         d = results["ablate"]["decode"]
         for label in ("base", "tuned_fp32_adapter", "tuned_bf16_adapter"):
             lines.append(f"ablate decode {label:20} {d[label]['tok_per_s']:>6.0f} new tok/s ({d[label]['wall_s']:.1f} s, "
@@ -446,9 +580,20 @@ def main(args):
     # Written after each part, so a run cut short still keeps what it measured.
     if args.part in ("train", "all"):
         results["train"] = part_train(args, ckpt, args.shared)
-        results["train_real_tok_s"] = results["train"]["ours"]["real_tok_s"]
+        # the default flags on a run long enough for auto to compile (a short one trains eagerly: "ours")
+        results["train_real_tok_s"] = results["train"]["ours_compiled"]["real_tok_s"]
+        results["train_eager_real_tok_s"] = results["train"]["ours"]["real_tok_s"]
+        results["compile_warmup_s"] = results["train"]["compile_warmup_s"]
         results["seed_recipe_real_tok_s"] = results["train"]["seed"]["real_tok_s"]
         results["lowmem_peak_gib"] = results["train"]["lowmem"]["peak_gib"]
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
+    if args.part in ("cards", "all"):
+        results["cards"] = part_cards(args, ckpt, args.shared)
+        results["simulated_cards"] = {k: {f: v.get(f) for f in ("usable_gib", "exit", "micro_batch", "grad_accum",
+                                                                "checkpointing", "peak_gib", "real_tok_s", "error")}
+                                      for k, v in results["cards"].items() if k.endswith("GB")}
+        results["default_run_wall_s"] = results["cards"]["default_run"]["process_wall_s"]
         out.write_text(json.dumps(results, indent=2))
         print("\n".join(table(results)), flush=True)
     if args.part == "ablate":
@@ -473,7 +618,7 @@ def main(args):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--part", choices=("train", "compare", "export", "all", "ablate"), default="all",
+    p.add_argument("--part", choices=("train", "cards", "compare", "export", "all", "ablate"), default="all",
                    help="what to measure; ablate: each speed setting on and off, side by side")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with chatglm3/ and realdata/")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/glmtune-bench"), help="checkpoint and scratch space")
