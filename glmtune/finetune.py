@@ -166,7 +166,7 @@ class FineTune:
             callbacks=[self.nan_guard, self.interrupt, *self.callbacks], checkpoint_plan=self.plan,
             compiled=self.compiling.on)
         device.reset_peak()  # the probes' peaks are not training's
-        began = time.perf_counter()
+        began, compiled_before = time.perf_counter(), compile_seconds()
         state = trainer_state(self.resume_from) if self.resume_from else {}  # complete: prepare checked it
         start_epoch = state.get("epoch") or 0.0
         if state and state["global_step"] >= state.get("max_steps", float("inf")):
@@ -180,7 +180,7 @@ class FineTune:
             finally:
                 self.interrupt.restore()
         self.train_seconds = time.perf_counter() - began
-        self.compile_seconds = compile_seconds() if self.compiling.on else 0.0
+        self.compile_seconds = compile_seconds() - compiled_before if self.compiling.on else 0.0
         if self.compiling.on and device.cuda() and self.compile_seconds:
             record_compile_cost(self.compiling.key, self.compile_seconds)
         epochs_run = max(0.0, (self.trainer.state.epoch or 0.0) - start_epoch)

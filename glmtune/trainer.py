@@ -103,7 +103,8 @@ class GroupedTrainer(Trainer):
     def _make_room(self, tokens: int, rows: int, count: int | None) -> None:
         """After an out-of-memory micro-batch: checkpoint more layers, else use fewer rows per
         micro-batch from now on; say which. TrainingError when neither is left."""
-        plan, gpu = self.checkpoint_plan, f"out of GPU memory on a micro-batch of {rows} rows ({tokens} tokens)"
+        plan = self.checkpoint_plan
+        gpu = f"out of GPU memory on a micro-batch of {rows} row{'s' * (rows > 1)} ({tokens} tokens)"
         if plan is not None and count < plan.layers:
             more = plan.after_out_of_memory(tokens, count)
             event = (f"{gpu} with {count} of {plan.layers} layers checkpointed; redoing it with {more} (and "
@@ -111,15 +112,15 @@ class GroupedTrainer(Trainer):
         elif rows > 1:
             self.max_rows = -(-rows // 2)
             event = (f"{gpu}; redoing it as micro-batches of at most {self.max_rows} rows from now on (the effective "
-                     f"batch, and so the result, stays the same)")
+                     "batch stays the same)")
         else:
-            free = device.free_memory() / 2**30
+            free = f"nvidia-smi lists what else runs on it; {device.free_memory() / 2**30:.1f} GiB free now"
             if all(layer.gradient_checkpointing for layer in decoder_layers(self.model)):
-                how = "even with every layer checkpointed; lower --max-length"
+                advice = f"{gpu} even with every layer checkpointed. Lower --max-length, or free the GPU ({free})"
             else:
-                how = "; use --gradient-checkpointing on (or auto), or lower --max-length"
-            raise TrainingError(f"{gpu} {how}, or free the GPU (nvidia-smi lists what else runs on it; {free:.1f} "
-                                "GiB free now). --resume continues from the last checkpoint")
+                advice = (f"{gpu}. Use --gradient-checkpointing on (or auto), lower --max-length, or free the GPU "
+                          f"({free})")
+            raise TrainingError(f"{advice}. --resume continues from the last checkpoint")
         self.memory_events.append(event)
         tqdm.write(event, file=sys.stderr)
 

@@ -177,8 +177,8 @@ def test_more_checkpointing_redoes_the_micro_batch_exactly_dropout_included(data
 def test_one_row_that_never_fits_is_one_clear_error(data_file, tmp_path):
     failing = OutOfMemoryAt(nth=1)
     config = tiny_config(data_file, tmp_path / "a", "--max-steps", "2", "--batch-size", "1")
-    with pytest.raises(TrainingError, match=r"out of GPU memory on a micro-batch of 1 rows .*--max-length.*"
-                                            r"--resume continues"):
+    with pytest.raises(TrainingError, match=r"out of GPU memory on a micro-batch of 1 row \(\d+ tokens\)\. Use "
+                                            r"--gradient-checkpointing on .*--max-length.*--resume continues"):
         train(config, callbacks=[failing])
 
 
