@@ -23,9 +23,10 @@ from . import device
 
 BACKEND = "inductor"
 
-# Training on an H200, 6B NF4 + LoRA r=16 on all projections, real medical rows (bench/RESULTS.md).
-EAGER_TOK_S, COMPILED_TOK_S = 9_000.0, 12_500.0
-COLD_TRAIN_COMPILE_S = 45.0  # compile of the layer, forward and backward, for the first two shapes
+# Training on an H200, 6B NF4 + LoRA r=16 on all projections, real medical rows (bench/RESULTS.md,
+# 2026-12-02): eager 7,800-8,300 real tokens/s, compiled 11,700-12,500; compiling took 39-43 s.
+EAGER_TOK_S, COMPILED_TOK_S = 8_000.0, 12_000.0
+COLD_TRAIN_COMPILE_S = 45.0
 
 
 @dataclass

@@ -194,8 +194,10 @@ def fit_memory(model, dataset, collator, batch_size: str, grad_accum: int,
 
 def describe(checkpointing: str, plan: CheckpointPlan | None) -> str:
     if plan is not None:
-        return (f"auto per micro-batch ({plan.per_token_none / 2**20:.2f} MiB/token without, "
-                f"{plan.per_token_full / 2**20:.2f} with all {plan.layers} layers; {plan.budget_bytes / 2**30:.1f} GiB free)")
+        without = ("no micro-batch of the longest rows fits without" if math.isinf(plan.per_token_none)
+                   else f"{plan.per_token_none / 2**20:.2f} MiB/token without")
+        return (f"auto per micro-batch ({without}, {plan.per_token_full / 2**20:.2f} with all {plan.layers} layers; "
+                f"{plan.budget_bytes / 2**30:.1f} GiB for activations)")
     return "on (every layer)" if uses_checkpointing(checkpointing) else "off"
 
 
