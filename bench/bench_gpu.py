@@ -268,19 +268,26 @@ def eager_rows(args, model, tokenizer, examples, dataset, micro, accum, reset, o
     return results
 
 
+def compile_and_warm_up(args, model, dataset, collator, micro, accum, plans) -> dict:
+    """Compile the decoder layers and run the timed modes' batches once untimed with each plan, so
+    that the timed passes compile nothing; the wall time of it all, and the part torch's compiler
+    counts."""
+    compiled_before, began = compile_seconds(), time.perf_counter()
+    compile_decoder_layers(model)
+    for plan in plans:
+        timed_training("compile_warmup", model, dataset, collator, micro, accum, OURS_PRECISION, args.steps,
+                       args.warmup, True, args.workdir, plan)
+    return {"compile_warmup_s": time.perf_counter() - began, "compile_s": compile_seconds() - compiled_before}
+
+
 def compiled_rows(args, model, dataset, collator, micro, accum, plan, reset) -> dict:
     """The default rows again with every decoder layer compiled: an untimed pass over the same
     batches compiles (its wall time and torch's own compile time are kept), then the timed pass;
     then the numbers, with LoRA dropout off (compiled code draws other random masks): the same
     steps eager and compiled, from the same start."""
-    results = {}
-    compiled_before, began = compile_seconds(), time.perf_counter()
-    compile_decoder_layers(model)
+    compiled_before = compile_seconds()
     reset()
-    timed_training("compile_warmup", model, dataset, collator, micro, accum, OURS_PRECISION, args.steps,
-                   args.warmup, True, args.workdir, plan)
-    results["compile_warmup_s"] = time.perf_counter() - began
-    results["compile_s"] = compile_seconds() - compiled_before
+    results = compile_and_warm_up(args, model, dataset, collator, micro, accum, [plan])
     if plan:
         plan.used.clear()
     reset()
@@ -324,12 +331,8 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
 
     for i, mode in enumerate(("ckpt_all", "plan")):
         train_mode(f"{i}_{mode}_eager", mode)
-    compiled_before, began = compile_seconds(), time.perf_counter()
-    compile_decoder_layers(model)
-    for mode in ("plan", "ckpt_all"):  # untimed: compiles for each batch shape and checkpointing variant
-        timed_training("compile_warmup", model, dataset, PadCollator(pad), micro, accum, OURS_PRECISION, args.steps,
-                       args.warmup, True, args.workdir, plan if mode == "plan" else None)
-    results["compile_warmup_s"], results["compile_s"] = time.perf_counter() - began, compile_seconds() - compiled_before
+    # checkpointed layers run eagerly, so the plan's batches are all there is to compile
+    results |= compile_and_warm_up(args, model, dataset, PadCollator(pad), micro, accum, [plan])
     for i, mode in enumerate(("plan", "ckpt_all"), 2):
         train_mode(f"{i}_{mode}_compiled", mode)
     del model
@@ -420,8 +423,8 @@ def part_cards(args, ckpt: Path, shared: Path) -> dict:
     rows = [Example(ex.question, long_text, 0) for ex in examples[:64]] + examples[64:128]
     data = args.workdir / "cards.txt"
     write_seed_format(rows, data)
-    lengths = tokenize_examples(rows, tokenizer, "glm3", 1024, False)[1]
-    results = {"rows": len(rows), "max_tokens": lengths.max, "median_tokens": lengths.median}
+    stats = tokenize_examples(rows, tokenizer, "glm3", 1024, False)[1]
+    results = {"rows": len(rows), "max_tokens": stats.max, "median_tokens": stats.median}
 
     def run(label, flags):
         out = args.workdir / f"cards_{label}"

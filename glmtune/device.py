@@ -68,9 +68,8 @@ def limit_memory(gib: float | None) -> None:
     if not cuda():
         return
     total = torch.cuda.get_device_properties(0).total_memory
-    if gib is not None:
-        _limit = min(int(gib * 2**30), total)
-        torch.cuda.set_per_process_memory_fraction(_limit / total)
+    _limit = None if gib is None else min(int(gib * 2**30), total)
+    torch.cuda.set_per_process_memory_fraction((_limit or total) / total)
     if total_memory() < SMALL_CARD and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
         # The public way is the environment variable, read once when CUDA starts; by now it has.
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")

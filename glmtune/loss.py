@@ -3,11 +3,14 @@
 The model's own loss multiplies every position's hidden state by the 65,024-word output matrix,
 casts the logits to fp32 and keeps a softmax of them for the backward pass: at 1,024 tokens that is
 about 0.8 GiB in flight, on a 6 GB card more than all the activations with checkpointing. Here the
-output matrix is applied only where a label is (the prompt's positions have none), `CHUNK` tokens
-at a time, and each chunk's gradient with respect to the hidden states is computed at once, so
-only one chunk's logits ever exist. The output matrix is frozen in LoRA training, so that gradient
-is all the backward pass needs. The numbers are the model's own: the same bf16 matmul, fp32
-log-softmax, sum over labelled tokens divided by the Trainer's count of them.
+output matrix is applied `CHUNK` positions at a time, and each chunk's gradient with respect to the
+hidden states is computed at once, so only one chunk's logits ever exist. The output matrix is
+frozen in LoRA training, so that gradient is all the backward pass needs. The numbers are the
+model's own: the same bf16 matmul, fp32 log-softmax, sum over labelled tokens divided by the
+Trainer's count of them. Positions without a label (the prompt, padding) are computed and masked
+rather than picked out: picking them needs their count on the CPU, a sync that stalls the queue of
+kernels a launch-bound training step depends on (compiled training ran 7% slower with it, H200),
+for about 1% of the step's arithmetic.
 """
 
 from __future__ import annotations

@@ -172,6 +172,11 @@ def tokenize_examples(examples, tokenizer, prompt_format: str, max_length: int, 
     return dataset, stats
 
 
+def padded_width(longest: int, multiple_of: int = 8) -> int:
+    """The width a micro-batch is padded to: its longest row, rounded up."""
+    return -(-longest // multiple_of) * multiple_of
+
+
 class PadCollator:
     """Right-pads a micro-batch to its own longest row (never to max_length), rounded up to a multiple
     of 8 so GPU matmuls stay on tensor-core shapes."""
@@ -182,8 +187,7 @@ class PadCollator:
     def __call__(self, rows: list[dict]):
         import torch
 
-        width = max(len(r["input_ids"]) for r in rows)
-        width = -(-width // self.multiple_of) * self.multiple_of
+        width = padded_width(max(len(r["input_ids"]) for r in rows), self.multiple_of)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
