@@ -9,6 +9,8 @@ Settings from a YAML file (flags override it), TensorBoard logging, conversation
     python chatglm_finetuning.py --data dialogues.jsonl --output-dir dialogue-lora
 Continue an interrupted run (Ctrl-C saves a checkpoint first):
     python chatglm_finetuning.py --output-dir chatglm3-medical-lora --resume
+Several GPUs, data parallel (the effective batch stays 16 with --batch-size auto):
+    torchrun --nproc_per_node 2 chatglm_finetuning.py --output-dir chatglm3-medical-lora
 Then compare base and fine-tuned answers:
     python chatglm_finetuning_tst.py --adapter chatglm3-medical-lora
 """

@@ -7,6 +7,7 @@ Other prompts, ad-hoc questions, sampling:
     python chatglm_finetuning_tst.py --adapter out --prompt "高血压患者能喝咖啡吗？" --prompt "孩子发烧怎么办？"
     python chatglm_finetuning_tst.py --adapter out --do-sample --temperature 0.8 --seed 1
     python chatglm_finetuning_tst.py --adapter out --quantization nf4 --compile off   # the slower, smaller path
+    torchrun --nproc_per_node 2 chatglm_finetuning_tst.py --adapter out   # prompts split over 2 GPUs
 Prints the verdict (did the fine-tune help, with 95% intervals) and the metric table, and writes them
 with every answer to ADAPTER/comparison/ (numbered comparison-2, ... on a rerun; --output, --overwrite):
 chatglm_comparison.log, .json (every number), .png (chart) and .html (open it in a browser).

@@ -159,7 +159,7 @@ def load_model(
     kwargs = {}
     if quantization == "nf4":
         kwargs["quantization_config"] = nf4_config()
-        device_map = device_map or ({"": 0} if device.cuda() else {"": "cpu"})
+        device_map = device_map or ({"": device.gpu()} if device.cuda() else {"": "cpu"})
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:

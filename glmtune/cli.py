@@ -15,6 +15,7 @@ import sys
 import typing
 from pathlib import Path
 
+from . import distributed
 from .config import base_type, convert, from_text
 from .errors import ConfigError, GlmtuneError, Interrupted
 from .files import FULL, write_failure
@@ -145,35 +146,46 @@ def message(err: BaseException) -> str:
 
 def run(main, *args, debug: bool = False) -> None:
     """Call main(*args); turn the errors a user can act on into one line on stderr and an exit code.
-    With debug, re-raise for the full traceback."""
+    With debug, re-raise for the full traceback. With several processes, rank 0 speaks for all:
+    the others leave quietly when it stopped them (or when it reports the same interruption), and
+    name themselves when the error is their own."""
     try:
         main(*args)
+    except distributed.Elsewhere:
+        sys.exit(EXIT_ERROR)
     except Interrupted as err:
         if debug:
             raise
-        print(f"\n{err}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"\n{err}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         if debug:
             raise
-        print("\ninterrupted; nothing half-written was kept", file=sys.stderr)
+        _say("\ninterrupted; nothing half-written was kept")
         sys.exit(EXIT_INTERRUPTED)
     except GlmtuneError as err:
         if debug:
             raise
-        print(f"error: {message(err)}", file=sys.stderr)
+        _say(f"error: {message(err)}")
         sys.exit(EXIT_USAGE if isinstance(err, ConfigError) else EXIT_ERROR)
     except OSError as err:
         if debug:
             raise
-        print(f"error: {os_error(err)}", file=sys.stderr)
+        _say(f"error: {os_error(err)}")
         sys.exit(EXIT_ERROR)
     except Exception as err:  # torch and safetensors report a full disk as their own error types
         reason = write_failure(err)
         if debug or reason is None:
             raise
-        print(f"error: a write failed: {reason}; free some space and run the same command again", file=sys.stderr)
+        _say(f"error: a write failed: {reason}; free some space and run the same command again")
         sys.exit(EXIT_ERROR)
+
+
+def _say(line: str) -> None:
+    where = "" if distributed.world_size() == 1 else f"[rank {distributed.rank()}] "
+    body = line.lstrip("\n")
+    print(line[:len(line) - len(body)] + where + body, file=sys.stderr)
 
 
 def os_error(err: OSError) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import device
+from . import device, distributed
 from .config import CompareConfig
 from .data import Example, read_dataset
 from .errors import ConfigError, DataError
@@ -32,6 +32,7 @@ class Comparison:
         term lexicon: everything a bad file could stop, checked before any model loads."""
         from .metrics import DEFAULT_LEXICON_PATH
 
+        distributed.start()
         c = self.config
         check_adapter_files(c.adapter)
         self.run = RunRecord.load(c.adapter)
@@ -86,14 +87,19 @@ class Comparison:
             i: encode(self.tokenizer, ex, self.prompt_format, self.run.config.max_length)
             for i, (ex, reference) in enumerate(self.items) if reference is not None}
         scored_len = max((len(row.input_ids) for row in self.scored.values()), default=0)
-        self.weights = plan_weights(c.quantization, self.run.config.quantization, Shape.of_model(self.base),
-                                    device.free_memory(), len(self.prompts), width, cache_len, c.batch_size,
-                                    device.cuda(), scored_len)
-        self.compiling = plan_compile(c.compile, self.weights, len(self.prompts), c.max_new_tokens, cache_len,
-                                      self.base, device.cuda())
+        self.mine = distributed.share(len(self.prompts))  # this process's prompts; all of them with one
+
+        def plan():  # rank 0 decides for all, so that every process holds the weights and decodes alike
+            weights = plan_weights(c.quantization, self.run.config.quantization, Shape.of_model(self.base),
+                                   device.free_memory(), len(self.mine), width, cache_len, c.batch_size,
+                                   device.cuda(), scored_len)
+            compiling = plan_compile(c.compile, weights, len(self.mine), c.max_new_tokens, cache_len, self.base,
+                                     device.cuda())
+            return weights, compiling, output_dir(c)  # the folder claimed now: after every check, before any model
+
+        self.weights, self.compiling, self.output = distributed.on_main(plan)
         self.decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed, cache_len,
                                  self.compiling.on)
-        self.output = output_dir(c)  # claimed now: after every check, before any model loads
         self.sides = Sides.load(self.base, c.adapter, self.weights)
         return [f"weights:  {self.weights.describe()}", f"decoding: static KV cache, {self.compiling.reason}"]
 
@@ -105,8 +111,10 @@ class Comparison:
 
         with self.sides.base_side() as model:
             self.loaded = time.perf_counter()
-            self.warm_up_s = warm_up(model, self.tokenizer, self.prompts, self.decoding, self.weights.batch_size)
-            if self.compiling.on:
+            mine = [self.prompts[i] for i in self.mine]
+            self.warm_up_s = max(distributed.gather(warm_up(model, self.tokenizer, mine, self.decoding,
+                                                            self.weights.batch_size)))
+            if self.compiling.on and distributed.is_main():
                 record_compile_cost(self.compiling.key, self.warm_up_s)
             self.plain = self._side(model, "base")
         began = time.perf_counter()
@@ -115,22 +123,31 @@ class Comparison:
         self.tuned = self._side(model, "tuned")
 
     def _side(self, model, side: str) -> tuple[list, list, dict]:
+        """One side's answers and perplexities, in item order. With several processes each runs its
+        own share of the prompts, and every process ends with all of them."""
         from .generation import generate_answers, reference_perplexity
 
         device.reset_peak()
         began = time.perf_counter()
-        answers = generate_answers(model, self.tokenizer, self.prompts, self.decoding, self.weights.batch_size,
-                                   desc=side)
+        answers = generate_answers(model, self.tokenizer, [self.prompts[i] for i in self.mine], self.decoding,
+                                   self.weights.batch_size, desc=side)
         wall = time.perf_counter() - began
-        ppl: list = [None] * len(self.items)
-        values = reference_perplexity(model, list(self.scored.values()), self.tokenizer.pad_token_id,
+        scored = [i for i in self.mine if i in self.scored]
+        values = reference_perplexity(model, [self.scored[i] for i in scored], self.tokenizer.pad_token_id,
                                       self.weights.perplexity_batch)
-        for i, v in zip(self.scored, values):
-            ppl[i] = v
-        new_tokens = sum(a.new_tokens for a in answers)
+        shares = distributed.gather((list(self.mine), answers, dict(zip(scored, values)), wall, device.peak_gib()))
+        every: list = [None] * len(self.items)
+        ppl: list = [None] * len(self.items)
+        for indices, part, perplexities, _, _ in shares:
+            for i, answer in zip(indices, part):
+                every[i] = answer
+            for i, value in perplexities.items():
+                ppl[i] = value
+        wall = max(share[3] for share in shares)  # the processes decode at the same time
+        new_tokens = sum(a.new_tokens for a in every)
         timing = {"wall_s": wall, "new_tokens": new_tokens, "tok_per_s": new_tokens / wall if wall else 0.0,
-                  "peak_gpu_gib": device.peak_gib()}
-        return answers, ppl, timing
+                  "peak_gpu_gib": max(share[4] for share in shares) if device.cuda() else None}
+        return every, ppl, timing
 
     def score(self) -> list[str]:
         """Score both sides; return the summary (verdict, tables, timing), which the script prints
@@ -153,7 +170,8 @@ class Comparison:
             "compile": self.compiling.reason,
             "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
             "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
-            "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(self.terms_file), "device": device.name()}
+            "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(self.terms_file), "device": device.name(),
+            "processes": distributed.world_size()}
         self.summary = summary_lines(self.aggregate, self.timing)
         return self.summary
 
@@ -165,14 +183,18 @@ class Comparison:
         return side_by_side(self.rows, width)
 
     def write(self) -> None:
-        """The log, the JSON report, the chart and the HTML report, each written whole or not at all."""
+        """The log, the JSON report, the chart and the HTML report, each written whole or not at all
+        (by rank 0, which speaks for all processes)."""
+        self.outputs = [self.output / f"{STEM}.{ext}" for ext in ("log", "json", "png", "html")]
+        distributed.on_main(self._write)
+
+    def _write(self) -> None:
         from .html_report import write_html
         from .plots import plot_aggregate
         from .scoring import write_log, write_report
 
         c = self.config
-        log, report, chart, html = (self.output / f"{STEM}.{ext}" for ext in ("log", "json", "png", "html"))
-        self.outputs = [log, report, chart, html]
+        log, report, chart, html = self.outputs
         write_log(log, self.settings, self.summary, self.rows, c.examples)
         write_report(report, self.settings, self.aggregate, self.timing, self.rows)
         plot_aggregate(chart, self.aggregate)

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import distributed
 from .errors import ConfigError
 from .lora import resolve_lora_targets
 
@@ -179,11 +180,12 @@ class TrainConfig(Settings):
     warmup_ratio: float = opt(0.03, "fraction of steps spent warming up", group="optimisation")
     weight_decay: float = opt(0.0, "AdamW weight decay on the LoRA weights", group="optimisation")
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 = no clipping)", group="optimisation")
-    batch_size: str = opt("auto", "micro-batch per step, or 'auto' to fit it to free GPU memory; the effective batch "
-                          "stays batch-size x grad-accum (auto: 1 x grad-accum)", group="optimisation",
+    batch_size: str = opt("auto", "micro-batch per step and process, or 'auto' to fit it to free GPU memory; the "
+                          "effective batch is batch-size x grad-accum x processes; with auto it stays grad-accum, "
+                          "however many processes share it", group="optimisation",
                           aliases=("per_device_train_batch_size",))
-    grad_accum: int = opt(16, "micro-batches per optimizer step", group="optimisation",
-                          aliases=("gradient_accumulation_steps",))
+    grad_accum: int = opt(16, "micro-batches per optimizer step (with --batch-size auto: the effective batch)",
+                          group="optimisation", aliases=("gradient_accumulation_steps",))
     gradient_checkpointing: str = opt("auto", "recompute activations in backward to save memory. auto: on a GPU, "
                                       "each micro-batch checkpoints the fewest layers that fit (none when it fits "
                                       "without); off on CPU. on: every layer, every step (the seed's setting)",
@@ -221,6 +223,13 @@ class TrainConfig(Settings):
         self.check_values()
         check_file(self.data, "data")
         check_model(self.model, "model")
+        processes = distributed.world_size()
+        if self.batch_size == "auto" and self.grad_accum % processes:
+            fits = sorted({max(processes, self.grad_accum // processes * processes),
+                           -(-self.grad_accum // processes) * processes})
+            raise ConfigError("grad_accum", f"{self.grad_accum} (the effective batch, with --batch-size auto) does not "
+                                            f"split evenly over {processes} processes; use "
+                                            f"{' or '.join(map(str, fits))}")
         if self.resume not in (None, "last") and not Path(self.resume).is_dir():
             raise ConfigError("resume", f"{self.resume}: no such checkpoint folder; pass a checkpoint-N folder of "
                                         "this run, or --resume alone for its last checkpoint")
@@ -334,6 +343,9 @@ class CompareConfig(Settings):
             check_file(self.data, "data")
         if self.terms_file is not None:
             check_file(self.terms_file, "terms_file")
+        if self.chat and distributed.world_size() > 1:
+            raise ConfigError("chat", "is one conversation in one process; start it with python, not torchrun or "
+                                      "accelerate launch")
         if self.chat and (self.prompt or self.data is not None):
             raise ConfigError("chat", "is a conversation: type the questions in it, without --prompt or --data")
         for question in self.prompt:
@@ -410,6 +422,9 @@ class ExportConfig(Settings):
     def validate(self) -> None:
         """Raise ConfigError for the first setting that cannot work, before torch is imported."""
         check_choices(self)
+        if distributed.world_size() > 1:
+            raise ConfigError("config", "an export is one merge in one process; run it with python, not torchrun or "
+                                        "accelerate launch")
         check_run_and_base(self.adapter, self.base_model)
         output = self.target()
         if output.exists() and not output.is_dir():

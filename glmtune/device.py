@@ -51,8 +51,13 @@ def autocast():
     return torch.autocast("cuda", dtype=dtype())
 
 
+def gpu() -> int:
+    """This process's GPU: 0, or its LOCAL_RANK under torchrun (`distributed.start` selects it)."""
+    return torch.cuda.current_device()
+
+
 def name() -> str:
-    return torch.cuda.get_device_name(0) if cuda() else "CPU"
+    return torch.cuda.get_device_name(gpu()) if cuda() else "CPU"
 
 
 SMALL_CARD = 32 * 2**30  # below this, fragmentation can decide whether a run fits
@@ -67,7 +72,7 @@ def limit_memory(gib: float | None) -> None:
     global _limit
     if not cuda():
         return
-    total = torch.cuda.get_device_properties(0).total_memory
+    total = torch.cuda.get_device_properties(gpu()).total_memory
     _limit = None if gib is None else min(int(gib * 2**30), total)
     torch.cuda.set_per_process_memory_fraction((_limit or total) / total)
     if total_memory() < SMALL_CARD and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
@@ -78,7 +83,7 @@ def limit_memory(gib: float | None) -> None:
 def total_memory() -> int:
     if not cuda():
         return 0
-    return _limit or torch.cuda.get_device_properties(0).total_memory
+    return _limit or torch.cuda.get_device_properties(gpu()).total_memory
 
 
 def free_memory() -> int:

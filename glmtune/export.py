@@ -168,7 +168,7 @@ class Export:
         started = time.perf_counter()
         try:
             model = load_model(self.base, quantization=None, dtype=self.dtype,
-                               device_map={"": 0} if self.device == "cuda" else None)
+                               device_map={"": device.gpu()} if self.device == "cuda" else None)
         except torch.OutOfMemoryError:
             raise ModelLoadError(f"the {c.dtype} model does not fit in the GPU's free memory; export with --device cpu "
                                  "(it needs about the model's size in RAM)") from None

@@ -12,13 +12,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import device
+from . import device, distributed
 from .config import TrainConfig
 from .data import read_dataset, split_eval, write_examples
 from .errors import ConfigError, Interrupted, TrainingError
 from .hub import needs_gpu
 from .lora import attach_lora, count_parameters, resolve_lora_targets
-from .memory import describe, fit_memory, uses_checkpointing
+from .memory import describe, fit_memory, strictest, uses_checkpointing
 from .prompts import PadCollator, tokenize_examples
 from .files import free_space, write_atomic, write_failure
 from .runs import (FINISHED, RunRecord, clear_leftovers, file_sha256, last_checkpoint, prepare_output_dir,
@@ -57,6 +57,7 @@ class FineTune:
         ready: a new run, the continuation of an interrupted one, or a refusal that says what to do."""
         from .tokenizer import tokenizer_folder
 
+        distributed.start()
         check_hardware(self.config)
         # Bad data or a model folder without its tokenizer must fail before the folder is touched:
         # --overwrite would otherwise have removed a finished run for nothing.
@@ -65,20 +66,27 @@ class FineTune:
                                                                    self.dataset.conversational)
         tokenizer_folder(self.config.model)
         self.record.data_sha256 = file_sha256(self.config.data)
-        self.resume_from = prepare_output_dir(self.record)
-        self.removed = clear_leftovers(self.out)
+        self.resume_from, self.removed = distributed.on_main(self._claim_output_dir)
+
+    def _claim_output_dir(self) -> tuple[Path | None, list[str]]:
+        resume_from = prepare_output_dir(self.record)
+        removed = clear_leftovers(self.out)
         self.record.save(self.out)  # first of all, so an interrupted run is always recognised
+        return resume_from, removed
 
     def load_data(self) -> None:
         """The data report and the eval split, held out and saved (the data was read and checked in
         prepare)."""
         self.report = self.dataset.report_lines()
+        self.train_examples, self.eval_examples = split_eval(self.dataset.examples, self.config.eval_ratio,
+                                                             self.config.seed)
+        self.record.resolved.eval_file = distributed.on_main(self._write_data_files)
+
+    def _write_data_files(self) -> str:
         write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
         if self.dataset.skipped or self.dataset.duplicates:
             write_atomic(self.out / "skipped_lines.txt", self.dataset.skipped_report())
-        self.train_examples, self.eval_examples = split_eval(self.dataset.examples, self.config.eval_ratio,
-                                                             self.config.seed)
-        self.record.resolved.eval_file = write_examples(self.eval_examples, self.out).name
+        return write_examples(self.eval_examples, self.out).name
 
     def load_tokenizer(self) -> None:
         """The tokenizer, and the examples as token ids and labels."""
@@ -90,7 +98,7 @@ class FineTune:
                                                       c.train_on_prompt)
         self.eval_ds, _ = tokenize_examples(self.eval_examples, self.tokenizer, fmt, c.max_length, c.train_on_prompt)
         self.report += self.stats.lines()
-        write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
+        distributed.on_main(lambda: write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n"))
 
     def build_model(self) -> None:
         """The base (NF4 unless told otherwise) with LoRA adapters, and the batch that fits memory."""
@@ -105,18 +113,29 @@ class FineTune:
         resolved.lora_targets = resolve_lora_targets(c.lora_target)
         self.model = build_peft_model(c)
         self.collator = PadCollator(self.tokenizer.pad_token_id)
-        micro, accum, self.plan = fit_memory(self.model, self.train_ds, self.collator, c.batch_size, c.grad_accum,
-                                             c.gradient_checkpointing)
-        resolved.micro_batch, resolved.grad_accum, resolved.effective_batch = micro, accum, micro * accum
+        processes = distributed.world_size()
+        # --batch-size auto keeps the effective batch at --grad-accum however many processes share
+        # it (validated to divide); a given micro-batch is per process, as in the HF Trainer.
+        accum = c.grad_accum // processes if c.batch_size == "auto" else c.grad_accum
+        micro, accum, plan = fit_memory(self.model, self.train_ds, self.collator, c.batch_size, accum,
+                                        c.gradient_checkpointing)
+        rows = micro * accum  # per process and optimizer step
+        # Every process must take the same micro-batches and checkpoint alike: the strictest fit wins.
+        fits = distributed.gather((micro, plan))
+        micro = min(m for m, _ in fits)  # a divisor of rows, as every candidate is
+        accum = rows // micro
+        self.plan = strictest([p for _, p in fits])
+        resolved.micro_batch, resolved.grad_accum, resolved.processes = micro, accum, processes
+        resolved.effective_batch = micro * accum * processes
         resolved.checkpointing = describe(c.gradient_checkpointing, self.plan)
-        self.compiling = plan_training_compile(c.compile, self.tokens_to_train(), c.model, device.cuda(),
-                                               c.gradient_checkpointing)
+        self.compiling = plan_training_compile(c.compile, self.tokens_to_train() / processes, c.model,
+                                               device.cuda(), c.gradient_checkpointing)
         resolved.compile = self.compiling.reason
         if self.compiling.on:  # after the memory probes: they measure eager memory, which compiling only lowers
             compile_decoder_layers(self.model)
         resolved.examples = {"train": len(self.train_ds), "eval": len(self.eval_ds)}
         resolved.tokens = asdict(self.stats)
-        self.record.save(self.out)
+        distributed.on_main(lambda: self.record.save(self.out))
 
     def tokens_to_train(self) -> float:
         """Tokens the run will train on (padding aside), for weighing the compile cost."""
@@ -142,11 +161,10 @@ class FineTune:
             f"model      {c.model} ({c.quantization}, {r.precision}); LoRA r={c.lora_r} alpha={c.lora_alpha} "
             f"on {', '.join(r.lora_targets)}",
             f"params     {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)",
-            f"batch      micro {r.micro_batch} x accum {r.grad_accum} = effective {r.effective_batch}; "
-            "length-grouped, dynamic padding",
+            f"batch      {batch_product(r)} = effective {r.effective_batch}; length-grouped, dynamic padding",
             f"memory     activation checkpointing {r.checkpointing}{least_memory_hint()}",
             f"compile    {r.compile}",
-            f"device     {device.name()}{memory}",
+            f"device     {f'{r.processes} x ' if r.processes > 1 else ''}{device.name()}{memory}",
             f"output     {self.out}{resumed}",
         ]
         return "\n".join(["=" * 80, *lines, "=" * 80])
@@ -181,7 +199,7 @@ class FineTune:
                 self.interrupt.restore()
         self.train_seconds = time.perf_counter() - began
         self.compile_seconds = compile_seconds() - compiled_before if self.compiling.on else 0.0
-        if self.compiling.on and device.cuda() and self.compile_seconds:
+        if self.compiling.on and device.cuda() and self.compile_seconds and distributed.is_main():
             record_compile_cost(self.compiling.key, self.compile_seconds)
         epochs_run = max(0.0, (self.trainer.state.epoch or 0.0) - start_epoch)
         self.tokens_per_s = epochs_run * sum(self.train_ds["length"]) / max(self.train_seconds, 1e-9)
@@ -200,29 +218,34 @@ class FineTune:
 
     def save(self) -> None:
         """The adapter and tokenizer (moved into place whole), metrics, the loss plot, and the run
-        record marked finished, last: a folder whose record says finished is complete."""
-        from .plots import plot_losses
-
+        record marked finished, last: a folder whose record says finished is complete. Every process
+        evaluates its share; rank 0 writes."""
         metrics = dict(self.result.metrics)
         if len(self.eval_ds):
             metrics |= self.trainer.evaluate()
             if not math.isfinite(metrics["eval_loss"]):  # weights blown up by the last update
                 raise diverged_error("the eval loss is NaN/inf")
+        if self.plan is not None:
+            metrics["checkpoint_plan"] = self.plan.summary()
+        peaks = distributed.gather(device.peak_gib())
+        metrics |= {"train_seconds": self.train_seconds, "train_tokens_per_s": self.tokens_per_s,
+                    "processes": distributed.world_size(), "peak_gpu_gib": max(peaks) if device.cuda() else None,
+                    "compile": {"chosen": self.record.resolved.compile, "compile_seconds": self.compile_seconds},
+                    "out_of_memory_recoveries": self.trainer.memory_events,
+                    "log_history": self.trainer.state.log_history}
+        self.metrics = metrics
+        distributed.on_main(self._write_outputs)
+
+    def _write_outputs(self) -> None:
+        from .plots import plot_losses
+
         with self._stop_on_write_failure("the adapter"), \
                 tempfile.TemporaryDirectory(dir=self.out, prefix=".saving-") as scratch:
             self.model.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
             for item in Path(scratch).iterdir():
                 item.replace(self.out / item.name)
-        if self.plan is not None:
-            metrics["checkpoint_plan"] = self.plan.summary()
-        metrics |= {"train_seconds": self.train_seconds, "train_tokens_per_s": self.tokens_per_s,
-                    "peak_gpu_gib": device.peak_gib(),
-                    "compile": {"chosen": self.record.resolved.compile, "compile_seconds": self.compile_seconds},
-                    "out_of_memory_recoveries": self.trainer.memory_events,
-                    "log_history": self.trainer.state.log_history}
-        self.metrics = metrics
-        write_atomic(self.out / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_atomic(self.out / "train_metrics.json", json.dumps(self.metrics, indent=2) + "\n")
         plot_losses(self.trainer.state.log_history, self.out / "loss.png")
         self.record.state = FINISHED
         self.record.save(self.out)
@@ -272,9 +295,11 @@ class FineTune:
         if eval_loss is not None:
             losses += f", eval loss {eval_loss:.4f} on {len(self.eval_ds)} held-out examples"
         minutes, seconds = divmod(round(self.train_seconds), 60)
+        processes = distributed.world_size()
+        each = f" ({self.tokens_per_s / processes:,.0f} per process)" if processes > 1 else ""
         lines = [
             f"finished   {self.trainer.state.global_step} steps in {minutes} min {seconds} s, "
-            f"{self.tokens_per_s:,.0f} tokens/s",
+            f"{self.tokens_per_s:,.0f} tokens/s{each}",
             f"losses     {losses}",
             f"saved      {self.out}: adapter, tokenizer, run_config.json, {self.record.resolved.eval_file}, "
             "train_metrics.json, loss.png",
@@ -288,6 +313,12 @@ class FineTune:
                             else ""))
         lines.append(f"next       python chatglm_finetuning_tst.py --adapter {self.out}")
         return "\n".join(lines)
+
+
+def batch_product(resolved) -> str:
+    """How the effective batch is made: 'micro 4 x accum 2 x 2 processes'."""
+    processes = f" x {resolved.processes} processes" if resolved.processes > 1 else ""
+    return f"micro {resolved.micro_batch} x accum {resolved.grad_accum}{processes}"
 
 
 def least_memory_hint() -> str:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import CompileConfig
 from transformers.generation.streamers import BaseStreamer
 
-from . import device
+from . import device, distributed
 from .prompts import IGNORE_INDEX, Encoded, PadCollator
 from .tokenizer import stop_token_ids
 
@@ -111,7 +111,7 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
     stops = stop_token_ids(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generated | None] = [None] * len(prompts)
-    with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False) as bar:
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False, disable=not distributed.is_main()) as bar:
         for chunk in batches(order, batch_size, equal=decoding.compiled):
             batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
             batch = {k: v.to(model.device) for k, v in batch.items()}

@@ -206,7 +206,7 @@ class Sides:
 
         dtype = device.dtype(plan.precision)
         model = load_model(base, quantization=plan.quantization, dtype=dtype,
-                           device_map={"": 0} if device.cuda() else None)
+                           device_map={"": device.gpu()} if device.cuda() else None)
         model = load_adapter(model, adapter, base)
         if plan.merged and not keep_unmerged:
             model = model.unload()  # the plain base again; the adapter is merged after the base side

@@ -242,3 +242,12 @@ def split_rows(batch: dict, rows: int) -> list[dict]:
         width = min(padded_width(int(part["attention_mask"].sum(1).max())), part["input_ids"].shape[1])
         parts.append({k: v[:, :width] for k, v in part.items()})
     return parts
+
+
+def strictest(plans: list[CheckpointPlan | None]) -> CheckpointPlan | None:
+    """One plan that fits every process's GPU: the smallest budget and the largest costs that any
+    of them measured (each measured its own; a GPU shared with another job has less room)."""
+    if len(plans) == 1 or plans[0] is None:
+        return plans[0]
+    return CheckpointPlan(plans[0].layers, min(p.budget_bytes for p in plans),
+                          max(p.per_token_full for p in plans), max(p.per_token_none for p in plans))

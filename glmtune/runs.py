@@ -62,9 +62,10 @@ class Resolved:
     eval_file: str = ""  # in the run folder: eval.txt (seed format) or eval.jsonl (conversations)
     precision: str = ""
     lora_targets: list[str] = field(default_factory=list)
-    micro_batch: int = 0
+    micro_batch: int = 0  # per process
     grad_accum: int = 0
-    effective_batch: int = 0
+    processes: int = 1  # data-parallel processes (GPUs), each taking its own micro-batches
+    effective_batch: int = 0  # micro_batch x grad_accum x processes: rows per optimizer step
     checkpointing: str = ""
     compile: str = ""
     examples: dict = field(default_factory=dict)

@@ -9,13 +9,14 @@ import math
 import signal
 import sys
 import threading
+import time
 
 import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from . import device
+from . import device, distributed
 from .config import TrainConfig
 from .errors import TrainingError
 from .loss import chunked_loss
@@ -38,6 +39,9 @@ def training_arguments(config: TrainConfig, micro: int, accum: int, precision: s
         "report_to": config.reporters() or "none",  # TensorBoard writes to OUTPUT_DIR/runs/
         "seed": config.seed, "data_seed": config.seed, "remove_unused_columns": False,
         "dataloader_pin_memory": device.cuda(), "optim": "adamw_torch_fused",
+        # Every LoRA weight takes part in every step. Left unset, DDP would walk the autograd graph
+        # after each backward looking for unused ones (the Trainer assumes so for a PeftModel).
+        "ddp_find_unused_parameters": False,
     })
 
 
@@ -67,6 +71,9 @@ class GroupedTrainer(Trainer):
         self.checkpoint_plan, self.compiled = checkpoint_plan, compiled
         # Found once: walking every module of a 6B model on each micro-batch is wasted time.
         self.decoder_layers = decoder_layers(self.model) if checkpoint_plan is not None else []
+        # With several processes a micro-batch cannot be redone by one of them alone: the others
+        # already wait for its gradients. The plan they share leaves the margin instead.
+        self.redoes = distributed.world_size() == 1
         self.snapshot = GradientSnapshot(self.model)
         self.max_rows = float("inf")  # rows per micro-batch, lowered when one ran out of memory
         self.memory_events: list[str] = []  # each recovery, as said on the console
@@ -83,6 +90,8 @@ class GroupedTrainer(Trainer):
             return sum(self.training_step(model, part, num_items_in_batch)
                        for part in split_rows(inputs, self.max_rows))
         tokens = inputs["input_ids"].numel()
+        if not self.redoes:
+            return self._step_or_stop(model, inputs, num_items_in_batch, rows, tokens)
         self.snapshot.take()
         rng = torch.get_rng_state(), torch.cuda.get_rng_state() if device.cuda() else None
         while True:
@@ -99,6 +108,19 @@ class GroupedTrainer(Trainer):
             self._make_room(tokens, rows, count)
             if rows > self.max_rows:
                 return self.training_step(model, inputs, num_items_in_batch)
+
+    def _step_or_stop(self, model, inputs, num_items_in_batch, rows: int, tokens: int):
+        count = self.checkpoint_plan.apply(self.decoder_layers, tokens) if self.checkpoint_plan else None
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except torch.OutOfMemoryError:
+            pass  # raised below, once the traceback (holding the step's tensors) is gone
+        checkpointed = "" if count is None else f" with {count} of {self.checkpoint_plan.layers} layers checkpointed"
+        raise TrainingError(
+            f"process {distributed.rank()} ran out of GPU memory on a micro-batch of {rows} row{'s' * (rows > 1)} "
+            f"({tokens} tokens){checkpointed}; with several processes it cannot be redone alone. Run the same "
+            "command with --resume and --gpu-memory a few GiB below this GPU's free memory (or --batch-size 1 "
+            "--gradient-checkpointing on, the least memory); it continues from the last checkpoint")
 
     def _make_room(self, tokens: int, rows: int, count: int | None) -> None:
         """After an out-of-memory micro-batch: checkpoint more layers, else use fewer rows per
@@ -136,7 +158,8 @@ class GroupedTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        group = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        # One group per optimizer step of all processes: each takes every N-th micro-batch of it.
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         return SeededLengthGroupedSampler(group, dataset["length"], self.args.data_seed or self.args.seed)
 
 
@@ -160,25 +183,33 @@ class StopOnInterrupt(TrainerCallback):
     checkpoint is never resumed from)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # torchrun passes the terminal's Ctrl-C on to processes that the terminal already gave it to:
+    # the same press, arriving twice within milliseconds, is not a second one.
+    SAME_PRESS_S = 1.0
 
     def __init__(self):
         self.stopped_at: int | None = None
-        self._requested = False
+        self._requested: float | None = None  # when the first signal came
         self._previous: dict = {}
 
     def request(self, *_) -> None:
-        if self._requested:
+        if self._requested is not None:
+            if time.monotonic() - self._requested < self.SAME_PRESS_S:
+                return
             raise KeyboardInterrupt
-        self._requested = True
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+        self._requested = time.monotonic()
+        if distributed.is_main():  # every process got the signal; one line says what happens
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self.request) for sig in self.SIGNALS}
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._requested:
+        # Every process stops after the same step, whichever of them the signal reached: one that
+        # went on alone would wait forever for the others' gradients.
+        if distributed.any_process(self._requested is not None):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from glmtune.errors import Interrupted, RunDirError
 from glmtune.finetune import train
 from glmtune.runs import RunRecord, last_checkpoint
-from glmtune.trainer import training_arguments
+from glmtune.trainer import StopOnInterrupt, training_arguments
 
 from conftest import tiny_config
 
@@ -106,3 +106,16 @@ def test_optimisation_flags_reach_the_trainer(data_file, tmp_path):
     args = training_arguments(config, 4, 2, "fp32", has_eval=True)
     assert (args.lr_scheduler_type.value, args.max_grad_norm, args.save_total_limit, args.weight_decay,
             args.eval_strategy.value) == ("cosine", 0.3, None, 0.1, "epoch")
+
+
+def test_a_signal_repeated_at_once_is_the_same_ctrl_c_and_a_later_one_stops_at_once(monkeypatch):
+    # torchrun passes the terminal's Ctrl-C on to workers that already got it from the terminal
+    clock = [100.0]
+    monkeypatch.setattr("glmtune.trainer.time.monotonic", lambda: clock[0])
+    stop = StopOnInterrupt()
+    stop.request()
+    clock[0] += 0.01
+    stop.request()  # the launcher's copy of the same press: no KeyboardInterrupt
+    clock[0] += StopOnInterrupt.SAME_PRESS_S
+    with pytest.raises(KeyboardInterrupt):
+        stop.request()
