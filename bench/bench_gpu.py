@@ -7,6 +7,7 @@ On one GPU, with ../shared beside the repo (or --shared PATH):
     python bench/bench_gpu.py --part compare    # the comparison script four ways; ~5 min on an H200
     python bench/bench_gpu.py --part export     # compare, then export its run in both layouts; +2 min
     python bench/bench_gpu.py --part ablate     # each speed setting on and off, side by side; ~3 min
+    python bench/bench_gpu.py --part gpus       # default command: python, then torchrun on 1, 2, ... GPUs; ~3 min each
 Each part builds (or reuses) a random-weight checkpoint in the ORIGINAL ChatGLM3 layout under
 --workdir, prints a table and merges its numbers into bench/results/latest.json. Then, wherever the
 JSON ends up:
@@ -453,6 +454,69 @@ def part_cards(args, ckpt: Path, shared: Path) -> dict:
     return results
 
 
+def launched(gpus: int) -> list[str]:
+    """The command prefix that starts the scripts: plain python (0), or torchrun with `gpus` processes."""
+    if gpus == 0:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus)]
+
+
+def part_gpus(args, ckpt: Path, shared: Path) -> dict:
+    """The default 3-epoch command on financial_data.txt, whole process, started by plain python, by
+    torchrun with one process, and by torchrun with each larger power of two up to every GPU; then
+    the comparison on its eval split the same ways. Scaling efficiency: tokens/s with N GPUs over
+    N x tokens/s with torchrun on one."""
+    available = torch.cuda.device_count() if CUDA else 2  # --smoke: two CPU processes (gloo)
+    counts = [0] + [n for n in (1, 2, 4, 8) if n <= available]
+    results = {"gpus_available": available, "train": {}, "compare": {}}
+    for gpus in counts:
+        label = f"torchrun_{gpus}" if gpus else "python"
+        out = args.workdir / f"gpus_{label}"
+        began = time.perf_counter()
+        done = subprocess.run([*launched(gpus), str(REPO / "chatglm_finetuning.py"), "--model", str(ckpt), "--data",
+                               str(REPO / "financial_data.txt"), "--output-dir", str(out), "--overwrite"],
+                              capture_output=True, text=True)
+        row = {"process_wall_s": time.perf_counter() - began, "exit": done.returncode}
+        if done.returncode:
+            row["error"] = done.stderr[-3000:]
+            print(done.stderr[-3000:], flush=True)
+            results["train"][label] = row
+            continue
+        resolved = json.loads((out / "run_config.json").read_text())["resolved"]
+        metrics = json.loads((out / "train_metrics.json").read_text())
+        results["train"][label] = row | {
+            "processes": resolved["processes"], "micro_batch": resolved["micro_batch"],
+            "grad_accum": resolved["grad_accum"], "effective_batch": resolved["effective_batch"],
+            "real_tok_s": metrics["train_tokens_per_s"], "train_s": metrics["train_seconds"],
+            "eval_loss": metrics.get("eval_loss"), "peak_gib": metrics["peak_gpu_gib"],
+            "compile": resolved["compile"]}
+        print(json.dumps({label: results["train"][label]}), flush=True)
+        folder = args.workdir / f"gpus_compare_{label}"
+        began = time.perf_counter()
+        done = subprocess.run([*launched(gpus), str(REPO / "chatglm_finetuning_tst.py"), "--adapter",
+                               str(args.workdir / "gpus_python"), "--output", str(folder), "--overwrite"],
+                              capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr[-3000:], flush=True)
+            results["compare"][label] = {"exit": done.returncode, "error": done.stderr[-3000:]}
+            continue
+        report = json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
+        results["compare"][label] = {"process_wall_s": time.perf_counter() - began,
+                                     "prompts": report["settings"]["prompts"],
+                                     "base_tok_per_s": report["timing"]["base"]["tok_per_s"],
+                                     "tuned_tok_per_s": report["timing"]["tuned"]["tok_per_s"],
+                                     "answers": [s["tuned"]["answer"] for s in report["samples"]]}
+    one = results["train"].get("torchrun_1", {}).get("real_tok_s")
+    for label, row in results["train"].items():
+        if one and row.get("real_tok_s") and row.get("processes", 1) > 1:
+            row["scaling_efficiency"] = row["real_tok_s"] / (row["processes"] * one)
+    reference = results["compare"].get("python", {}).get("answers")
+    for row in results["compare"].values():
+        if reference and "answers" in row:
+            row["same_answers_as_python"] = sum(a == b for a, b in zip(row["answers"], reference))
+    return results
+
+
 def part_export(args, ckpt: Path, shared: Path) -> dict:
     """`python -m glmtune.export` of the comparison's run (random LoRA on the 6B checkpoint), both
     layouts: time per stage, peak GPU memory, size on disk. Each export is deleted once measured."""
@@ -545,6 +609,24 @@ def table(results: dict) -> list[str]:
                          f"{r['warm_up_s']:>9.1f} {r['base_tok_per_s']:>10.0f} {r['tuned_tok_per_s']:>11.0f} "
                          f"{r['tuned_tok_per_s'] / r['base_tok_per_s']:>10.2f}  {r['weights'].split(';')[0]}; "
                          f"{r['decoding'].split(' (')[0]}")
+    if "gpus" in results:
+        g = results["gpus"]
+        lines.append(f"default command on financial_data.txt ({g['gpus_available']} GPUs here): {'launcher':12} "
+                     f"{'micro x acc x procs':>19} {'process s':>9} {'train s':>7} {'real tok/s':>10} {'scaling':>7} "
+                     f"{'eval loss':>9}")
+        for label, r in g["train"].items():
+            if r["exit"]:
+                lines.append(f"{'':>44}{label:12} FAILED: {r['error'].strip().splitlines()[-1]}")
+                continue
+            batch = f"{r['micro_batch']} x {r['grad_accum']} x {r['processes']}"
+            scaling = f"{100 * r['scaling_efficiency']:.0f}%" if "scaling_efficiency" in r else "-"
+            lines.append(f"{'':>44}{label:12} {batch:>19} {r['process_wall_s']:>9.1f} {r['train_s']:>7.1f} "
+                         f"{r['real_tok_s']:>10.0f} {scaling:>7} {r['eval_loss'] or 0:>9.4f}")
+        for label, r in g["compare"].items():
+            if "answers" in r:
+                lines.append(f"comparison {label:12}: {r['process_wall_s']:.1f} s for {r['prompts']} prompts, tuned "
+                             f"{r['tuned_tok_per_s']:.0f} tok/s; greedy answers as with python: "
+                             f"{r.get('same_answers_as_python', '-')} of {len(r['answers'])}")
     if "export" in results:
         for fmt, r in results["export"].items():
             sec = r["seconds"]
@@ -612,6 +694,15 @@ def main(args):
         results["tuned_b1_tok_s"] = c["one_at_a_time"]["tuned_tok_per_s"]
         out.write_text(json.dumps(results, indent=2))
         print("\n".join(table(results)), flush=True)
+    if args.part == "gpus":
+        results["gpus"] = part_gpus(args, ckpt, args.shared)
+        rows = results["gpus"]["train"]
+        results["ddp_real_tok_s_by_gpus"] = {str(r["processes"]): r["real_tok_s"] for label, r in rows.items()
+                                             if label != "python" and "real_tok_s" in r}
+        results["ddp_scaling_efficiency"] = {str(r["processes"]): r["scaling_efficiency"] for r in rows.values()
+                                             if "scaling_efficiency" in r}
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
     if args.part in ("export", "all"):  # exports the comparison's run
         results["export"] = part_export(args, ckpt, args.shared)
         out.write_text(json.dumps(results, indent=2))
@@ -621,8 +712,9 @@ def main(args):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--part", choices=("train", "cards", "compare", "export", "all", "ablate"), default="all",
-                   help="what to measure; ablate: each speed setting on and off, side by side")
+    p.add_argument("--part", choices=("train", "cards", "compare", "export", "all", "ablate", "gpus"), default="all",
+                   help="what to measure; ablate: each speed setting on and off, side by side; gpus: the default "
+                        "command on 1, 2, ... GPUs (torchrun)")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with chatglm3/ and realdata/")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/glmtune-bench"), help="checkpoint and scratch space")
     p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per training mode")
