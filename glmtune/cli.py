@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import distributed
 from .config import base_type, convert, from_text
-from .errors import ConfigError, GlmtuneError, Interrupted
+from .errors import ConfigError, GlmtuneError, Interrupted, TrainingError
 from .files import FULL, write_failure
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -36,7 +36,9 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad setting is one line: the usage block would bury it (26 lines of flags)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (--help lists the settings)\n")
+        # Every process of a launch parses the same flags: rank 0 alone says what is wrong.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (--help lists the settings)\n" if distributed.is_main()
+                  else None)
 
 
 def build_parser(cls, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -146,44 +148,55 @@ def message(err: BaseException) -> str:
 
 def run(main, *args, debug: bool = False) -> None:
     """Call main(*args); turn the errors a user can act on into one line on stderr and an exit code.
-    With debug, re-raise for the full traceback. With several processes, rank 0 speaks for all:
-    the others leave quietly when it stopped them (or when it reports the same interruption), and
-    name themselves when the error is their own."""
+    With debug, re-raise for the full traceback."""
     try:
         main(*args)
-    except distributed.Elsewhere:
-        sys.exit(EXIT_ERROR)
-    except Interrupted as err:
+    except Exception as err:
         if debug:
             raise
-        if distributed.is_main():
-            print(f"\n{err}", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        explained = explain(err)
+        if explained is None:  # a bug: its traceback is what helps
+            raise
+        code, line = explained
+        # With several processes, rank 0 speaks for all: the others name themselves only for
+        # what befell them alone (their GPU's memory, their disk); anything from the shared inputs
+        # they would repeat word for word.
+        if line and (distributed.is_main() or isinstance(err, (TrainingError, OSError))
+                     or write_failure(err) is not None):
+            _say(line)
+        distributed.stop(cleanly=not distributed.lost_peer(err))
+        sys.exit(code)
     except KeyboardInterrupt:
         if debug:
             raise
-        _say("\ninterrupted; nothing half-written was kept")
+        if distributed.is_main():
+            _say("\ninterrupted; nothing half-written was kept")
         sys.exit(EXIT_INTERRUPTED)
-    except GlmtuneError as err:
-        if debug:
-            raise
-        _say(f"error: {message(err)}")
-        sys.exit(EXIT_USAGE if isinstance(err, ConfigError) else EXIT_ERROR)
-    except OSError as err:
-        if debug:
-            raise
-        _say(f"error: {os_error(err)}")
-        sys.exit(EXIT_ERROR)
-    except Exception as err:  # torch and safetensors report a full disk as their own error types
-        reason = write_failure(err)
-        if debug or reason is None:
-            raise
-        _say(f"error: a write failed: {reason}; free some space and run the same command again")
-        sys.exit(EXIT_ERROR)
+    distributed.stop()
+
+
+def explain(err: Exception) -> tuple[int, str | None] | None:
+    """(exit code, the line to print) for an error a user can act on; None for a bug."""
+    if isinstance(err, distributed.Elsewhere):
+        return EXIT_ERROR, None
+    if isinstance(err, Interrupted):
+        return EXIT_INTERRUPTED, f"\n{err}"
+    if isinstance(err, GlmtuneError):
+        return EXIT_USAGE if isinstance(err, ConfigError) else EXIT_ERROR, f"error: {message(err)}"
+    if isinstance(err, OSError):
+        return EXIT_ERROR, f"error: {os_error(err)}"
+    if distributed.lost_peer(err):
+        return EXIT_ERROR, ("error: another process of this run stopped (its own line, or the launcher's report, "
+                            "says why); --resume continues from the last checkpoint")
+    reason = write_failure(err)  # torch and safetensors report a full disk as their own error types
+    if reason is not None:
+        return EXIT_ERROR, f"error: a write failed: {reason}; free some space and run the same command again"
+    return None
 
 
 def _say(line: str) -> None:
-    where = "" if distributed.world_size() == 1 else f"[rank {distributed.rank()}] "
+    """On stderr; from a process other than rank 0, with its rank."""
+    where = "" if distributed.is_main() else f"[rank {distributed.rank()}] "
     body = line.lstrip("\n")
     print(line[:len(line) - len(body)] + where + body, file=sys.stderr)
 

@@ -88,11 +88,11 @@ class Comparison:
             for i, (ex, reference) in enumerate(self.items) if reference is not None}
         scored_len = max((len(row.input_ids) for row in self.scored.values()), default=0)
         self.mine = distributed.share(len(self.prompts))  # this process's prompts; all of them with one
+        free = min(distributed.gather(device.free_memory()))  # the fullest GPU's
 
         def plan():  # rank 0 decides for all, so that every process holds the weights and decodes alike
             weights = plan_weights(c.quantization, self.run.config.quantization, Shape.of_model(self.base),
-                                   device.free_memory(), len(self.mine), width, cache_len, c.batch_size,
-                                   device.cuda(), scored_len)
+                                   free, len(self.mine), width, cache_len, c.batch_size, device.cuda(), scored_len)
             compiling = plan_compile(c.compile, weights, len(self.mine), c.max_new_tokens, cache_len, self.base,
                                      device.cuda())
             return weights, compiling, output_dir(c)  # the folder claimed now: after every check, before any model

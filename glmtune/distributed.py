@@ -38,13 +38,33 @@ def start() -> None:
         return
     import torch
     from accelerate import PartialState
-
     from transformers.utils import logging as hf_logging
 
     PartialState(cpu=not torch.cuda.is_available())
     if not is_main():
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (for the process's life)
         hf_logging.disable_progress_bar()
+
+
+def stop(cleanly: bool = True) -> None:
+    """Leave the process group before the interpreter ends (gloo's threads otherwise abort the
+    process at exit now and then). Not `cleanly` after a lost peer: NCCL may wait for it forever."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    if cleanly and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective broken by another process's end (killed, or stopped by its
+    own error): NCCL's DistError, or gloo's RuntimeError naming the peer."""
+    if world_size() == 1 or not isinstance(error, RuntimeError):
+        return False
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError) or "by peer" in str(error)
 
 
 class Elsewhere(Exception):
@@ -89,6 +109,6 @@ def any_process(flag: bool) -> bool:
 
 
 def share(count: int) -> range:
-    """This process's share of `count` items (every N-th, from its rank): shares differ by at
-    most one item, and long and short prompts spread evenly when they come sorted."""
+    """This process's share of `count` items: every N-th, from its rank (shares differ by at most
+    one item)."""
     return range(rank(), count, world_size())

@@ -206,6 +206,7 @@ class FineTune:
         loss = self.result.training_loss
         diverged = (loss is not None and not math.isfinite(loss)) or not all(
             p.isfinite().all() for p in self.model.parameters() if p.requires_grad)
+        diverged = distributed.any_process(diverged)  # each process's mean loss is its own: all stop, or none
         if self.nan_guard.bad_step is not None or diverged:
             # The guard sees logged losses only; a run shorter than --logging-steps, or whose last
             # update overflowed, shows in its mean loss or in the LoRA weights themselves.

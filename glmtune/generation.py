@@ -83,6 +83,8 @@ def warm_up(model, tokenizer, prompts: list[list[int]], decoding: Decoding, batc
     seconds. The first CUDA generate pays one-off costs (kernel loading, library handles: 10 s on an
     H200), and a compiled one its compile and CUDA-graph recording (three decoding steps), which
     would otherwise land on whichever side runs first and in its per-token figures."""
+    if not prompts:  # a process whose share of fewer prompts than processes is none
+        return 0.0
     short = dataclasses.replace(decoding, max_new_tokens=4, do_sample=False)
     first = batches(list(range(len(prompts))), batch_size, equal=True)[0]
     device.synchronize()

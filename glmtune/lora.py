@@ -51,8 +51,9 @@ def check_adapter_files(folder: Path) -> None:
     """ConfigError when a run folder lacks its adapter (a run that never finished)."""
     missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
     if missing:
-        raise ConfigError("adapter", f"{folder} is incomplete: {', '.join(missing)} missing. Did the training "
-                                     "run finish? Run it again with --resume.")
+        raise ConfigError("adapter", f"{folder} is incomplete: {', '.join(missing)} missing. If its training run "
+                                     "was interrupted, continue it (the same command with --resume); if the files "
+                                     "were removed or not copied, copy them again or train again")
 
 
 def load_adapter(model, folder: Path, base: str):

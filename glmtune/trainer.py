@@ -160,7 +160,15 @@ class GroupedTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         # One group per optimizer step of all processes: each takes every N-th micro-batch of it.
         group = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return SeededLengthGroupedSampler(group, dataset["length"], self.args.data_seed or self.args.seed)
+        self.sampler = SeededLengthGroupedSampler(group, dataset["length"], self.args.data_seed or self.args.seed)
+        return self.sampler
+
+    def _run_epoch(self, *args, epoch, **kwargs):
+        # The Trainer's set_epoch reaches the sampler through accelerate's wrappers except in a
+        # resumed epoch with several processes (one wrapper more), which would then replay epoch
+        # 0's shuffle.
+        self.sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
 
 class StopOnNonFiniteLoss(TrainerCallback):

@@ -17,11 +17,15 @@ from conftest import REPO, tiny_config
 from glmtune import cli, distributed
 from glmtune.comparison import compare
 from glmtune.config import CompareConfig, ExportConfig, TrainConfig
-from glmtune.errors import DataError
+from glmtune.errors import DataError, TrainingError
 from glmtune.finetune import train
 
 # Dropout off: each process draws its own masks, so with dropout the runs are alike only in distribution.
-FLAGS = ("--max-steps", "4", "--save-steps", "2", "--learning-rate", "5e-3", "--lora-dropout", "0")
+# 20 training rows make 5 micro-batches of 2 for each of 2 processes: no epoch ends in a part-filled
+# step, where accelerate would top up the shorter process with rows from the epoch's start. 8 steps
+# of 4 rows cross an epoch's end (at step 5); checkpoint-6 lies in the second epoch.
+FLAGS = ("--max-steps", "8", "--save-steps", "6", "--learning-rate", "5e-3", "--lora-dropout", "0",
+         "--eval-ratio", "0.17")
 NOISE = ("Warning", "kernels", "Traceback", "deprecated")
 
 
@@ -42,8 +46,8 @@ def launch(launcher, script, *argv, cwd):
 def two_processes(data_file, tmp_path_factory):
     """A finished two-process run: micro 2 x accum 1 x 2 processes = effective 4."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    argv = ["--model", "tiny", "--data", str(data_file), "--output-dir", str(out), "--eval-ratio", "0.1",
-            "--batch-size", "2", "--grad-accum", "1", "--logging-steps", "1", *FLAGS]  # as tiny_config has them
+    argv = ["--model", "tiny", "--data", str(data_file), "--output-dir", str(out), "--batch-size", "2",
+            "--grad-accum", "1", "--logging-steps", "1", *FLAGS]  # as tiny_config has them
     result = launch(TORCHRUN, "chatglm_finetuning.py", *argv, cwd=out.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, argv, result
@@ -60,15 +64,15 @@ def test_two_processes_write_one_adapter_equal_to_one_process_with_the_same_effe
     for noise in NOISE:
         assert noise not in console, noise
     assert result.stdout.count("batch      micro 2 x accum 1 x 2 processes = effective 4") == 1  # rank 0 alone
-    assert len(re.findall(r"finished\s+4 steps", result.stdout)) == 1
+    assert len(re.findall(r"finished\s+8 steps", result.stdout)) == 1
 
     single = tmp_path / "one"
     job = train(tiny_config(data_file, single, *FLAGS, "--grad-accum", "2", "--batch-size", "2"))
     assert job.record.resolved.effective_batch == 4
     # the same files, once: nothing per process beside the Trainer's own per-rank RNG states
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single.iterdir())
-    assert sorted(p.name for p in (out / "checkpoint-2").iterdir() if "rng_state" not in p.name) == \
-        sorted(p.name for p in (single / "checkpoint-2").iterdir() if "rng_state" not in p.name)
+    assert sorted(p.name for p in (out / "checkpoint-6").iterdir() if "rng_state" not in p.name) == \
+        sorted(p.name for p in (single / "checkpoint-6").iterdir() if "rng_state" not in p.name)
     resolved = json.loads((out / "run_config.json").read_text(encoding="utf-8"))["resolved"]
     assert (resolved["micro_batch"], resolved["grad_accum"], resolved["processes"], resolved["effective_batch"]) == \
         (2, 1, 2, 4)
@@ -97,20 +101,23 @@ from glmtune.finetune import train
 killed, finished, report = map(Path, sys.argv[1:4])
 config, _ = cli.parse_args(TrainConfig, "resume", sys.argv[4:])
 train(config)
-compare_config = CompareConfig(adapter=finished, output=report, max_new_tokens=12)
-compare_config.validate()
-compare(compare_config)
+for settings in ({"output": report, "max_new_tokens": 12},
+                 {"output": report.with_name("one-prompt"), "prompt": ["孩子发烧怎么办？"], "max_new_tokens": 4}):
+    compare_config = CompareConfig(adapter=finished, **settings)
+    compare_config.validate()
+    compare(compare_config)
 """
 
 
 @pytest.fixture(scope="module")
 def resumed_and_compared(two_processes):
-    """What a kill after step 2 leaves (the run recorded as running, checkpoint-2, nothing after
-    it) resumed by two processes; and the finished run compared by two processes. Launched by
-    accelerate, as the training run was by torchrun."""
+    """What a kill after step 6 leaves (the run recorded as running, checkpoint-6, nothing after
+    it) resumed by two processes; and the finished run compared by two processes, on its eval
+    split and on one question (a process without a prompt). Launched by accelerate, as the
+    training run was by torchrun."""
     out, argv, _ = two_processes
     killed = out.with_name("killed")
-    shutil.copytree(out / "checkpoint-2", killed / "checkpoint-2")
+    shutil.copytree(out / "checkpoint-6", killed / "checkpoint-6")
     record = json.loads((out / "run_config.json").read_text(encoding="utf-8"))
     (killed / "run_config.json").write_text(json.dumps(record | {"state": "running"}), encoding="utf-8")
     worker = out.with_name("worker.py")
@@ -140,7 +147,7 @@ def test_two_process_comparison_equals_the_one_process_report(two_processes, res
     two, one = (json.loads((path / "chatglm_comparison.json").read_text(encoding="utf-8"))
                 for path in (folder, tmp_path / "one"))
     assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
-    assert len(one["samples"]) == 2
+    assert len(one["samples"]) == 4
     for report in (one, two):  # clock readings differ from run to run; every other number must not
         for sample in report["samples"]:
             for side in ("base", "tuned"):
@@ -151,6 +158,8 @@ def test_two_process_comparison_equals_the_one_process_report(two_processes, res
     assert two["samples"] == one["samples"]
     assert two["aggregate"] == one["aggregate"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    question = json.loads((folder.with_name("one-prompt") / "chatglm_comparison.json").read_text(encoding="utf-8"))
+    assert [sample["prompt"] for sample in question["samples"]] == ["孩子发烧怎么办？"]
 
 
 # ---------- what a launcher's environment changes, in one process ----------
@@ -177,17 +186,33 @@ def test_the_effective_batch_must_split_over_the_processes(capsys, monkeypatch, 
         capsys, ExportConfig, "--adapter", str(out))
 
 
-def test_other_ranks_name_themselves_or_leave_quietly(capsys, monkeypatch):
+@pytest.mark.parametrize("rank, error, line", [
+    ("0", DataError("eval.txt: no usable examples"), "error: eval.txt: no usable examples\n"),
+    ("1", DataError("eval.txt: no usable examples"), ""),  # the same inputs: rank 0 says it
+    ("1", TrainingError("out of GPU memory"), "[rank 1] error: out of GPU memory\n"),  # its own GPU
+    ("1", OSError(28, "No space left on device", "out/x"), "[rank 1] error: out/x: no space left on the device; "
+                                                           "free some space and run the same command again\n"),
+    ("1", distributed.Elsewhere("RunDirError: out holds another run"), ""),  # rank 0 raised and reports it
+    ("0", RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:34960"),
+     "error: another process of this run stopped (its own line, or the launcher's report, says why); --resume "
+     "continues from the last checkpoint\n"),
+    ("1", RuntimeError("[pair.cc:537] Read error: Connection reset by peer"), ""),
+])
+def test_each_process_says_only_what_is_its_own(capsys, monkeypatch, rank, error, line):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main)
+    assert exit_.value.code == 1 and capsys.readouterr().err == line
+
+
+def test_a_bad_flag_is_said_once_by_rank_0(capsys, monkeypatch, data_file):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-
-    def own_error():
-        raise DataError("eval.txt: unreadable")
-
-    def rank_0_error():
-        raise distributed.Elsewhere("RunDirError: out holds another run")
-
-    for main, line in ((own_error, "[rank 1] error: eval.txt: unreadable\n"), (rank_0_error, "")):
-        with pytest.raises(SystemExit) as exit_:
-            cli.run(main)
-        assert exit_.value.code == 1 and capsys.readouterr().err == line
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(TrainConfig, "test", ["--data", str(data_file), "--lora-r", "0"])
+    assert exit_.value.code == 2 and capsys.readouterr().err == ""
