@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import distributed
 from .config import base_type, convert, from_text
-from .errors import ConfigError, GlmtuneError, Interrupted, TrainingError
+from .errors import ConfigError, Diverged, GlmtuneError, Interrupted, TrainingError
 from .files import FULL, write_failure
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -161,8 +161,8 @@ def run(main, *args, debug: bool = False) -> None:
         # With several processes, rank 0 speaks for all: the others name themselves only for
         # what befell them alone (their GPU's memory, their disk); anything from the shared inputs
         # they would repeat word for word.
-        if line and (distributed.is_main() or isinstance(err, (TrainingError, OSError))
-                     or write_failure(err) is not None):
+        own = isinstance(err, (TrainingError, OSError)) and not isinstance(err, Diverged)
+        if line and (distributed.is_main() or own or write_failure(err) is not None):
             _say(line)
         distributed.stop(cleanly=not distributed.lost_peer(err))
         sys.exit(code)

@@ -30,7 +30,11 @@ class RunDirError(GlmtuneError):
 
 
 class TrainingError(GlmtuneError):
-    """Training stopped on a condition the user must act on (e.g. a NaN loss)."""
+    """Training stopped on a condition the user must act on (out of memory, a full disk)."""
+
+
+class Diverged(TrainingError):
+    """The loss or the weights became NaN/inf: seen alike by every process of a run."""
 
 
 class Interrupted(GlmtuneError):

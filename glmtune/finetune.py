@@ -15,7 +15,7 @@ from pathlib import Path
 from . import device, distributed
 from .config import TrainConfig
 from .data import read_dataset, split_eval, write_examples
-from .errors import ConfigError, Interrupted, TrainingError
+from .errors import ConfigError, Diverged, Interrupted, TrainingError
 from .hub import needs_gpu
 from .lora import attach_lora, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, strictest, uses_checkpointing
@@ -171,7 +171,7 @@ class FineTune:
 
     def train(self) -> None:
         """Run the Trainer. Ctrl-C saves a checkpoint and raises Interrupted; a NaN loss raises
-        TrainingError; neither leaves a final adapter behind."""
+        Diverged; neither leaves a final adapter behind."""
         from .compiling import compile_seconds, record_compile_cost
         from .trainer import GroupedTrainer, StopOnInterrupt, StopOnNonFiniteLoss, training_arguments
 
@@ -329,8 +329,8 @@ def least_memory_hint() -> str:
     return "; least memory (slowest): --batch-size 1 --gradient-checkpointing on"
 
 
-def diverged_error(what: str) -> TrainingError:
-    return TrainingError(f"{what}; no final adapter was saved. Lower --learning-rate (e.g. 5e-5), use --precision "
+def diverged_error(what: str) -> Diverged:
+    return Diverged(f"{what}; no final adapter was saved. Lower --learning-rate (e.g. 5e-5), use --precision "
                          "bf16 instead of fp16 (fp16 overflows), or check the data report for broken lines")
 
 

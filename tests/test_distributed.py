@@ -17,7 +17,7 @@ from conftest import REPO, tiny_config
 from glmtune import cli, distributed
 from glmtune.comparison import compare
 from glmtune.config import CompareConfig, ExportConfig, TrainConfig
-from glmtune.errors import DataError, TrainingError
+from glmtune.errors import DataError, Diverged, TrainingError
 from glmtune.finetune import train
 
 # Dropout off: each process draws its own masks, so with dropout the runs are alike only in distribution.
@@ -190,6 +190,7 @@ def test_the_effective_batch_must_split_over_the_processes(capsys, monkeypatch, 
     ("0", DataError("eval.txt: no usable examples"), "error: eval.txt: no usable examples\n"),
     ("1", DataError("eval.txt: no usable examples"), ""),  # the same inputs: rank 0 says it
     ("1", TrainingError("out of GPU memory"), "[rank 1] error: out of GPU memory\n"),  # its own GPU
+    ("1", Diverged("the training loss became NaN/inf"), ""),  # every process sees the gathered loss
     ("1", OSError(28, "No space left on device", "out/x"), "[rank 1] error: out/x: no space left on the device; "
                                                            "free some space and run the same command again\n"),
     ("1", distributed.Elsewhere("RunDirError: out holds another run"), ""),  # rank 0 raised and reports it
