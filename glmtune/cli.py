@@ -162,7 +162,7 @@ def run(main, *args, debug: bool = False) -> None:
         # what befell them alone (their GPU's memory, their disk); anything from the shared inputs
         # they would repeat word for word.
         own = isinstance(err, (TrainingError, OSError)) and not isinstance(err, Diverged)
-        if line and (distributed.is_main() or own or write_failure(err) is not None):
+        if line and (distributed.is_main() or own or distributed.lost_peer(err) or write_failure(err) is not None):
             _say(line)
         distributed.stop(cleanly=not distributed.lost_peer(err))
         sys.exit(code)
@@ -170,15 +170,20 @@ def run(main, *args, debug: bool = False) -> None:
         if debug:
             raise
         if distributed.is_main():
-            _say("\ninterrupted; nothing half-written was kept")
+            _say(INTERRUPTED)
         sys.exit(EXIT_INTERRUPTED)
     distributed.stop()
+
+
+INTERRUPTED = "\ninterrupted; nothing half-written was kept"
 
 
 def explain(err: Exception) -> tuple[int, str | None] | None:
     """(exit code, the line to print) for an error a user can act on; None for a bug."""
     if isinstance(err, distributed.Elsewhere):
         return EXIT_ERROR, None
+    if _caused_by_ctrl_c(err):  # e.g. an import cut short, which Python reports as an ImportError
+        return EXIT_INTERRUPTED, INTERRUPTED if distributed.is_main() else None
     if isinstance(err, Interrupted):
         return EXIT_INTERRUPTED, f"\n{err}"
     if isinstance(err, GlmtuneError):
@@ -186,12 +191,20 @@ def explain(err: Exception) -> tuple[int, str | None] | None:
     if isinstance(err, OSError):
         return EXIT_ERROR, f"error: {os_error(err)}"
     if distributed.lost_peer(err):
-        return EXIT_ERROR, ("error: another process of this run stopped (its own line, or the launcher's report, "
+        return EXIT_ERROR, ("\nerror: another process of this run stopped (its own line, or the launcher's report, "
                             "says why); --resume continues from the last checkpoint")
     reason = write_failure(err)  # torch and safetensors report a full disk as their own error types
     if reason is not None:
         return EXIT_ERROR, f"error: a write failed: {reason}; free some space and run the same command again"
     return None
+
+
+def _caused_by_ctrl_c(err: BaseException) -> bool:
+    while err is not None:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _say(line: str) -> None:

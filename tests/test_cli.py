@@ -121,12 +121,19 @@ def test_compare_flags(capsys, trained, tmp_path):
                                                          cls=CompareConfig)
 
 
+def cut_short_import() -> ImportError:
+    error = ImportError("initialization failed")
+    error.__cause__ = KeyboardInterrupt()
+    return error
+
+
 @pytest.mark.parametrize("error, code, line", [
     (ConfigError("precision", "bf16 needs a CUDA GPU"), 2, "error: --precision bf16 needs a CUDA GPU"),
     (DataError("a.txt: no usable examples"), 1, "error: a.txt: no usable examples"),
     (RunDirError("out holds another run"), 1, "error: out holds another run"),
     (OSError(28, "No space left on device", "out/loss.png"), 1, "error: out/loss.png: no space left on the device"),
     (KeyboardInterrupt(), 130, "interrupted"),
+    (cut_short_import(), 130, "interrupted"),  # a Ctrl-C inside a compiled module's start-up
 ])
 def test_error_boundary_prints_one_line(capsys, error, code, line):
     def main():

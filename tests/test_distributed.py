@@ -195,9 +195,11 @@ def test_the_effective_batch_must_split_over_the_processes(capsys, monkeypatch, 
                                                            "free some space and run the same command again\n"),
     ("1", distributed.Elsewhere("RunDirError: out holds another run"), ""),  # rank 0 raised and reports it
     ("0", RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:34960"),
-     "error: another process of this run stopped (its own line, or the launcher's report, says why); --resume "
+     "\nerror: another process of this run stopped (its own line, or the launcher's report, says why); --resume "
      "continues from the last checkpoint\n"),
-    ("1", RuntimeError("[pair.cc:537] Read error: Connection reset by peer"), ""),
+    ("1", RuntimeError("[pair.cc:537] Read error: Connection reset by peer"),
+     "\n[rank 1] error: another process of this run stopped (its own line, or the launcher's report, says why); "
+     "--resume continues from the last checkpoint\n"),  # rank 0 may be the one that died
 ])
 def test_each_process_says_only_what_is_its_own(capsys, monkeypatch, rank, error, line):
     monkeypatch.setenv("WORLD_SIZE", "2")
