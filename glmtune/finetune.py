@@ -312,7 +312,8 @@ class FineTune:
             lines.append(f"logs       {', '.join(self.config.reporters())}"
                          + (f" (tensorboard --logdir {self.out / 'runs'})" if "tensorboard" in self.config.reporters()
                             else ""))
-        lines.append(f"next       python chatglm_finetuning_tst.py --adapter {self.out}")
+        launcher = f"torchrun --nproc_per_node {processes}" if processes > 1 else "python"
+        lines.append(f"next       {launcher} chatglm_finetuning_tst.py --adapter {self.out}")
         return "\n".join(lines)
 
 

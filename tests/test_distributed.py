@@ -65,6 +65,7 @@ def test_two_processes_write_one_adapter_equal_to_one_process_with_the_same_effe
         assert noise not in console, noise
     assert result.stdout.count("batch      micro 2 x accum 1 x 2 processes = effective 4") == 1  # rank 0 alone
     assert len(re.findall(r"finished\s+8 steps", result.stdout)) == 1
+    assert f"next       torchrun --nproc_per_node 2 chatglm_finetuning_tst.py --adapter {out}" in result.stdout
 
     single = tmp_path / "one"
     job = train(tiny_config(data_file, single, *FLAGS, "--grad-accum", "2", "--batch-size", "2"))
