@@ -191,8 +191,8 @@ class StopOnInterrupt(TrainerCallback):
     checkpoint is never resumed from)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    # torchrun passes the terminal's Ctrl-C on to processes that the terminal already gave it to:
-    # the same press, arriving twice within milliseconds, is not a second one.
+    # Where torchrun's workers share its terminal, one Ctrl-C reaches them twice, from the terminal
+    # and passed on by torchrun, within milliseconds: that is not a second press.
     SAME_PRESS_S = 1.0
 
     def __init__(self):

@@ -28,7 +28,6 @@ FLAGS = ("--max-steps", "8", "--save-steps", "6", "--learning-rate", "5e-3", "--
          "--eval-ratio", "0.17")
 NOISE = ("Warning", "kernels", "Traceback", "deprecated")
 
-
 TORCHRUN = ("torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 # --multi_gpu is accelerate's name for DDP; without GPUs it runs on gloo, as torchrun does
 ACCELERATE = ("accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
