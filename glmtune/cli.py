@@ -157,12 +157,10 @@ def run(main, *args, debug: bool = False) -> None:
         explained = explain(err)
         if explained is None:  # a bug: its traceback is what helps
             raise
-        code, line = explained
-        # With several processes, rank 0 speaks for all: the others name themselves only for
-        # what befell them alone (their GPU's memory, their disk); anything from the shared inputs
-        # they would repeat word for word.
-        own = isinstance(err, (TrainingError, OSError)) and not isinstance(err, Diverged)
-        if line and (distributed.is_main() or own or distributed.lost_peer(err) or write_failure(err) is not None):
+        code, line, own = explained
+        # With several processes, rank 0 speaks for all: the others speak only of what befell them
+        # alone; anything from the shared inputs they would repeat word for word.
+        if line and (distributed.is_main() or own):
             _say(line)
         distributed.stop(cleanly=not distributed.lost_peer(err))
         sys.exit(code)
@@ -178,24 +176,26 @@ def run(main, *args, debug: bool = False) -> None:
 INTERRUPTED = "\ninterrupted; nothing half-written was kept"
 
 
-def explain(err: Exception) -> tuple[int, str | None] | None:
-    """(exit code, the line to print) for an error a user can act on; None for a bug."""
+def explain(err: Exception) -> tuple[int, str | None, bool] | None:
+    """(exit code, the line to print, whether it befell this process alone: its GPU's memory, its
+    disk, a peer lost) for an error a user can act on; None for a bug."""
     if isinstance(err, distributed.Elsewhere):
-        return EXIT_ERROR, None
+        return EXIT_ERROR, None, False
     if _caused_by_ctrl_c(err):  # e.g. an import cut short, which Python reports as an ImportError
-        return EXIT_INTERRUPTED, INTERRUPTED if distributed.is_main() else None
+        return EXIT_INTERRUPTED, INTERRUPTED, False
     if isinstance(err, Interrupted):
-        return EXIT_INTERRUPTED, f"\n{err}"
+        return EXIT_INTERRUPTED, f"\n{err}", False
     if isinstance(err, GlmtuneError):
-        return EXIT_USAGE if isinstance(err, ConfigError) else EXIT_ERROR, f"error: {message(err)}"
+        code = EXIT_USAGE if isinstance(err, ConfigError) else EXIT_ERROR
+        return code, f"error: {message(err)}", isinstance(err, TrainingError) and not isinstance(err, Diverged)
     if isinstance(err, OSError):
-        return EXIT_ERROR, f"error: {os_error(err)}"
+        return EXIT_ERROR, f"error: {os_error(err)}", True
     if distributed.lost_peer(err):
         return EXIT_ERROR, ("\nerror: another process of this run stopped (its own line, or the launcher's report, "
-                            "says why); --resume continues from the last checkpoint")
+                            "says why); --resume continues from the last checkpoint"), True
     reason = write_failure(err)  # torch and safetensors report a full disk as their own error types
     if reason is not None:
-        return EXIT_ERROR, f"error: a write failed: {reason}; free some space and run the same command again"
+        return EXIT_ERROR, f"error: a write failed: {reason}; free some space and run the same command again", True
     return None
 
 

@@ -54,12 +54,18 @@ def plan_training_compile(choice: str, tokens: float, model_name: str, on_gpu: b
     if not on_gpu:
         return CompilePlan(False, "eager (auto: compiling pays on a GPU only)", key)
     saving = tokens / EAGER_TOK_S - tokens / COMPILED_TOK_S
+    return weigh(saving, key, COLD_TRAIN_COMPILE_S, f"{tokens / 1e6:.2f}M tokens would train ~{saving:.0f} s faster")
+
+
+def weigh(saving: float, key: str, cold_cost: float, gain: str) -> CompilePlan:
+    """'auto': compile when the estimated `saving` (seconds, said as `gain`) exceeds the compile's
+    cost, which is what it took on this machine before under `key` (torch caches compiled code),
+    else `cold_cost`, a first compile's."""
     measured = compile_costs().get(key)
-    cost = measured if measured is not None else COLD_TRAIN_COMPILE_S
+    cost = measured if measured is not None else cold_cost
     source = "measured here before" if measured is not None else "a first compile"
     verdict = "compiled" if saving > cost else "eager"
-    reason = f"auto: {tokens / 1e6:.2f}M tokens would train ~{saving:.0f} s faster, {source} costs ~{cost:.0f} s"
-    return CompilePlan(saving > cost, f"{verdict} ({reason})", key)
+    return CompilePlan(saving > cost, f"{verdict} (auto: {gain}, {source} costs ~{cost:.0f} s)", key)
 
 
 def compile_decoder_layers(model) -> None:

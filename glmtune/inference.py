@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import device
-from .compiling import CompilePlan, compile_costs
+from .compiling import CompilePlan, weigh
 from .errors import ConfigError
 
 GiB = 2**30
@@ -172,16 +172,14 @@ def plan_compile(choice: str, weights: WeightsPlan, prompts: int, max_new_tokens
         return CompilePlan(True, "compiled (--compile on)", key)
     steps = decoding_steps(prompts, batch, max_new_tokens)
     saving = steps * (EAGER_STEP_S - COMPILED_STEP_S - COMPILED_STEP_PER_ROW_S * batch)
-    measured = compile_costs().get(key)
-    cost = measured if measured is not None else COLD_COMPILE_S + COLD_COMPILE_PER_ROW_S * batch
-    source = "measured here before" if measured is not None else "a first compile"
-    verdict = "compiled" if saving > cost else "eager"
-    reason = f"auto: {steps} decoding steps would save ~{saving:.0f} s, {source} costs ~{cost:.0f} s"
-    return CompilePlan(saving > cost, f"{verdict} ({reason})", key)
+    return weigh(saving, key, COLD_COMPILE_S + COLD_COMPILE_PER_ROW_S * batch,
+                 f"{steps} decoding steps would save ~{saving:.0f} s")
 
 
 def cache_length(prompt_width: int, max_new_tokens: int) -> int:
-    return -(-(prompt_width + max_new_tokens) // CACHE_ROUNDING) * CACHE_ROUNDING
+    from .prompts import padded_width
+
+    return padded_width(prompt_width + max_new_tokens, CACHE_ROUNDING)
 
 
 class Sides:

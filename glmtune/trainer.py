@@ -70,11 +70,11 @@ class GroupedTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.checkpoint_plan, self.compiled = checkpoint_plan, compiled
         # Found once: walking every module of a 6B model on each micro-batch is wasted time.
-        self.decoder_layers = decoder_layers(self.model) if checkpoint_plan is not None else []
-        # With several processes a micro-batch cannot be redone by one of them alone: the others
-        # already wait for its gradients. The plan they share leaves the margin instead.
-        self.redoes = distributed.world_size() == 1
-        self.snapshot = GradientSnapshot(self.model)
+        self.decoder_layers = decoder_layers(self.model)
+        # With several processes a micro-batch cannot be redone by one of them alone (the others
+        # already wait for its gradients), so none keeps a snapshot to redo it from; the plan they
+        # share leaves the margin instead.
+        self.snapshot = GradientSnapshot(self.model) if distributed.world_size() == 1 else None
         self.max_rows = float("inf")  # rows per micro-batch, lowered when one ran out of memory
         self.memory_events: list[str] = []  # each recovery, as said on the console
 
@@ -90,16 +90,17 @@ class GroupedTrainer(Trainer):
             return sum(self.training_step(model, part, num_items_in_batch)
                        for part in split_rows(inputs, self.max_rows))
         tokens = inputs["input_ids"].numel()
-        if not self.redoes:
-            return self._step_or_stop(model, inputs, num_items_in_batch, rows, tokens)
-        self.snapshot.take()
+        if self.snapshot is not None:
+            self.snapshot.take()
         rng = torch.get_rng_state(), torch.cuda.get_rng_state() if device.cuda() else None
         while True:
             count = self.checkpoint_plan.apply(self.decoder_layers, tokens) if self.checkpoint_plan else None
             try:
                 return super().training_step(model, inputs, num_items_in_batch)
             except torch.OutOfMemoryError:
-                pass  # recovered below, once the traceback (holding the step's tensors) is gone
+                pass  # handled below, once the traceback (holding the step's tensors) is gone
+            if self.snapshot is None:
+                raise self._cannot_redo(tokens, rows, count)
             self.snapshot.restore()  # the same gradients and dropout masks as before the attempt
             torch.set_rng_state(rng[0])
             if rng[1] is not None:
@@ -109,14 +110,9 @@ class GroupedTrainer(Trainer):
             if rows > self.max_rows:
                 return self.training_step(model, inputs, num_items_in_batch)
 
-    def _step_or_stop(self, model, inputs, num_items_in_batch, rows: int, tokens: int):
-        count = self.checkpoint_plan.apply(self.decoder_layers, tokens) if self.checkpoint_plan else None
-        try:
-            return super().training_step(model, inputs, num_items_in_batch)
-        except torch.OutOfMemoryError:
-            pass  # raised below, once the traceback (holding the step's tensors) is gone
+    def _cannot_redo(self, tokens: int, rows: int, count: int | None) -> TrainingError:
         checkpointed = "" if count is None else f" with {count} of {self.checkpoint_plan.layers} layers checkpointed"
-        raise TrainingError(
+        return TrainingError(
             f"process {distributed.rank()} ran out of GPU memory on a micro-batch of {rows} row{'s' * (rows > 1)} "
             f"({tokens} tokens){checkpointed}; with several processes it cannot be redone alone. Run the same "
             "command with --resume and --gpu-memory a few GiB below this GPU's free memory (or --batch-size 1 "
@@ -137,7 +133,7 @@ class GroupedTrainer(Trainer):
                      "batch stays the same)")
         else:
             free = f"nvidia-smi lists what else runs on it; {device.free_memory() / 2**30:.1f} GiB free now"
-            if all(layer.gradient_checkpointing for layer in decoder_layers(self.model)):
+            if all(layer.gradient_checkpointing for layer in self.decoder_layers):
                 advice = f"{gpu} even with every layer checkpointed. Lower --max-length, or free the GPU ({free})"
             else:
                 advice = (f"{gpu}. Use --gradient-checkpointing on (or auto), lower --max-length, or free the GPU "
