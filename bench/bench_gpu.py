@@ -269,15 +269,14 @@ def eager_rows(args, model, tokenizer, examples, dataset, micro, accum, reset, o
     return results
 
 
-def compile_and_warm_up(args, model, dataset, collator, micro, accum, plans) -> dict:
-    """Compile the decoder layers and run the timed modes' batches once untimed with each plan, so
+def compile_and_warm_up(args, model, dataset, collator, micro, accum, plan) -> dict:
+    """Compile the decoder layers and run the timed modes' batches once untimed with the plan, so
     that the timed passes compile nothing; the wall time of it all, and the part torch's compiler
     counts."""
     compiled_before, began = compile_seconds(), time.perf_counter()
     compile_decoder_layers(model)
-    for plan in plans:
-        timed_training("compile_warmup", model, dataset, collator, micro, accum, OURS_PRECISION, args.steps,
-                       args.warmup, True, args.workdir, plan)
+    timed_training("compile_warmup", model, dataset, collator, micro, accum, OURS_PRECISION, args.steps,
+                   args.warmup, True, args.workdir, plan)
     return {"compile_warmup_s": time.perf_counter() - began, "compile_s": compile_seconds() - compiled_before}
 
 
@@ -288,7 +287,7 @@ def compiled_rows(args, model, dataset, collator, micro, accum, plan, reset) -> 
     steps eager and compiled, from the same start."""
     compiled_before = compile_seconds()
     reset()
-    results = compile_and_warm_up(args, model, dataset, collator, micro, accum, [plan])
+    results = compile_and_warm_up(args, model, dataset, collator, micro, accum, plan)
     if plan:
         plan.used.clear()
     reset()
@@ -333,7 +332,7 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
     for i, mode in enumerate(("ckpt_all", "plan")):
         train_mode(f"{i}_{mode}_eager", mode)
     # checkpointed layers run eagerly, so the plan's batches are all there is to compile
-    results |= compile_and_warm_up(args, model, dataset, PadCollator(pad), micro, accum, [plan])
+    results |= compile_and_warm_up(args, model, dataset, PadCollator(pad), micro, accum, plan)
     for i, mode in enumerate(("plan", "ckpt_all"), 2):
         train_mode(f"{i}_{mode}_compiled", mode)
     del model
@@ -427,30 +426,13 @@ def part_cards(args, ckpt: Path, shared: Path) -> dict:
     stats = tokenize_examples(rows, tokenizer, "glm3", 1024, False)[1]
     results = {"rows": len(rows), "max_tokens": stats.max, "median_tokens": stats.median}
 
-    def run(label, flags):
-        out = args.workdir / f"cards_{label}"
-        began = time.perf_counter()
-        done = subprocess.run([sys.executable, str(REPO / "chatglm_finetuning.py"), "--model", str(ckpt),
-                               "--output-dir", str(out), "--overwrite", "--save-steps", "1000", *flags],
-                              capture_output=True, text=True)
-        row = {"flags": " ".join(flags), "process_wall_s": time.perf_counter() - began, "exit": done.returncode}
-        if done.returncode:
-            row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
-            print(done.stderr[-3000:], flush=True)
-            return row
-        resolved = json.loads((out / "run_config.json").read_text())["resolved"]
-        metrics = json.loads((out / "train_metrics.json").read_text())
-        return row | {"micro_batch": resolved["micro_batch"], "grad_accum": resolved["grad_accum"],
-                      "checkpointing": resolved["checkpointing"], "compile": resolved["compile"],
-                      "peak_gib": metrics["peak_gpu_gib"], "real_tok_s": metrics["train_tokens_per_s"],
-                      "train_s": metrics["train_seconds"], "recoveries": metrics["out_of_memory_recoveries"],
-                      "plan": metrics.get("checkpoint_plan", {}).get("checkpointed_layers_per_micro_batch")}
-
     for card in CARDS_GB:
-        results[f"{card}GB"] = {"usable_gib": usable_gib(card)} | run(
-            f"{card}GB", ["--data", str(data), "--epochs", "1", "--gpu-memory", str(usable_gib(card))])
+        results[f"{card}GB"] = {"usable_gib": usable_gib(card)} | training_run(
+            0, ckpt, args.workdir / f"cards_{card}GB",
+            ["--data", str(data), "--epochs", "1", "--gpu-memory", str(usable_gib(card)), "--save-steps", "1000"])
         print(json.dumps({card: results[f"{card}GB"]}), flush=True)
-    results["default_run"] = run("default", ["--data", str(REPO / "financial_data.txt")])
+    results["default_run"] = training_run(0, ckpt, args.workdir / "cards_default",
+                                          ["--data", str(REPO / "financial_data.txt"), "--save-steps", "1000"])
     return results
 
 
@@ -459,6 +441,27 @@ def launched(gpus: int) -> list[str]:
     if gpus == 0:
         return [sys.executable]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus)]
+
+
+def training_run(gpus: int, ckpt: Path, out: Path, flags: list[str]) -> dict:
+    """chatglm_finetuning.py as users start it (`launched(gpus)`), whole process: what it chose and
+    measured, from its run record and metrics; or its last error line."""
+    began = time.perf_counter()
+    done = subprocess.run([*launched(gpus), str(REPO / "chatglm_finetuning.py"), "--model", str(ckpt),
+                           "--output-dir", str(out), "--overwrite", *flags], capture_output=True, text=True)
+    row = {"flags": " ".join(flags), "process_wall_s": time.perf_counter() - began, "exit": done.returncode}
+    if done.returncode:
+        row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
+        print(done.stderr[-3000:], flush=True)
+        return row
+    r = RunRecord.load(out).resolved
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    return row | {"processes": r.processes, "micro_batch": r.micro_batch, "grad_accum": r.grad_accum,
+                  "effective_batch": r.effective_batch, "checkpointing": r.checkpointing, "compile": r.compile,
+                  "peak_gib": metrics["peak_gpu_gib"], "real_tok_s": metrics["train_tokens_per_s"],
+                  "train_s": metrics["train_seconds"], "eval_loss": metrics.get("eval_loss"),
+                  "recoveries": metrics["out_of_memory_recoveries"],
+                  "plan": metrics.get("checkpoint_plan", {}).get("checkpointed_layers_per_micro_batch")}
 
 
 def part_gpus(args, ckpt: Path, shared: Path) -> dict:
@@ -471,26 +474,11 @@ def part_gpus(args, ckpt: Path, shared: Path) -> dict:
     results = {"gpus_available": available, "train": {}, "compare": {}}
     for gpus in counts:
         label = f"torchrun_{gpus}" if gpus else "python"
-        out = args.workdir / f"gpus_{label}"
-        began = time.perf_counter()
-        done = subprocess.run([*launched(gpus), str(REPO / "chatglm_finetuning.py"), "--model", str(ckpt), "--data",
-                               str(REPO / "financial_data.txt"), "--output-dir", str(out), "--overwrite"],
-                              capture_output=True, text=True)
-        row = {"process_wall_s": time.perf_counter() - began, "exit": done.returncode}
-        if done.returncode:
-            row["error"] = done.stderr[-3000:]
-            print(done.stderr[-3000:], flush=True)
-            results["train"][label] = row
-            continue
-        resolved = json.loads((out / "run_config.json").read_text())["resolved"]
-        metrics = json.loads((out / "train_metrics.json").read_text())
-        results["train"][label] = row | {
-            "processes": resolved["processes"], "micro_batch": resolved["micro_batch"],
-            "grad_accum": resolved["grad_accum"], "effective_batch": resolved["effective_batch"],
-            "real_tok_s": metrics["train_tokens_per_s"], "train_s": metrics["train_seconds"],
-            "eval_loss": metrics.get("eval_loss"), "peak_gib": metrics["peak_gpu_gib"],
-            "compile": resolved["compile"]}
+        results["train"][label] = training_run(gpus, ckpt, args.workdir / f"gpus_{label}",
+                                               ["--data", str(REPO / "financial_data.txt")])
         print(json.dumps({label: results["train"][label]}), flush=True)
+        if results["train"][label]["exit"]:
+            continue
         folder = args.workdir / f"gpus_compare_{label}"
         began = time.perf_counter()
         done = subprocess.run([*launched(gpus), str(REPO / "chatglm_finetuning_tst.py"), "--adapter",
@@ -616,7 +604,7 @@ def table(results: dict) -> list[str]:
                      f"{'eval loss':>9}")
         for label, r in g["train"].items():
             if r["exit"]:
-                lines.append(f"{'':>44}{label:12} FAILED: {r['error'].strip().splitlines()[-1]}")
+                lines.append(f"{'':>44}{label:12} FAILED: {r['error']}")
                 continue
             batch = f"{r['micro_batch']} x {r['grad_accum']} x {r['processes']}"
             scaling = f"{100 * r['scaling_efficiency']:.0f}%" if "scaling_efficiency" in r else "-"
