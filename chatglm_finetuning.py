@@ -24,16 +24,15 @@ from glmtune.config import TrainConfig
 def main(config: TrainConfig, options: cli.RunOptions) -> None:
     from glmtune.finetune import FineTune
 
-    job = FineTune(config, options.config_file)
-    job.prepare()         # machine, data, tokenizer files; then the output folder: new, resumed, or refused
-    job.load_data()       # data report, eval split
-    job.load_tokenizer()  # tokenizer -> token ids and labels
-    job.build_model()     # NF4 base + LoRA, batch fitted to memory
-    print(job.plan_summary(), flush=True)
-    job.train()
-    job.save()            # adapter, tokenizer, metrics, loss plot; the run marked finished
+    with FineTune(config, options.config_file) as job:  # holds the output folder until it is left
+        job.prepare()         # machine, data, tokenizer files; then the output folder: new, resumed, or refused
+        job.load_data()       # data report, eval split
+        job.load_tokenizer()  # tokenizer -> token ids and labels
+        job.build_model()     # NF4 base + LoRA, batch fitted to memory
+        print(job.plan_summary(), flush=True)
+        job.train()
+        job.save()            # adapter, tokenizer, metrics, loss plot; the run marked finished
     print(job.final_summary())
-
 
 if __name__ == "__main__":
     config, options = cli.parse_args(TrainConfig, __doc__.splitlines()[0], epilog=__doc__)

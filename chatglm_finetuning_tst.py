@@ -28,21 +28,21 @@ from glmtune.config import CompareConfig
 def main(config: CompareConfig) -> None:
     from glmtune.comparison import Comparison
 
-    job = Comparison(config)
-    job.load_run()      # the training run: base model, quantization, prompt layout
-    if config.chat:     # a conversation instead of a comparison
-        from glmtune.chat import start, talk
+    with Comparison(config) as job:  # on leaving: the run folder free again, no half-written report
+        job.load_run()      # the training run: base model, quantization, prompt layout
+        if config.chat:     # a conversation instead of a comparison
+            from glmtune.chat import start, talk
 
-        talk(start(config, job.run, job.base, sys.stdout), sys.stdin)
-        return
-    job.load_prompts()  # --prompt, --data, or the eval split held out at training time
-    print("\n".join(job.load_model()), flush=True)  # which weights and decoding, and why
-    job.generate()      # base side, then the fine-tuned side; answers and reference perplexities
-    summary = job.score()
-    if config.prompt:  # ad-hoc questions have no reference: their answers are the result
-        print("\n".join(job.answers_side_by_side(shutil.get_terminal_size().columns)))
-    print("\n".join(summary), flush=True)  # on screen before any file, so a full disk cannot take it
-    job.write()         # the log, JSON report, chart and HTML report, in ADAPTER/comparison/
+            talk(start(config, job.run, job.base, sys.stdout), sys.stdin)
+            return
+        job.load_prompts()  # --prompt, --data, or the eval split held out at training time
+        print("\n".join(job.load_model()), flush=True)  # which weights and decoding, and why
+        job.generate()      # base side, then the fine-tuned side; answers and reference perplexities
+        summary = job.score()
+        if config.prompt:  # ad-hoc questions have no reference: their answers are the result
+            print("\n".join(job.answers_side_by_side(shutil.get_terminal_size().columns)))
+        print("\n".join(summary), flush=True)  # on screen before any file, so a full disk cannot take it
+        job.write()         # the log, JSON report, chart and HTML report, published whole in ADAPTER/comparison/
     print("\n".join(job.closing_lines()))
 
 

@@ -11,21 +11,32 @@ from pathlib import Path
 from . import device, distributed
 from .config import CompareConfig
 from .data import Example, read_dataset
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RunDirError
 from .hub import needs_gpu
+from .folders import claim, publish, remove, reserve
 from .lora import check_adapter_files
-from .runs import RunRecord
-
-STEM = "chatglm_comparison"  # the files: STEM.log, .json, .png, .html
-IN_PROGRESS = ".in-progress"  # in an output folder while its comparison runs (left by one that failed)
+from .runs import REPORT_STEM as STEM, RunRecord
 
 
 class Comparison:
-    """Base vs fine-tuned on the same prompts. Each stage leaves its results as attributes."""
+    """Base vs fine-tuned on the same prompts. Each stage leaves its results as attributes. Used as
+    a context manager: on leaving, the run folder is free again, and a report not written whole
+    leaves nothing behind."""
 
     def __init__(self, config: CompareConfig):
         self.config = config
         self.began = time.perf_counter()
+        self.claims: list = []  # the run folder (shared with other readers), the report's scratch
+        self.scratch: Path | None = None  # the report's files until they are published whole
+
+    def __enter__(self) -> Comparison:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.scratch is not None and self.scratch.exists():
+            remove(self.scratch)
+        for held in self.claims:
+            held.release()
 
     def load_run(self) -> None:
         """The training run's record (which base, quantization and prompt layout to use) and the
@@ -34,6 +45,9 @@ class Comparison:
 
         distributed.start()
         c = self.config
+        # Shared with other comparisons and exports; no training may start over the run meanwhile,
+        # and one still training here is named, not taken for an unfinished run.
+        self.claims.append(claim(c.adapter, "comparing", shared=True))
         check_adapter_files(c.adapter)
         self.run = RunRecord.load(c.adapter)
         self.base = c.base_model or self.run.config.model
@@ -95,7 +109,7 @@ class Comparison:
                                    free, len(self.mine), width, cache_len, c.batch_size, device.cuda(), scored_len)
             compiling = plan_compile(c.compile, weights, len(self.mine), c.max_new_tokens, cache_len, self.base,
                                      device.cuda())
-            return weights, compiling, output_dir(c)  # the folder claimed now: after every check, before any model
+            return weights, compiling, self._reserve_output()  # after every check, before any model
 
         self.weights, self.compiling, self.output = distributed.on_main(plan)
         self.decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed, cache_len,
@@ -188,18 +202,25 @@ class Comparison:
         self.outputs = [self.output / f"{STEM}.{ext}" for ext in ("log", "json", "png", "html")]
         distributed.on_main(self._write)
 
+    def _reserve_output(self) -> Path:
+        self.output, self.scratch, held = output_dir(self.config)
+        self.claims.append(held)
+        return self.output
+
     def _write(self) -> None:
+        """Into the scratch folder, then published in one rename: a report folder never holds one
+        comparison's log beside another's chart."""
         from .html_report import write_html
         from .plots import plot_aggregate
         from .scoring import write_log, write_report
 
         c = self.config
-        log, report, chart, html = self.outputs
+        log, report, chart, html = (self.scratch / p.name for p in self.outputs)
         write_log(log, self.settings, self.summary, self.rows, c.examples)
         write_report(report, self.settings, self.aggregate, self.timing, self.rows)
         plot_aggregate(chart, self.aggregate)
         write_html(html, self.settings, self.aggregate, self.timing, self.rows, chart)
-        (self.output / IN_PROGRESS).unlink(missing_ok=True)
+        publish(self.scratch, self.output)
 
     def closing_lines(self) -> list[str]:
         t = self.timing
@@ -222,11 +243,11 @@ def load_lexicon(path: Path):
         raise DataError(f"{err}; fix the term list (one term per line, '#' for comments)") from None
 
 
-def output_dir(config: CompareConfig) -> Path:
-    """Where this comparison's files go: --output or ADAPTER/comparison, or with an earlier report
-    there (and no --overwrite), the first free NAME-2, NAME-3, ... Claimed at once, before any model
-    loads: made (so an unwritable place fails now, not after generation) and marked in progress (so
-    a second comparison started meanwhile numbers past it)."""
+def output_dir(config: CompareConfig):
+    """(where this comparison's files go, the scratch folder they are written into, its lock):
+    --output or ADAPTER/comparison, or with an earlier report there (and no --overwrite), the first
+    free NAME-2, NAME-3, ... Reserved at once, before any model loads (an unwritable place fails
+    now, not after generation), so that a comparison started meanwhile numbers past it."""
     chosen = config.output or config.adapter / "comparison"
     if chosen.name in ("", ".", ".."):  # "--output ." names the folder it is in
         chosen = chosen.resolve()
@@ -238,25 +259,28 @@ def output_dir(config: CompareConfig) -> Path:
             raise ConfigError("output", f"{chosen} holds files that are not a comparison report "
                                         f"({', '.join(foreign[:3])}); --overwrite replaces only reports. "
                                         "Choose another --output")
-        folder = chosen
-    else:
-        number, folder = 1, chosen
-        while folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            number += 1
-            folder = chosen.with_name(f"{chosen.name}-{number}")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / IN_PROGRESS).touch()
-    return folder
+        reserved = reserve(chosen, "comparing")
+        if reserved is None:
+            raise RunDirError(f"another comparison is writing {chosen} now; let it finish, or drop --overwrite")
+        return chosen, *reserved
+    number, folder = 1, chosen
+    while True:
+        taken = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+        reserved = None if taken else reserve(folder, "comparing")
+        if reserved is not None:
+            return folder, *reserved
+        number += 1
+        folder = chosen.with_name(f"{chosen.name}-{number}")
 
 
 def compare(config: CompareConfig) -> Comparison:
     """Run every stage of a comparison; returns the finished job (its `timing`, `outputs`, ...)."""
-    job = Comparison(config)
-    job.load_run()
-    job.load_prompts()
-    job.load_model()
-    job.generate()
-    job.score()
-    job.write()
+    with Comparison(config) as job:
+        job.load_run()
+        job.load_prompts()
+        job.load_model()
+        job.generate()
+        job.score()
+        job.write()
     return job
 

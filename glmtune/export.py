@@ -47,6 +47,7 @@ from pathlib import Path
 from . import cli, files
 from .config import ExportConfig
 from .errors import ConfigError, ModelLoadError, RunDirError
+from .folders import LOCK, claim
 from .lora import check_adapter_files
 from .runs import FINISHED, RunRecord, library_versions
 
@@ -111,6 +112,17 @@ class Export:
     def __init__(self, config: ExportConfig):
         self.config = config
         self.began = time.perf_counter()
+        self.claims: list = []  # the run folder (shared with other readers), the output folder
+
+    def __enter__(self) -> Export:
+        return self
+
+    def __exit__(self, failed, *exc) -> None:
+        run, *output = self.claims or [None]
+        for held in output:  # a failed export leaves no folder or lock file of its own behind
+            held.abandon() if failed else held.release(tidy=True)
+        if run is not None:
+            run.release()
 
     def plan(self) -> None:
         """The run, its base, the target folder and the disk: everything that can refuse the export is
@@ -124,6 +136,7 @@ class Export:
 
         c = self.config
         c.validate()  # a config built in Python has not been through the command line's checks
+        self.claims.append(claim(c.adapter, "exporting", shared=True))  # no training starts over it meanwhile
         check_adapter_files(c.adapter)
         self.run = RunRecord.load(c.adapter)
         if self.run.state != FINISHED:
@@ -144,7 +157,13 @@ class Export:
         self.output = c.target()
         if self.output.resolve() == self.base_dir.resolve():
             raise ConfigError("output", f"{self.output} is the base model's folder; choose another folder")
-        self.replaced = export_files_to_replace(self.output, c.overwrite)
+        output = claim(self.output, "exporting")  # one export at a time into a folder
+        try:
+            self.replaced = export_files_to_replace(self.output, c.overwrite)
+        except RunDirError:
+            output.abandon()
+            raise
+        self.claims.append(output)
         needed = model_bytes + 64 * 2**20  # tokenizer and configs
         free = files.free_bytes(self.output)
         # With room for both, the earlier export stays whole until the new one is written; without, it
@@ -302,7 +321,7 @@ def export_files_to_replace(output: Path, overwrite: bool) -> list[Path]:
     folder holds anything without --overwrite, or anything its manifest does not list."""
     if not output.is_dir():
         return []
-    entries = sorted((p for p in output.iterdir() if p.name != SCRATCH), key=lambda p: p.name)
+    entries = sorted((p for p in output.iterdir() if p.name not in (SCRATCH, LOCK)), key=lambda p: p.name)
     if not entries:
         return []
     names = [p.name for p in entries]
@@ -467,18 +486,18 @@ def write_chatglm(model, base_config: dict, base_dir: Path, dtype: str, folder: 
 
 def export(config: ExportConfig) -> ExportResult:
     """Run every stage of an export; returns what was written, its size and the time each stage took."""
-    job = Export(config)
-    job.plan()
-    job.merge()
-    job.write()
+    with Export(config) as job:
+        job.plan()
+        job.merge()
+        job.write()
     return job.result
 
 
 def main(config: ExportConfig) -> None:
-    job = Export(config)
-    job.plan()   # the run, its base, the target folder and disk space: refusals come before any loading
-    job.merge()  # the 16-bit base with the adapter merged into its weights
-    job.write()  # the chosen layout, into a scratch folder, moved into place with config.json last
+    with Export(config) as job:  # holds the output folder until it is left
+        job.plan()   # the run, its base, the target folder and disk space: refusals come before any loading
+        job.merge()  # the 16-bit base with the adapter merged into its weights
+        job.write()  # the chosen layout, into a scratch folder, moved into place with config.json last
     print("\n".join(job.summary()))
 
 

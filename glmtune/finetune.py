@@ -21,8 +21,9 @@ from .lora import attach_lora, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, strictest, uses_checkpointing
 from .prompts import PadCollator, tokenize_examples
 from .files import free_space, write_atomic, write_failure
-from .runs import (FINISHED, RunRecord, clear_leftovers, file_sha256, last_checkpoint, prepare_output_dir,
-                   trainer_state)
+from .folders import claim
+from .runs import (FINISHED, RUN_CONFIG, RunRecord, clear_leftovers, file_sha256, last_checkpoint,
+                   prepare_output_dir, trainer_state)
 
 
 def resolve_prompt_format(choice: str, conversational: bool) -> str:
@@ -45,12 +46,14 @@ def check_hardware(config: TrainConfig) -> None:
 
 
 class FineTune:
-    """One training run. Each stage leaves its results as attributes for the next."""
+    """One training run. Each stage leaves its results as attributes for the next. Used as a
+    context manager: on leaving, the output folder is free for other processes again."""
 
     def __init__(self, config: TrainConfig, config_file: Path | None = None):
         self.config, self.out = config, config.output_dir
         self.record = RunRecord(config, "", config_file=str(config_file) if config_file else None)
         self.callbacks: list = []  # extra TrainerCallbacks (tests, benchmarks)
+        self.claim = None  # the lock on the output folder, held by rank 0 until the run ends
 
     def prepare(self) -> None:
         """Check the machine, the data and the model's tokenizer files, then make the output folder
@@ -69,10 +72,23 @@ class FineTune:
         self.resume_from, self.removed = distributed.on_main(self._claim_output_dir)
 
     def _claim_output_dir(self) -> tuple[Path | None, list[str]]:
-        resume_from = prepare_output_dir(self.record)
-        removed = clear_leftovers(self.out)
+        self.claim = claim(self.out, "training")
+        try:
+            resume_from, done = prepare_output_dir(self.record)
+        except BaseException:
+            self.claim.abandon()
+            raise
+        done += clear_leftovers(self.out)
+        self.record.files += [RUN_CONFIG, *(["runs"] if "tensorboard" in self.config.reporters() else [])]
         self.record.save(self.out)  # first of all, so an interrupted run is always recognised
-        return resume_from, removed
+        return resume_from, done
+
+    def __enter__(self) -> FineTune:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.claim is not None:
+            self.claim.release()
 
     def load_data(self) -> None:
         """The data report and the eval split, held out and saved (the data was read and checked in
@@ -83,10 +99,19 @@ class FineTune:
         self.record.resolved.eval_file = distributed.on_main(self._write_data_files)
 
     def _write_data_files(self) -> str:
+        # Listed before they are written, so that a kill in between leaves nothing --overwrite
+        # would take for a user's file; the eval split's name depends on its examples.
+        self.record.files += ["data_report.txt", "skipped_lines.txt", "eval.txt", "eval.jsonl"]
+        self.record.save(self.out)
         write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
         if self.dataset.skipped or self.dataset.duplicates:
             write_atomic(self.out / "skipped_lines.txt", self.dataset.skipped_report())
-        return write_examples(self.eval_examples, self.out).name
+        written = write_examples(self.eval_examples, self.out).name
+        unwritten = {"eval.txt", "eval.jsonl"} - {written}
+        if not (self.dataset.skipped or self.dataset.duplicates):
+            unwritten.add("skipped_lines.txt")
+        self.record.files = [n for n in self.record.files if n not in unwritten]  # saved with the next record
+        return written
 
     def load_tokenizer(self) -> None:
         """The tokenizer, and the examples as token ids and labels."""
@@ -173,7 +198,8 @@ class FineTune:
         """Run the Trainer. Ctrl-C saves a checkpoint and raises Interrupted; a NaN loss raises
         Diverged; neither leaves a final adapter behind."""
         from .compiling import compile_seconds, record_compile_cost
-        from .trainer import GroupedTrainer, StopOnInterrupt, StopOnNonFiniteLoss, training_arguments
+        from .trainer import (GroupedTrainer, StampCheckpoints, StopOnInterrupt, StopOnNonFiniteLoss,
+                              training_arguments)
 
         r = self.record.resolved
         self.nan_guard, self.interrupt = StopOnNonFiniteLoss(), StopOnInterrupt()
@@ -181,7 +207,8 @@ class FineTune:
         self.trainer = GroupedTrainer(
             model=self.model, args=args, train_dataset=self.train_ds,
             eval_dataset=self.eval_ds if len(self.eval_ds) else None, data_collator=self.collator,
-            callbacks=[self.nan_guard, self.interrupt, *self.callbacks], checkpoint_plan=self.plan,
+            callbacks=[self.nan_guard, self.interrupt, StampCheckpoints(self.record), *self.callbacks],
+            checkpoint_plan=self.plan,
             compiled=self.compiling.on)
         device.reset_peak()  # the probes' peaks are not training's
         began, compiled_before = time.perf_counter(), compile_seconds()
@@ -244,7 +271,10 @@ class FineTune:
                 tempfile.TemporaryDirectory(dir=self.out, prefix=".saving-") as scratch:
             self.model.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
-            for item in Path(scratch).iterdir():
+            saved = list(Path(scratch).iterdir())
+            self.record.files += [item.name for item in saved] + ["train_metrics.json", "loss.png"]
+            self.record.save(self.out)  # listed before they are in place (see _write_data_files)
+            for item in saved:
                 item.replace(self.out / item.name)
         write_atomic(self.out / "train_metrics.json", json.dumps(self.metrics, indent=2) + "\n")
         plot_losses(self.trainer.state.log_history, self.out / "loss.png")
@@ -352,12 +382,12 @@ def build_peft_model(config: TrainConfig):
 
 def train(config: TrainConfig, config_file: Path | None = None, callbacks: list | None = None) -> FineTune:
     """Run every stage of a training run; returns the finished job (its `model`, `metrics`, ...)."""
-    job = FineTune(config, config_file)
-    job.callbacks = list(callbacks or [])
-    job.prepare()
-    job.load_data()
-    job.load_tokenizer()
-    job.build_model()
-    job.train()
-    job.save()
+    with FineTune(config, config_file) as job:
+        job.callbacks = list(callbacks or [])
+        job.prepare()
+        job.load_data()
+        job.load_tokenizer()
+        job.build_model()
+        job.train()
+        job.save()
     return job

@@ -14,6 +14,7 @@ import hashlib
 import json
 import platform
 import re
+import shlex
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "to
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
              "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "README.md"}
 REPORTS = re.compile(r"^comparison(-\d+)?$")  # the comparison script's report folders inside a run
+REPORT_STEM = "chatglm_comparison"  # a report's files: STEM.log, .json, .png, .html
 
 
 def file_sha256(path: Path) -> str:
@@ -80,6 +82,7 @@ class RunRecord:
     resolved: Resolved = field(default_factory=Resolved)
     config_file: str | None = None
     versions: dict = field(default_factory=library_versions)
+    files: list[str] = field(default_factory=list)  # what the run wrote in its folder: all --overwrite deletes
 
     def identity(self) -> dict:
         """What makes two runs the same run: the settings that change the weights, and the data."""
@@ -89,7 +92,7 @@ class RunRecord:
     def save(self, folder: Path) -> None:
         payload = {"state": self.state, "settings": self.config.to_dict(), "data_sha256": self.data_sha256,
                    "config_file": self.config_file, "resolved": dataclasses.asdict(self.resolved),
-                   "versions": self.versions}
+                   "versions": self.versions, "files": sorted(set(self.files))}
         write_atomic(folder / RUN_CONFIG, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
@@ -114,8 +117,11 @@ class RunRecord:
             if resolved.prompt_format not in PROMPT_FORMATS or not isinstance(resolved.eval_file, str):
                 raise ValueError(f"resolved prompt_format {resolved.prompt_format!r} / eval_file "
                                  f"{resolved.eval_file!r} are not what a run writes")
+            files = raw.get("files", sorted(OUR_FILES))  # older records list none: the names this tool writes
+            if not isinstance(files, list) or not all(isinstance(n, str) for n in files):
+                raise ValueError(f"files {files!r} is not a list of names")
             return cls(config, sha, raw.get("state", FINISHED), resolved, raw.get("config_file"),
-                       raw.get("versions", {}))
+                       raw.get("versions", {}), files)
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise RunDirError(f"{path} is damaged ({type(err).__name__}: {err}); it cannot say which run this "
                               "folder holds. Train again into a new --output-dir, or with --overwrite") from None
@@ -187,34 +193,87 @@ def _difference(old: dict, new: dict) -> str:
     return ", ".join(shown)
 
 
-def prepare_output_dir(record: RunRecord) -> Path | None:
-    """Make the output folder ready for `record`'s run and return the checkpoint to resume from
-    (None: start at step 0). Refuses, with what to do, anything that would mix or lose runs."""
+def names(paths) -> str:
+    """A few file names for a message: 'a, b, c and 2 more'."""
+    shown = [p if isinstance(p, str) else p.name for p in paths]
+    return ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+
+
+def owned_entries(folder: Path, record_files: list[str] | None) -> tuple[list[Path], list[Path]]:
+    """(what a run of this tool wrote in `folder`, everything else). What a run wrote is what its
+    record lists (older records list nothing: the names this tool writes), its checkpoints, its
+    scratch, and the report files in its comparison folders; a report folder that also holds a
+    user's file is theirs, apart from the report files in it."""
+    from .folders import LOCK
+
+    listed = set(record_files) if record_files is not None else OUR_FILES
+    ours, foreign = [], []
+    for item in sorted(folder.iterdir()):
+        if item.name == LOCK:
+            continue
+        if item.name in listed or CHECKPOINT.match(item.name) or SCRATCH.match(item.name) \
+                or item.name.startswith(".damaged-checkpoint-"):
+            ours.append(item)
+        elif REPORTS.match(item.name) and item.is_dir() and not item.is_symlink():
+            inside = [p for p in item.iterdir() if not p.name.startswith(".")]
+            reports = [p for p in inside if p.name.startswith(REPORT_STEM + ".")]
+            (ours if len(reports) == len(inside) else foreign).append(item)
+            if len(reports) != len(inside):
+                ours.extend(reports)
+        elif not item.name.startswith("."):
+            foreign.append(item)
+    return ours, foreign
+
+
+def _replace(record: RunRecord, old_files: list[str] | None) -> list[str]:
+    """--overwrite: delete what the earlier run wrote, nothing else. Refused, before anything is
+    deleted, where that would take the data file being trained on, or where a file the tool did not
+    write stands where the new run writes. Says what was kept."""
+    from .folders import remove
+
+    out, data = record.config.output_dir, record.config.data.resolve()
+    ours, foreign = owned_entries(out, old_files)
+    doomed = [p for p in ours if data == p.resolve() or p.resolve() in data.parents]
+    if doomed:
+        raise RunDirError(f"--overwrite would delete {doomed[0]}, and --data {record.config.data} is (in) it. Move "
+                          "the data file out of the run folder first, or choose another --output-dir")
+    in_the_way = [p for p in foreign if p.name in OUR_FILES or CHECKPOINT.match(p.name)]
+    if in_the_way:
+        raise RunDirError(f"{out} holds {names(in_the_way)}, which this tool did not write and the new run would "
+                          "write over. Move them out, or choose another --output-dir")
+    for item in ours:
+        remove(item)
+    for folder in {p.parent for p in ours if p.parent != out}:  # a report folder whose user files stay
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return [f"kept {names(foreign)} (not written by this tool)"] if foreign else []
+
+
+def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
+    """Make the output folder (claimed by this process) ready for `record`'s run. Returns the
+    checkpoint to resume from (None: start at step 0) and what was done to the folder, for the
+    user. Refuses, with what to do, anything that would mix or lose runs or a user's files."""
+    from .folders import LOCK
+
     config = record.config
     out = config.output_dir
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out} is a file; choose a folder for --output-dir")
     # A kill during an atomic write leaves its scratch file; alone, it does not make a folder a run's.
-    entries = sorted(p.name for p in out.iterdir() if not SCRATCH.match(p.name)) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir() if not SCRATCH.match(p.name) and p.name != LOCK)
     if not entries:
         if config.resume:
             raise RunDirError(f"nothing to resume: {out} holds no run. Drop --resume to start one")
-        out.mkdir(parents=True, exist_ok=True)
-        return None
+        return None, []
     has_record = (out / RUN_CONFIG).is_file()
+    old = RunRecord.load(out) if has_record and not config.overwrite else None
     if config.overwrite:
-        foreign = [n for n in entries if n not in OUR_FILES and not CHECKPOINT.match(n) and not REPORTS.match(n)
-                   and not n.startswith(".")]
-        if has_record or not foreign:
-            shutil.rmtree(out)
-            out.mkdir(parents=True)
-            return None
-        raise RunDirError(f"{out} holds files that are not a run of this tool ({', '.join(foreign[:3])}); "
-                          "--overwrite replaces only runs of this tool. Choose another --output-dir")
-    if not has_record:
-        raise RunDirError(f"{out} already holds files that are not a run of this tool ({', '.join(entries[:3])}). "
+        foreign = [] if has_record else owned_entries(out, None)[1]
+        if foreign:
+            raise RunDirError(f"{out} holds files that are not a run of this tool ({names(foreign)}); --overwrite "
+                              "replaces only runs of this tool. Choose another --output-dir")
+        return None, _replace(record, _recorded_files(out) if has_record else None)
+    if old is None:
+        raise RunDirError(f"{out} already holds files that are not a run of this tool ({names(entries)}). "
                           "Choose another --output-dir")
-    old = RunRecord.load(out)
     reports = [n for n in entries if REPORTS.match(n)]
     lost = f" (and its comparison reports {', '.join(reports)})" if reports else ""
     if old.identity() != record.identity():
@@ -225,18 +284,57 @@ def prepare_output_dir(record: RunRecord) -> Path | None:
         raise RunDirError(f"{out} already holds another run ({difference}). Choose another --output-dir, or pass "
                           f"--overwrite to replace it{lost}")
     if old.state == FINISHED:
-        raise RunDirError(f"{out} holds this run, finished. Compare it: python chatglm_finetuning_tst.py --adapter "
-                          f"{out}; or train it again with --overwrite, which replaces it{lost}")
+        raise RunDirError(f"{out} holds this run, finished. Compare it: "
+                          f"{shlex.join(['python', 'chatglm_finetuning_tst.py', '--adapter', str(out)])}; "
+                          f"or train it again with --overwrite, which replaces it{lost}")
+    record.files = old.files
     if config.resume not in (None, "last"):
         chosen = Path(config.resume)
         if not is_complete(chosen):
             raise RunDirError(f"{chosen} is not a complete checkpoint (cut short, or damaged); "
                               "pass another, or --resume alone for the last complete one")
-        return chosen
+        check_belongs(chosen, record)
+        return chosen, []
     last = last_checkpoint(out)
     if config.resume:
-        return last  # None: killed before its first checkpoint, so step 0 is where it stands
+        if last is not None:
+            check_belongs(last, record)
+        return last, []  # None: killed before its first checkpoint, so step 0 is where it stands
     if last is not None:
         raise RunDirError(f"{out} holds this run, interrupted at {last.name}. Continue it with --resume, or start "
                           "over with --overwrite")
-    return None  # interrupted before its first checkpoint: nothing to lose by starting again
+    return None, []  # interrupted before its first checkpoint: nothing to lose by starting again
+
+
+def _recorded_files(folder: Path) -> list[str] | None:
+    """The files the record in `folder` lists; None for a record that lists none (older, or too
+    damaged to say)."""
+    try:
+        listed = json.loads((folder / RUN_CONFIG).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [n for n in listed if isinstance(n, str)] if isinstance(listed, list) else None
+
+
+IDENTITY = "glmtune_run.json"  # in each checkpoint: which run wrote it
+
+
+def stamp(checkpoint: Path, record: RunRecord) -> None:
+    write_atomic(checkpoint / IDENTITY, json.dumps(record.identity(), indent=2, ensure_ascii=False) + "\n")
+
+
+def check_belongs(checkpoint: Path, record: RunRecord) -> None:
+    """RunDirError unless `checkpoint` was written by `record`'s run: its stamp says the same
+    settings and data, or, unstamped (older runs), it lies in the run's own folder."""
+    try:
+        stamped = json.loads((checkpoint / IDENTITY).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if checkpoint.resolve().parent == record.config.output_dir.resolve():
+            return
+        raise RunDirError(f"{checkpoint} is not in {record.config.output_dir} and does not say which run wrote it; "
+                          "resume from a checkpoint of this run (--resume alone takes its last one)") from None
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{checkpoint / IDENTITY} is damaged ({err}); resume from another checkpoint") from None
+    if stamped != record.identity():
+        raise RunDirError(f"{checkpoint} is a checkpoint of another run ({_difference(stamped, record.identity())}); "
+                          "resume from a checkpoint of this run (--resume alone takes its last one)")

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +22,7 @@ from .config import TrainConfig
 from .errors import TrainingError
 from .loss import chunked_loss
 from .memory import GradientSnapshot, decoder_layers, split_rows
+from .runs import stamp
 
 
 def training_arguments(config: TrainConfig, micro: int, accum: int, precision: str,
@@ -178,6 +180,18 @@ class StopOnNonFiniteLoss(TrainerCallback):
         if loss is not None and not math.isfinite(loss):
             self.bad_step = state.global_step
             control.should_training_stop = True
+
+
+class StampCheckpoints(TrainerCallback):
+    """Writes into each checkpoint which run it belongs to, so that `--resume PATH` can refuse a
+    checkpoint of another run (whose weights would load, or break, under this run's name)."""
+
+    def __init__(self, record):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            stamp(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.record)
 
 
 class StopOnInterrupt(TrainerCallback):

@@ -111,7 +111,10 @@ def test_a_rerun_numbers_its_folder_and_overwrite_replaces(trained, tmp_path):
     assert (first.output.name, again.output.name) == ("comparison", "comparison-2")
     # a comparison still running holds its folder: one started meanwhile numbers past it
     config = CompareConfig(adapter=out, output=tmp_path / "busy")
-    assert (output_dir(config).name, output_dir(config).name) == ("busy", "busy-2")
+    busy = [output_dir(config), output_dir(config)]
+    assert [folder.name for folder, _, _ in busy] == ["busy", "busy-2"]
+    for _, _, held in busy:
+        held.release()
     replaced = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2, overwrite=True)
     assert replaced.output == first.output and not (tmp_path / "comparison-3").exists()
     (first.output / "notes.txt").write_text("mine")

@@ -1,0 +1,212 @@
+"""Output folders: one process at a time, --overwrite deletes only what the tool wrote, a checkpoint
+resumes only its own run, and a report folder is published whole or not at all."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from glmtune import folders
+from glmtune.comparison import Comparison, compare
+from glmtune.config import CompareConfig, ExportConfig
+from glmtune.errors import RunDirError
+from glmtune.export import export
+from glmtune.finetune import FineTune, train
+from glmtune.runs import RUN_CONFIG, RunRecord
+
+from conftest import REPO, KillAtStep, tiny_config
+
+REPORT = [f"chatglm_comparison.{ext}" for ext in ("log", "json", "png", "html")]
+
+
+def copy_run(trained, tmp_path, name="run"):
+    copy = tmp_path / name
+    shutil.copytree(trained[0], copy)
+    return copy
+
+
+def quick(data_file, out, *extra):
+    return tiny_config(data_file, out, "--max-steps", "1", "--eval-ratio", "0", *extra)
+
+
+# --- --overwrite deletes what the run wrote, nothing else ---------------------------------------
+
+def test_overwrite_keeps_what_the_tool_did_not_write(data_file, trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    (run / "NOTES.md").write_text("why lr 1e-4", encoding="utf-8")
+    (run / "merged").mkdir()
+    (run / "merged" / "model.safetensors").write_bytes(b"an export")
+    (run / "comparison").mkdir()
+    for name in REPORT:
+        (run / "comparison" / name).write_text("old report", encoding="utf-8")
+    (run / "comparison" / "reading.txt").write_text("my notes on the report", encoding="utf-8")
+    shutil.copyfile(data_file, run / "mydata.txt")  # trained on a file kept in the run folder
+
+    job = train(quick(run / "mydata.txt", run, "--overwrite"))
+
+    assert (run / "NOTES.md").read_text(encoding="utf-8") == "why lr 1e-4"
+    assert (run / "merged" / "model.safetensors").read_bytes() == b"an export"
+    assert (run / "mydata.txt").read_bytes() == data_file.read_bytes()
+    assert sorted(p.name for p in (run / "comparison").iterdir()) == ["reading.txt"]  # the old report is gone
+    record = RunRecord.load(run)
+    assert record.state == "finished" and record.data_sha256 and job.trainer.state.global_step == 1
+    assert "kept NOTES.md, comparison, merged and 1 more (not written by this tool)" in job.plan_summary()
+
+
+def test_overwrite_refuses_to_delete_the_data_file_it_trains_on(data_file, trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    before = sorted(p.name for p in run.iterdir())
+    split = run / RunRecord.load(run).resolved.eval_file
+    with pytest.raises(RunDirError, match=rf"--overwrite would delete {split}, and --data {split} is \(in\) it"):
+        train(quick(split, run, "--overwrite"))
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_overwrite_refuses_a_users_file_where_the_run_writes(data_file, trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    record = json.loads((run / RUN_CONFIG).read_text(encoding="utf-8"))
+    record["files"].remove("loss.png")  # as if the user had put their own loss.png there
+    (run / RUN_CONFIG).write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(RunDirError, match="holds loss.png, which this tool did not write and the new run would "
+                                          "write over"):
+        train(quick(data_file, run, "--overwrite"))
+    assert (run / "loss.png").is_file() and (run / "adapter_model.safetensors").is_file()
+
+
+def test_a_symlinked_output_dir_is_overwritten_through_the_link(data_file, trained, tmp_path):
+    real = copy_run(trained, tmp_path, "real")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    train(quick(data_file, link, "--overwrite"))
+    assert link.is_symlink() and RunRecord.load(real).config.max_steps == 1
+
+
+# --- one process at a time -----------------------------------------------------------------------
+
+def test_a_live_run_holds_its_folder_against_training_comparing_and_exporting(data_file, trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    busy = rf"another process \(pid {os.getpid()}\) is training in {run}; wait for it to finish"
+    with FineTune(quick(data_file, run, "--overwrite")) as live:
+        live.prepare()
+        for flags in ([], ["--overwrite"], ["--resume"]):
+            with pytest.raises(RunDirError, match=busy):
+                train(quick(data_file, run, *flags))
+        with pytest.raises(RunDirError, match=busy):
+            compare(CompareConfig(adapter=run, output=tmp_path / "report", max_new_tokens=2, num_samples=1))
+        with pytest.raises(RunDirError, match=busy):
+            export(ExportConfig(adapter=run, output=tmp_path / "merged"))
+        assert not (tmp_path / "report").exists() and not (tmp_path / "merged").exists()
+    reading = folders.claim(run, "comparing", shared=True)  # the run is free again once the job is left
+    with pytest.raises(RunDirError, match=f"another process is reading {run}"):
+        train(quick(data_file, run, "--overwrite"))
+    folders.claim(run, "comparing", shared=True).release()  # readers share it
+    reading.release()
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from glmtune.folders import claim; "
+                               "claim(Path(sys.argv[1]), 'training'); print('held', flush=True); time.sleep(60)",
+         str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunDirError, match=rf"another process \(pid {holder.pid}\) is training in"):
+            folders.claim(tmp_path, "training")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    folders.claim(tmp_path, "training").release()  # kill -9 left the lock file, not the lock
+
+
+def test_a_refused_claim_leaves_no_trace(tmp_path):
+    target = tmp_path / "new" / "export"
+    first = folders.claim(target, "exporting")
+    with pytest.raises(RunDirError, match="is exporting in"):
+        folders.claim(target, "exporting")
+    first.abandon()
+    assert not (tmp_path / "new").exists()
+
+
+# --- a checkpoint resumes its own run only --------------------------------------------------------
+
+def test_resume_from_a_checkpoint_of_another_run_is_refused(data_file, tmp_path):
+    other = tmp_path / "other"
+    train(tiny_config(data_file, other, "--max-steps", "2", "--save-steps", "1", "--lora-r", "4"))
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5"), callbacks=[KillAtStep(1)])
+    foreign = other / "checkpoint-1"
+    with pytest.raises(RunDirError, match=rf"{foreign} is a checkpoint of another run \(lora_r 4 -> 16\)"):
+        train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume", str(foreign)))
+    (foreign / "glmtune_run.json").unlink()  # an unmarked checkpoint from elsewhere: cannot be told apart
+    with pytest.raises(RunDirError, match="does not say which run wrote it"):
+        train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume", str(foreign)))
+    assert RunRecord.load(run).state == "running" and not (run / "adapter_model.safetensors").exists()
+
+
+# --- a report folder is published whole or not at all ---------------------------------------------
+
+def test_a_comparison_killed_while_writing_its_overwrite_leaves_the_old_report_whole(trained, tmp_path,
+                                                                                       monkeypatch):
+    run = copy_run(trained, tmp_path)
+    config = CompareConfig(adapter=run, max_new_tokens=2, num_samples=2)
+    compare(config)
+    old = {name: (run / "comparison" / name).read_bytes() for name in REPORT}
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("glmtune.plots.plot_aggregate", killed)  # the log and JSON are written by then
+    with pytest.raises(KeyboardInterrupt):
+        compare(CompareConfig(adapter=run, max_new_tokens=3, num_samples=2, overwrite=True))
+    assert {name: (run / "comparison" / name).read_bytes() for name in REPORT} == old
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith((".comparison", "comparison"))) == \
+        ["comparison"]
+
+
+def test_a_failed_comparison_leaves_no_numbered_folder(trained, tmp_path, monkeypatch):
+    run = copy_run(trained, tmp_path)
+    compare(CompareConfig(adapter=run, max_new_tokens=2, num_samples=1))
+
+    def out_of_memory(self):
+        raise MemoryError
+
+    monkeypatch.setattr(Comparison, "generate", out_of_memory)
+    with pytest.raises(MemoryError):
+        compare(CompareConfig(adapter=run, max_new_tokens=2, num_samples=1))
+    assert sorted(p.name for p in run.iterdir() if "comparison" in p.name) == ["comparison"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two renames"])
+def test_publish_swaps_the_folders_and_a_kill_between_two_renames_brings_the_old_one_back(tmp_path, monkeypatch,
+                                                                                           exchange):
+    if not exchange:
+        monkeypatch.setattr(folders, "_exchange", lambda a, b: False)
+    target = tmp_path / "comparison"
+    target.mkdir()
+    (target / "chatglm_comparison.log").write_text("old")
+    scratch, held = folders.reserve(target, "comparing")
+    assert folders.reserve(target, "comparing") is None  # a second writer is turned away
+    (scratch / "chatglm_comparison.log").write_text("new")
+    folders.publish(scratch, target)
+    held.release()
+    assert [p.name for p in tmp_path.iterdir()] == ["comparison"]
+    assert (target / "chatglm_comparison.log").read_text() == "new"
+
+    os.replace(target, tmp_path / ".comparison.replaced")  # killed between the fallback's two renames
+    folders.reserve(target, "comparing")[1].release()
+    assert (target / "chatglm_comparison.log").read_text() == "new"
+
+
+def test_a_scratch_folder_left_by_a_kill_is_cleared_and_its_name_reused(tmp_path):
+    target = tmp_path / "comparison"
+    scratch, held = folders.reserve(target, "comparing")
+    (scratch / "chatglm_comparison.log").write_text("half")
+    held.release()  # the process died: its lock is gone, its scratch is not
+    again, held = folders.reserve(target, "comparing")
+    assert again == scratch and list(again.iterdir()) == [again / folders.LOCK]
+    held.release()
