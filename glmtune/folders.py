@@ -69,7 +69,14 @@ def claim(folder: Path, doing: str, shared: bool = False) -> Claim:
         made.append(path)
     if fcntl is None:
         return Claim(folder, None, made)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        if not shared or err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        if not path.exists():  # a read-only folder: nobody can train into it, so there is none to keep out
+            return Claim(folder, None, [])
+        fd = os.open(path, os.O_RDONLY)  # flock needs no write access
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:

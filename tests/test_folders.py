@@ -1,6 +1,7 @@
 """Output folders: one process at a time, --overwrite deletes only what the tool wrote, a checkpoint
 resumes only its own run, and a report folder is published whole or not at all."""
 
+import errno
 import json
 import os
 import shutil
@@ -210,3 +211,17 @@ def test_a_scratch_folder_left_by_a_kill_is_cleared_and_its_name_reused(tmp_path
     again, held = folders.reserve(target, "comparing")
     assert again == scratch and list(again.iterdir()) == [again / folders.LOCK]
     held.release()
+
+
+def test_a_run_in_a_read_only_folder_can_still_be_read(tmp_path, monkeypatch):
+    opened = os.open
+
+    def read_only(path, flags, *mode):
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return opened(path, flags, *mode)
+
+    monkeypatch.setattr(folders.os, "open", read_only)
+    folders.claim(tmp_path, "comparing", shared=True).release()  # no lock file can be made there
+    with pytest.raises(OSError, match="Read-only"):
+        folders.claim(tmp_path, "training")
