@@ -16,8 +16,8 @@ from . import device, distributed
 from .config import TrainConfig
 from .data import read_dataset, split_eval, write_examples
 from .errors import ConfigError, Diverged, Interrupted, TrainingError
-from .hub import needs_gpu
-from .lora import attach_lora, count_parameters, resolve_lora_targets
+from .hub import needs_gpu, resolve_model_dir
+from .lora import attach_lora, check_rank, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, strictest, uses_checkpointing
 from .prompts import PadCollator, tokenize_examples
 from .files import free_space, write_atomic, write_failure
@@ -44,6 +44,18 @@ def check_hardware(config: TrainConfig) -> None:
                                    "found. For a CPU demo run: --model tiny")
 
 
+def check_lora(config: TrainConfig) -> None:
+    """The LoRA rank against the base's layer sizes (its config.json) and the memory free now,
+    before any weight loads."""
+    from .checkpoint import read_config
+
+    available = device.free_memory()
+    if device.cuda() and config.gpu_memory:
+        available = min(available, int(config.gpu_memory * 2**30))
+    check_rank(config.lora_r, resolve_lora_targets(config.lora_target),
+               read_config(resolve_model_dir(config.model, weights=False)), available)
+
+
 class FineTune:
     """One training run. Each stage leaves its results as attributes for the next."""
 
@@ -65,6 +77,7 @@ class FineTune:
         self.record.resolved.prompt_format = resolve_prompt_format(self.config.prompt_format,
                                                                    self.dataset.conversational)
         tokenizer_folder(self.config.model)
+        check_lora(self.config)
         self.record.data_sha256 = file_sha256(self.config.data)
         self.resume_from, self.removed = distributed.on_main(self._claim_output_dir)
 
