@@ -15,7 +15,7 @@ from pathlib import Path
 from . import device, distributed
 from .config import TrainConfig
 from .data import read_dataset, split_eval, write_examples
-from .errors import ConfigError, Diverged, Interrupted, TrainingError
+from .errors import ConfigError, DataError, Diverged, Interrupted, TrainingError
 from .hub import needs_gpu, resolve_model_dir
 from .lora import attach_lora, check_rank, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, strictest, uses_checkpointing
@@ -109,8 +109,14 @@ class FineTune:
         c, fmt = self.config, self.record.resolved.prompt_format
         self.train_ds, self.stats = tokenize_examples(self.train_examples, self.tokenizer, fmt, c.max_length,
                                                       c.train_on_prompt)
-        self.eval_ds, _ = tokenize_examples(self.eval_examples, self.tokenizer, fmt, c.max_length, c.train_on_prompt)
+        if not len(self.train_ds):
+            raise DataError(f"{c.data}: no training row keeps an answer token within --max-length {c.max_length} "
+                            f"({self.stats.where_and_fix()})")
+        self.eval_ds, eval_stats = tokenize_examples(self.eval_examples, self.tokenizer, fmt, c.max_length,
+                                                     c.train_on_prompt)
         self.report += self.stats.lines()
+        if eval_stats.unanswered:
+            self.report.append(f"eval split left out, no answer token within --max-length: {eval_stats.where_and_fix()}")
         distributed.on_main(lambda: write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n"))
 
     def build_model(self) -> None:
@@ -170,7 +176,7 @@ class FineTune:
             f"({len(d.skipped)} skipped, {d.duplicates_removed} duplicates, {d.repaired} repaired)",
             f"split      {len(self.train_examples)} train / {len(self.eval_examples)} eval (seed {c.seed}); "
             f"prompt layout {r.prompt_format}",
-            f"tokens     {self.stats.lines()[0]}; {self.stats.lines()[1]}",
+            f"tokens     {'; '.join(self.stats.lines())}",
             f"model      {c.model} ({c.quantization}, {r.precision}); LoRA r={c.lora_r} alpha={c.lora_alpha} "
             f"on {', '.join(r.lora_targets)}",
             f"params     {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)",

@@ -1,12 +1,17 @@
 """Faults in what a run is fed: a LoRA rank the model cannot hold, rows with nothing to learn,
 comparisons on prompts the adapter saw in training, and legacy encodings read as the wrong one."""
 
+import json
+
 import pytest
 
 from glmtune.checkpoint import read_config
-from glmtune.errors import ConfigError
+from glmtune.data import read_dataset
+from glmtune.errors import ConfigError, DataError
 from glmtune.finetune import FineTune
 from glmtune.lora import check_rank, target_features
+from glmtune.prompts import IGNORE_INDEX, tokenize_examples
+from glmtune.tokenizer import load_tokenizer
 
 from conftest import tiny_config
 
@@ -45,3 +50,48 @@ def test_lora_rank_against_chatglm3_layers_and_memory(real_tokenizer_dir):
         check_rank(16, targets, config, 2**27)
     assert caught.value.field == "lora_r"
     check_rank(4, targets, config, 2**27)
+
+
+LONG_SYSTEM = "你是一名经验丰富的全科医生，回答要谨慎、具体，并提醒患者必要时就医。" * 20
+
+
+def conversations(path, systems):
+    """A JSONL file of one-exchange conversations, one per system prompt (None: no system turn)."""
+    lines = []
+    for i, system in enumerate(systems):
+        turns = [{"role": "system", "content": system}] if system else []
+        turns += [{"role": "user", "content": f"头痛（{i}）怎么办？"}, {"role": "assistant", "content": "多休息，多喝水。"}]
+        lines.append(json.dumps({"messages": turns}, ensure_ascii=False))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_system_prompt_past_max_length_is_refused_before_the_model_naming_rows_and_fix(tmp_path, monkeypatch):
+    import glmtune.finetune
+
+    data = conversations(tmp_path / "chats.jsonl", [LONG_SYSTEM] * 6)
+    job = FineTune(tiny_config(data, tmp_path / "out", "--max-length", "64"))
+    monkeypatch.setattr(glmtune.finetune, "build_peft_model", lambda config: pytest.fail("the model was loaded"))
+    job.prepare()
+    job.load_data()
+    with pytest.raises(DataError) as caught:
+        job.load_tokenizer()
+    message = str(caught.value)
+    assert str(data) in message and "no training row keeps an answer token within --max-length 64" in message
+    needed = int(message.split("raise --max-length to ")[1].split(",")[0])
+    lines = [int(n) for n in message.split("(lines ")[1].split(":")[0].split(", ")]
+    assert set(lines) <= set(range(1, 7)) and "shorten the system prompt" in message
+    tok = load_tokenizer("tiny")
+    examples = read_dataset(data).examples
+    kept, stats = tokenize_examples(examples, tok, "chat", needed)  # the length it names keeps every row
+    assert len(kept) == 6 and not stats.unanswered
+
+
+def test_rows_without_an_answer_token_are_left_out_and_reported(tmp_path):
+    data = conversations(tmp_path / "mixed.jsonl", [None, LONG_SYSTEM, None, LONG_SYSTEM, "简短回答。"])
+    tok = load_tokenizer("tiny")
+    dataset, stats = tokenize_examples(read_dataset(data).examples, tok, "chat", 64)
+    assert len(dataset) == 3 and stats.count == 3 and stats.unanswered == [2, 4]
+    assert all(any(label != IGNORE_INDEX for label in labels) for labels in dataset["labels"])
+    assert max(dataset["length"]) <= 64
+    assert "left out, no answer token within --max-length: 2 rows (lines 2, 4:" in "\n".join(stats.lines())
