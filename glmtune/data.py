@@ -34,6 +34,7 @@ earlier turns as ``history`` (the training loss covers every reply).
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
 import json
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import DataError
+from .errors import DataError, RunDirError
 from .files import write_atomic
 
 __all__ = [
@@ -62,7 +63,10 @@ __all__ = [
     "join_question",
     "parse_line",
     "parse_record",
+    "prompt_digest",
     "read_dataset",
+    "read_prompt_digests",
+    "write_prompt_digests",
     "write_seed_format",
 ]
 
@@ -88,6 +92,8 @@ _TITLE_MARK = re.compile(r"[？?](?=\S)")
 _QUESTION_ESCAPES = "&\\ \n"
 _ANSWER_ESCAPES = "&\\,\n"
 _RAW_CLIP = 200
+TRAIN_PROMPTS = "train_prompts.sha256"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -364,6 +370,29 @@ def write_examples(examples: list[Example], folder: Path) -> Path:
     path = folder / "eval.txt"
     write_seed_format(examples, path)
     return path
+
+
+def prompt_digest(question: str) -> str:
+    """What a question is known by in a run folder: the SHA-256 of its words, however spaced."""
+    return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()
+
+
+def write_prompt_digests(examples: list[Example], folder: Path) -> None:
+    """The training questions' digests, so that a comparison can tell held-out prompts from seen ones."""
+    digests = sorted({prompt_digest(ex.question) for ex in examples})
+    write_atomic(folder / TRAIN_PROMPTS, "".join(f"{d}\n" for d in digests))
+
+
+def read_prompt_digests(folder: Path) -> set[str] | None:
+    """The digests `write_prompt_digests` left in a run folder; None for a run trained before it did."""
+    path = folder / TRAIN_PROMPTS
+    if not path.is_file():
+        return None
+    digests = set(path.read_bytes().decode("ascii", "replace").split())
+    if not all(_DIGEST.fullmatch(d) for d in digests):
+        raise RunDirError(f"{path} is damaged; delete it to compare without checking which prompts the adapter "
+                          "was trained on")
+    return digests
 
 
 def split_eval(examples: list, ratio: float, seed: int) -> tuple[list, list]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import device, distributed
 from .config import TrainConfig
-from .data import read_dataset, split_eval, write_examples
+from .data import read_dataset, split_eval, write_examples, write_prompt_digests
 from .errors import ConfigError, DataError, Diverged, Interrupted, TrainingError
 from .hub import needs_gpu, resolve_model_dir
 from .lora import attach_lora, check_rank, count_parameters, resolve_lora_targets
@@ -99,6 +99,7 @@ class FineTune:
         write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
         if self.dataset.skipped or self.dataset.duplicates:
             write_atomic(self.out / "skipped_lines.txt", self.dataset.skipped_report())
+        write_prompt_digests(self.train_examples, self.out)
         return write_examples(self.eval_examples, self.out).name
 
     def load_tokenizer(self) -> None:
