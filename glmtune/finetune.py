@@ -117,7 +117,8 @@ class FineTune:
                                                      c.train_on_prompt)
         self.report += self.stats.lines()
         if eval_stats.unanswered:
-            self.report.append(f"eval split left out, no answer token within --max-length: {eval_stats.where_and_fix()}")
+            self.report.append("eval split left out, no answer token within --max-length: "
+                               + eval_stats.where_and_fix())
         distributed.on_main(lambda: write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n"))
 
     def build_model(self) -> None:

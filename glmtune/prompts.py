@@ -163,8 +163,8 @@ class TokenStats:
     def where_and_fix(self) -> str:
         """The rows left out and how to keep them, for the report and for the refusal."""
         shown = ", ".join(map(str, self.unanswered[:5])) + (", ..." if len(self.unanswered) > 5 else "")
-        return (f"line{'s' if len(self.unanswered) > 1 else ''} {shown}: their system prompt and question fill it; raise --max-length to "
-                f"{self.needed_length}, or shorten the system prompt")
+        return (f"line{'s' if len(self.unanswered) > 1 else ''} {shown}: their system prompt and question fill it; "
+                f"raise --max-length to {self.needed_length}, or shorten the system prompt")
 
 
 def tokenize_examples(examples, tokenizer, prompt_format: str, max_length: int, train_on_prompt: bool = False):

@@ -217,8 +217,8 @@ def summary_lines(aggregate: dict, timing: dict, notes: tuple[str, ...] = ()) ->
     """What the console shows and the log opens with: verdict (with `notes` on what it stands on),
     metrics, departments, timing."""
     departments = department_table(aggregate)
-    return [*verdict_lines(aggregate), *(f"  - {n}" for n in notes), "", *metric_table(aggregate), *([""] + departments if departments else []),
-            "", *timing_lines(timing)]
+    return [*verdict_lines(aggregate), *(f"  - {n}" for n in notes), "", *metric_table(aggregate),
+            *([""] + departments if departments else []), "", *timing_lines(timing)]
 
 
 def display_width(text: str) -> int:
