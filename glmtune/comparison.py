@@ -57,7 +57,7 @@ class Comparison:
             flagged = [i for i, q in enumerate(c.prompt, 1) if seen is not None and prompt_digest(q) in seen]
             self.flagged = [f"--prompt {i} ({c.prompt[i - 1][:30]}) was seen in training: its answers are not "
                             "held-out" for i in flagged]
-            self.overlap = overlap_fact(c.adapter, seen, len(flagged), len(c.prompt), "kept, and flagged")
+            self.overlap = overlap_fact(c.adapter, seen, len(flagged), len(c.prompt), "kept but flagged")
         else:
             path = c.data or c.adapter / self.run.resolved.eval_file
             self.source = str(path)

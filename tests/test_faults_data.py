@@ -37,7 +37,7 @@ def test_target_features_are_the_models_own(tiny_dir):
 
     model = load_model(tiny_dir, quantization=None)
     layer = model.model.layers[0]
-    modules = {**vars(layer.self_attn)["_modules"], **vars(layer.mlp)["_modules"]}
+    modules = {name.rsplit(".", 1)[-1]: module for name, module in layer.named_modules()}
     for name, (inputs, outputs) in target_features(read_config(tiny_dir)).items():
         assert (modules[name].in_features, modules[name].out_features) == (inputs, outputs), name
 
@@ -64,18 +64,16 @@ def conversations(path, systems):
     lines = []
     for i, system in enumerate(systems):
         turns = [{"role": "system", "content": system}] if system else []
-        turns += [{"role": "user", "content": f"头痛（{i}）怎么办？"}, {"role": "assistant", "content": "多休息，多喝水。"}]
+        turns += [{"role": "user", "content": f"头痛（{i}）怎么办？"},
+                  {"role": "assistant", "content": "多休息，多喝水。"}]
         lines.append(json.dumps({"messages": turns}, ensure_ascii=False))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def test_a_system_prompt_past_max_length_is_refused_before_the_model_naming_rows_and_fix(tmp_path, monkeypatch):
-    import glmtune.finetune
-
+def test_a_system_prompt_past_max_length_is_refused_before_the_model_naming_rows_and_fix(tmp_path):
     data = conversations(tmp_path / "chats.jsonl", [LONG_SYSTEM] * 6)
     job = FineTune(tiny_config(data, tmp_path / "out", "--max-length", "64"))
-    monkeypatch.setattr(glmtune.finetune, "build_peft_model", lambda config: pytest.fail("the model was loaded"))
     job.prepare()
     job.load_data()
     with pytest.raises(DataError) as caught:
@@ -84,7 +82,7 @@ def test_a_system_prompt_past_max_length_is_refused_before_the_model_naming_rows
     assert str(data) in message and "no training row keeps an answer token within --max-length 64" in message
     needed = int(message.split("raise --max-length to ")[1].split(",")[0])
     lines = [int(n) for n in message.split("(lines ")[1].split(":")[0].split(", ")]
-    assert set(lines) <= set(range(1, 7)) and "shorten the system prompt" in message
+    assert lines == [ex.line_no for ex in job.train_examples] and "shorten the system prompt" in message
     tok = load_tokenizer("tiny")
     examples = read_dataset(data).examples
     kept, stats = tokenize_examples(examples, tok, "chat", needed)  # the length it names keeps every row
@@ -144,7 +142,7 @@ def test_only_prompts_seen_in_training_are_refused_and_ad_hoc_ones_flagged(train
     with pytest.raises(DataError, match=r"seen.jsonl: all 3 prompts were seen in training.*held-out prompts"):
         comparison(run, tmp_path, data=only_seen)
     job = comparison(run, tmp_path, prompt=["头痛怎么办？", f"  {seen[0]}\n"])  # whitespace aside, the same
-    assert job.overlap == "1 of 2 prompts were seen in training and are kept, and flagged"
+    assert job.overlap == "1 of 2 prompts were seen in training and are kept but flagged"
     assert job.flagged == [f"--prompt 2 ({f'  {seen[0]}'[:30]}) was seen in training: its answers are not held-out"]
 
 
