@@ -9,8 +9,8 @@ import pytest
 from glmtune.checkpoint import read_config
 from glmtune.comparison import Comparison, compare
 from glmtune.config import CompareConfig
-from glmtune.data import read_dataset
-from glmtune.errors import ConfigError, DataError
+from glmtune.data import read_dataset, read_prompt_digests
+from glmtune.errors import ConfigError, DataError, RunDirError
 from glmtune.finetune import FineTune
 from glmtune.lora import check_rank, target_features
 from glmtune.prompts import IGNORE_INDEX, tokenize_examples
@@ -152,6 +152,12 @@ def test_a_run_from_before_the_prompt_hashes_is_compared_with_the_overlap_unchec
     shutil.copytree(run, old, ignore=shutil.ignore_patterns("checkpoint-*", "comparison*", "train_prompts.sha256"))
     job = comparison(old, tmp_path, data=data_file)
     assert len(job.items) == 24 and "could not be checked" in job.overlap
+
+
+def test_a_damaged_prompt_hash_file_is_named(tmp_path):
+    (tmp_path / "train_prompts.sha256").write_text("0123abc\n", encoding="utf-8")
+    with pytest.raises(RunDirError, match=r"train_prompts.sha256 is damaged; delete it"):
+        read_prompt_digests(tmp_path)
 
 
 # Traditional Chinese, as Taiwan and Hong Kong write it (and save it as Big5)
