@@ -54,7 +54,7 @@ class Comparison:
         if c.prompt:
             self.items = [(Example(q, "", 0), None) for q in c.prompt]
             self.source = "--prompt"
-            flagged = [i for i, q in enumerate(c.prompt, 1) if seen is not None and prompt_digest(q) in seen]
+            flagged = [i for i, (ex, _) in enumerate(self.items, 1) if seen is not None and prompt_digest(ex) in seen]
             self.flagged = [f"--prompt {i} ({c.prompt[i - 1][:30]}) was seen in training: its answers are not "
                             "held-out" for i in flagged]
             self.overlap = overlap_fact(c.adapter, seen, len(flagged), len(c.prompt), "kept but flagged")
@@ -65,7 +65,7 @@ class Comparison:
                 raise DataError(f"{path}: no prompts to compare, the eval split is empty. Train with --eval-ratio > "
                                 "0, or pass --data FILE or --prompt QUESTION")
             examples = read_dataset(path).examples  # DataError for a file with no usable example
-            held_out = [ex for ex in examples if seen is None or prompt_digest(ex.question) not in seen]
+            held_out = [ex for ex in examples if seen is None or prompt_digest(ex) not in seen]
             if not held_out:
                 raise DataError(f"{path}: all {len(examples)} prompts were seen in training, so a verdict on them "
                                 "says nothing about new questions; compare on held-out prompts: the run's eval "

@@ -373,14 +373,17 @@ def write_examples(examples: list[Example], folder: Path) -> Path:
     return path
 
 
-def prompt_digest(question: str) -> str:
-    """What a question is known by in a run folder: the SHA-256 of its words, however spaced."""
-    return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()
+def prompt_digest(example: Example) -> str:
+    """What an example's prompt is known by in a run folder: the SHA-256 of its system prompt, earlier
+    turns and question, each reduced to its words however spaced. Conversations often end on the same
+    short question ("没有。"); what came before it tells them apart."""
+    parts = [example.system or "", *(text for turn in example.history for text in turn), example.question]
+    return hashlib.sha256("\0".join(" ".join(part.split()) for part in parts).encode("utf-8")).hexdigest()
 
 
 def write_prompt_digests(examples: list[Example], folder: Path) -> None:
-    """The training questions' digests, so that a comparison can tell held-out prompts from seen ones."""
-    digests = sorted({prompt_digest(ex.question) for ex in examples})
+    """The training prompts' digests, so that a comparison can tell held-out prompts from seen ones."""
+    digests = sorted({prompt_digest(ex) for ex in examples})
     write_atomic(folder / TRAIN_PROMPTS, "".join(f"{d}\n" for d in digests))
 
 

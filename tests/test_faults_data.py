@@ -9,7 +9,7 @@ import pytest
 from glmtune.checkpoint import read_config
 from glmtune.comparison import Comparison, compare
 from glmtune.config import CompareConfig
-from glmtune.data import read_dataset, read_prompt_digests
+from glmtune.data import Example, prompt_digest, read_dataset, read_prompt_digests
 from glmtune.errors import ConfigError, DataError, RunDirError
 from glmtune.finetune import FineTune
 from glmtune.lora import check_rank, target_features
@@ -152,6 +152,14 @@ def test_a_run_from_before_the_prompt_hashes_is_compared_with_the_overlap_unchec
     shutil.copytree(run, old, ignore=shutil.ignore_patterns("checkpoint-*", "comparison*", "train_prompts.sha256"))
     job = comparison(old, tmp_path, data=data_file)
     assert len(job.items) == 24 and "could not be checked" in job.overlap
+
+
+def test_a_prompt_is_known_by_its_words_and_everything_before_its_question():
+    turn = Example("没有。", "休息。", 1, (("第1天头痛。", "有发热吗？"),), "你是医生。")
+    assert prompt_digest(turn) == prompt_digest(Example(" 没有。\n", "", 0, (("第1天头痛。 ", "有发热吗？"),), "你是医生。"))
+    assert prompt_digest(turn) != prompt_digest(Example("没有。", "休息。", 2, (("第2天头痛。", "有发热吗？"),), "你是医生。"))
+    assert prompt_digest(turn) != prompt_digest(Example("没有。", "休息。", 3, turn.history))  # no system prompt
+    assert prompt_digest(Example("头 痛", "", 0)) != prompt_digest(Example("头痛", "", 0))  # words, not characters
 
 
 def test_a_damaged_prompt_hash_file_is_named(tmp_path):
