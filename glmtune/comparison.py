@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import device, distributed
 from .config import CompareConfig
-from .data import Example, read_dataset
+from .data import TRAIN_PROMPTS, Example, prompt_digest, read_dataset, read_prompt_digests
 from .errors import ConfigError, DataError, RunDirError
 from .hub import needs_gpu
 from .folders import claim, publish, remove, reserve
@@ -60,11 +60,18 @@ class Comparison:
                                             "For a CPU demo, train with --model tiny and compare that adapter.")
 
     def load_prompts(self) -> None:
-        """(example, reference answer or None) pairs: ad-hoc questions, --data, or the eval split."""
+        """(example, reference answer or None) pairs: ad-hoc questions, --data, or the eval split.
+        Prompts the adapter was trained on are left out (ad-hoc ones flagged): a verdict on them
+        measures recall, not what the fine-tune does for new questions."""
         c = self.config
+        seen = read_prompt_digests(c.adapter)  # None: a run trained before it recorded them
         if c.prompt:
             self.items = [(Example(q, "", 0), None) for q in c.prompt]
             self.source = "--prompt"
+            flagged = [i for i, (ex, _) in enumerate(self.items, 1) if seen is not None and prompt_digest(ex) in seen]
+            self.flagged = [f"--prompt {i} ({c.prompt[i - 1][:30]}) was seen in training: its answers are not "
+                            "held-out" for i in flagged]
+            self.overlap = overlap_fact(c.adapter, seen, len(flagged), len(c.prompt), "kept but flagged")
         else:
             path = c.data or c.adapter / self.run.resolved.eval_file
             self.source = str(path)
@@ -72,7 +79,14 @@ class Comparison:
                 raise DataError(f"{path}: no prompts to compare, the eval split is empty. Train with --eval-ratio > "
                                 "0, or pass --data FILE or --prompt QUESTION")
             examples = read_dataset(path).examples  # DataError for a file with no usable example
-            self.items = [(ex, ex.answer) for ex in examples][: c.num_samples or None]
+            held_out = [ex for ex in examples if seen is None or prompt_digest(ex) not in seen]
+            if not held_out:
+                raise DataError(f"{path}: all {len(examples)} prompts were seen in training, so a verdict on them "
+                                "says nothing about new questions; compare on held-out prompts: the run's eval "
+                                "split (drop --data) or a file of questions it was not trained on")
+            self.items = [(ex, ex.answer) for ex in held_out][: c.num_samples or None]
+            self.overlap = overlap_fact(c.adapter, seen, len(examples) - len(held_out), len(examples), "left out")
+            self.flagged = []
             if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
                 raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, "
                                 "which has none; compare it on question/answer data")
@@ -185,8 +199,8 @@ class Comparison:
             "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
             "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
             "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(self.terms_file), "device": device.name(),
-            "processes": distributed.world_size()}
-        self.summary = summary_lines(self.aggregate, self.timing)
+            "processes": distributed.world_size(), "seen_in_training": self.overlap}
+        self.summary = summary_lines(self.aggregate, self.timing, (self.overlap, *self.flagged))
         return self.summary
 
     def answers_side_by_side(self, width: int) -> list[str]:
@@ -229,6 +243,14 @@ class Comparison:
                 f"{t['warm_up_s']:.1f} s, scoring {t['score_s']:.1f} s",
                 f"wrote {self.output}/: {', '.join(p.name for p in self.outputs)}",
                 f"open   {self.outputs[-1]} in a browser for every answer side by side"]
+
+
+def overlap_fact(adapter: Path, seen: set[str] | None, count: int, total: int, done: str) -> str:
+    """How many of the compared prompts the adapter was trained on, and what became of them."""
+    if seen is None:
+        return (f"whether these prompts were seen in training could not be checked: {adapter} was trained before "
+                f"runs recorded {TRAIN_PROMPTS}")
+    return f"{count} of {total} prompts were seen in training" + (f" and are {done}" if count else "")
 
 
 def load_lexicon(path: Path):

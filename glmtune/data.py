@@ -34,6 +34,7 @@ earlier turns as ``history`` (the training loss covers every reply).
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
 import json
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import DataError
+from .errors import DataError, RunDirError
 from .files import write_atomic
 
 __all__ = [
@@ -62,7 +63,10 @@ __all__ = [
     "join_question",
     "parse_line",
     "parse_record",
+    "prompt_digest",
     "read_dataset",
+    "read_prompt_digests",
+    "write_prompt_digests",
     "write_seed_format",
 ]
 
@@ -88,6 +92,8 @@ _TITLE_MARK = re.compile(r"[？?](?=\S)")
 _QUESTION_ESCAPES = "&\\ \n"
 _ANSWER_ESCAPES = "&\\,\n"
 _RAW_CLIP = 200
+TRAIN_PROMPTS = "train_prompts.sha256"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,7 @@ class Skipped:
 class Dataset:
     path: Path
     format: str  # "seed", "csv", "jsonl" or "json"
+    encoding: str = "UTF-8"  # or the legacy encoding the file was recognised in
     examples: list[Example] = field(default_factory=list)
     lines_read: int = 0
     repaired: int = 0
@@ -151,7 +158,7 @@ class Dataset:
 
     def report_lines(self) -> list[str]:
         lines = [
-            f"data: {self.path} ({self.format})",
+            f"data: {self.path} ({self.format}, {self.encoding})",
             f"  lines read:         {self.lines_read}",
             f"  examples used:      {len(self.examples)} ({self.repaired} repaired)",
             f"  skipped:            {len(self.skipped)}",
@@ -366,6 +373,32 @@ def write_examples(examples: list[Example], folder: Path) -> Path:
     return path
 
 
+def prompt_digest(example: Example) -> str:
+    """What an example's prompt is known by in a run folder: the SHA-256 of its system prompt, earlier
+    turns and question, each reduced to its words however spaced. Conversations often end on the same
+    short question ("没有。"); what came before it tells them apart."""
+    parts = [example.system or "", *(text for turn in example.history for text in turn), example.question]
+    return hashlib.sha256("\0".join(" ".join(part.split()) for part in parts).encode("utf-8")).hexdigest()
+
+
+def write_prompt_digests(examples: list[Example], folder: Path) -> None:
+    """The training prompts' digests, so that a comparison can tell held-out prompts from seen ones."""
+    digests = sorted({prompt_digest(ex) for ex in examples})
+    write_atomic(folder / TRAIN_PROMPTS, "".join(f"{d}\n" for d in digests))
+
+
+def read_prompt_digests(folder: Path) -> set[str] | None:
+    """The digests `write_prompt_digests` left in a run folder; None for a run trained before it did."""
+    path = folder / TRAIN_PROMPTS
+    if not path.is_file():
+        return None
+    digests = set(path.read_bytes().decode("ascii", "replace").split())
+    if not all(_DIGEST.fullmatch(d) for d in digests):
+        raise RunDirError(f"{path} is damaged; delete it to compare without checking which prompts the adapter "
+                          "was trained on")
+    return digests
+
+
 def split_eval(examples: list, ratio: float, seed: int) -> tuple[list, list]:
     """A seeded split: the same examples and seed always hold out the same ones."""
     if not 0 <= ratio < 1:
@@ -395,7 +428,64 @@ class _Pair(NamedTuple):
 _Records = Iterator[tuple[int, str, Any]]
 
 
-def _decode(path: Path) -> str:
+class _Legacy(NamedTuple):
+    """A legacy double-byte encoding, and the codes its everyday text is made of."""
+
+    name: str
+    codecs: tuple[str, ...]  # Python's names (iconv's too), the first that decodes a file reads it
+    common: tuple[range, ...]  # double-byte codes of common symbols and characters
+    min_trail: int  # EUC-style encodings put their common characters on trail bytes from 0xA1
+
+
+# Bytes of any of these decode in the others too (GB18030 takes almost anything), but into
+# characters rare there: kana and rare hanzi for Big5 read as GB18030, less frequent Big5 hanzi for
+# GB text read as Big5. GB2312's symbols and hanzi; Big5's symbols and its frequent hanzi (A440-C67E);
+# Shift_JIS's symbols, kana and level-1 kanji; EUC-KR's symbols and hangul.
+_LEGACY = (
+    _Legacy("GB18030", ("gb18030",), (range(0xA1A1, 0xA3FF), range(0xB0A1, 0xF7FF)), 0xA1),
+    _Legacy("Big5", ("cp950", "big5hkscs"), (range(0xA140, 0xA3C0), range(0xA440, 0xC67F)), 0x40),
+    _Legacy("Shift_JIS", ("cp932",), (range(0x8140, 0x8400), range(0x889F, 0x9873)), 0x40),
+    _Legacy("EUC-KR", ("cp949",), (range(0xA1A1, 0xA3FF), range(0xB0A1, 0xC8FF)), 0xA1),
+)
+MIN_COMMON = 0.5  # of the non-ASCII characters, in the encoding chosen
+MIN_LEAD = 0.25  # over the next most plausible encoding
+
+
+class _Reading(NamedTuple):
+    share: float  # of the non-ASCII characters, the common ones in the encoding
+    encoding: _Legacy
+    codec: str
+    text: str
+
+
+def _common_share(text: str, encoding: _Legacy, codec: str) -> float:
+    wide = {ch: n for ch, n in Counter(text).items() if not ch.isascii()}
+    common = 0
+    for ch, n in wide.items():
+        code = ch.encode(codec, "replace")
+        if len(code) == 2 and code[1] >= encoding.min_trail and any(int.from_bytes(code, "big") in r
+                                                                    for r in encoding.common):
+            common += n
+    return common / max(1, sum(wide.values()))
+
+
+def _readings(data: bytes) -> list[_Reading]:
+    """Each legacy encoding that decodes `data`, most plausible first."""
+    readings = []
+    for encoding in _LEGACY:
+        for codec in encoding.codecs:
+            try:
+                text = data.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            readings.append(_Reading(_common_share(text, encoding, codec), encoding, codec, text))
+            break
+    return sorted(readings, key=lambda r: -r.share)
+
+
+def _decode(path: Path) -> tuple[str, str]:
+    """The text of a data file and the encoding it was read in: UTF-8, else the legacy encoding whose
+    common characters it clearly is; DataError, with how to convert it, when none clearly is."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -403,22 +493,28 @@ def _decode(path: Path) -> str:
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror})") from None
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), "UTF-8"
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
+        line, bad = data.count(b"\n", 0, err.start) + 1, data[err.start]
         if not data[: err.start].isascii():
-            # Valid UTF-8 text before the bad byte: a damaged UTF-8 file, not GB18030.
+            # Valid UTF-8 text before the bad byte: a damaged UTF-8 file, not a legacy encoding.
             raise DataError(
-                f"{path}:{line}: invalid UTF-8 byte 0x{data[err.start]:02x} after valid UTF-8 text; "
+                f"{path}:{line}: invalid UTF-8 byte 0x{bad:02x} after valid UTF-8 text; "
                 "fix or delete that byte, or re-save the file as UTF-8"
             ) from None
-    try:
-        return data.decode("gb18030")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(
-            f"{path}:{line}: file is neither UTF-8 nor GB18030 (bad byte 0x{data[err.start]:02x}); re-save it as UTF-8"
-        ) from None
+    readings = _readings(data)
+    if not readings:
+        names = [e.name for e in _LEGACY]
+        raise DataError(f"{path}:{line}: file is neither UTF-8 nor {', '.join(names[:-1])} or {names[-1]} (byte "
+                        f"0x{bad:02x} there is not UTF-8); re-save it as UTF-8")
+    best, rival = readings[0], readings[1] if len(readings) > 1 else None
+    if best.share >= MIN_COMMON and (rival is None or best.share - rival.share >= MIN_LEAD):
+        return best.text, best.encoding.name
+    shares = ", ".join(f"{r.encoding.name} {r.share:.0%}" for r in readings)
+    likely = " or ".join(r.codec.upper() for r in readings[:2])
+    raise DataError(f"{path}: not UTF-8, and no legacy encoding clearly fits (common characters when read as "
+                    f"{shares}); convert it from the one it was saved in, likely {likely}: e.g. iconv -f "
+                    f"{best.codec.upper()} -t UTF-8 {path} > {path}.utf8, and train on the .utf8 file")
 
 
 def _seed_records(text: str, path: Path) -> _Records:
@@ -637,7 +733,7 @@ def _sidecar_departments(path: Path, lines: int) -> list[str | None] | None:
     sidecar = departments_file(path)
     if not sidecar.is_file():
         return None
-    names = _lines(_decode(sidecar))
+    names = _lines(_decode(sidecar)[0])
     if len(names) != lines:
         raise DataError(f"{sidecar}: {len(names)} lines, but {path} has {lines}; it must name one department per "
                         "line of the data file (or be deleted)")
@@ -653,8 +749,8 @@ def read_dataset(path: str | Path) -> Dataset:
     """
     path = Path(path)
     fmt = _FORMATS.get(path.suffix.lower(), _SEED)
-    text = _decode(path)
-    data = Dataset(path=path, format=fmt.name, lines_read=_count_lines(text))
+    text, encoding = _decode(path)
+    data = Dataset(path=path, format=fmt.name, encoding=encoding, lines_read=_count_lines(text))
     departments = _sidecar_departments(path, data.lines_read) if fmt is _SEED else None
     seen: dict[tuple, int] = {}
     for line_no, raw, record in fmt.records(text, path):

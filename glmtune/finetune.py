@@ -14,10 +14,10 @@ from pathlib import Path
 
 from . import device, distributed
 from .config import TrainConfig
-from .data import read_dataset, split_eval, write_examples
-from .errors import ConfigError, Diverged, Interrupted, TrainingError
-from .hub import needs_gpu
-from .lora import attach_lora, count_parameters, resolve_lora_targets
+from .data import TRAIN_PROMPTS, read_dataset, split_eval, write_examples, write_prompt_digests
+from .errors import ConfigError, DataError, Diverged, Interrupted, TrainingError
+from .hub import needs_gpu, resolve_model_dir
+from .lora import attach_lora, check_rank, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, strictest, uses_checkpointing
 from .prompts import PadCollator, tokenize_examples
 from .files import free_space, write_atomic, write_failure
@@ -45,6 +45,18 @@ def check_hardware(config: TrainConfig) -> None:
                                    "found. For a CPU demo run: --model tiny")
 
 
+def check_lora(config: TrainConfig) -> None:
+    """The LoRA rank against the base's layer sizes (its config.json) and the memory free now,
+    before any weight loads."""
+    from .checkpoint import read_config
+
+    available = device.free_memory()
+    if device.cuda() and config.gpu_memory:
+        available = min(available, int(config.gpu_memory * 2**30))
+    check_rank(config.lora_r, resolve_lora_targets(config.lora_target),
+               read_config(resolve_model_dir(config.model, weights=False)), available)
+
+
 class FineTune:
     """One training run. Each stage leaves its results as attributes for the next. Used as a
     context manager: on leaving, the output folder is free for other processes again."""
@@ -68,6 +80,7 @@ class FineTune:
         self.record.resolved.prompt_format = resolve_prompt_format(self.config.prompt_format,
                                                                    self.dataset.conversational)
         tokenizer_folder(self.config.model)
+        check_lora(self.config)
         self.record.data_sha256 = file_sha256(self.config.data)
         self.resume_from, self.removed = distributed.on_main(self._claim_output_dir)
 
@@ -101,11 +114,12 @@ class FineTune:
     def _write_data_files(self) -> str:
         # Listed before they are written, so that a kill in between leaves nothing --overwrite
         # would take for a user's file; the eval split's name depends on its examples.
-        self.record.files += ["data_report.txt", "skipped_lines.txt", "eval.txt", "eval.jsonl"]
+        self.record.files += ["data_report.txt", "skipped_lines.txt", TRAIN_PROMPTS, "eval.txt", "eval.jsonl"]
         self.record.save(self.out)
         write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n")
         if self.dataset.skipped or self.dataset.duplicates:
             write_atomic(self.out / "skipped_lines.txt", self.dataset.skipped_report())
+        write_prompt_digests(self.train_examples, self.out)
         written = write_examples(self.eval_examples, self.out).name
         unwritten = {"eval.txt", "eval.jsonl"} - {written}
         if not (self.dataset.skipped or self.dataset.duplicates):
@@ -121,8 +135,15 @@ class FineTune:
         c, fmt = self.config, self.record.resolved.prompt_format
         self.train_ds, self.stats = tokenize_examples(self.train_examples, self.tokenizer, fmt, c.max_length,
                                                       c.train_on_prompt)
-        self.eval_ds, _ = tokenize_examples(self.eval_examples, self.tokenizer, fmt, c.max_length, c.train_on_prompt)
+        if not len(self.train_ds):
+            raise DataError(f"{c.data}: no training row keeps an answer token within --max-length {c.max_length} "
+                            f"({self.stats.where_and_fix()})")
+        self.eval_ds, eval_stats = tokenize_examples(self.eval_examples, self.tokenizer, fmt, c.max_length,
+                                                     c.train_on_prompt)
         self.report += self.stats.lines()
+        if eval_stats.unanswered:
+            self.report.append("eval split left out, no answer token within --max-length: "
+                               + eval_stats.where_and_fix())
         distributed.on_main(lambda: write_atomic(self.out / "data_report.txt", "\n".join(self.report) + "\n"))
 
     def build_model(self) -> None:
@@ -182,7 +203,7 @@ class FineTune:
             f"({len(d.skipped)} skipped, {d.duplicates_removed} duplicates, {d.repaired} repaired)",
             f"split      {len(self.train_examples)} train / {len(self.eval_examples)} eval (seed {c.seed}); "
             f"prompt layout {r.prompt_format}",
-            f"tokens     {self.stats.lines()[0]}; {self.stats.lines()[1]}",
+            f"tokens     {'; '.join(self.stats.lines())}",
             f"model      {c.model} ({c.quantization}, {r.precision}); LoRA r={c.lora_r} alpha={c.lora_alpha} "
             f"on {', '.join(r.lora_targets)}",
             f"params     {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)",

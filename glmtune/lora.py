@@ -33,6 +33,35 @@ def resolve_lora_targets(spec: str) -> list[str]:
     return targets
 
 
+# fp32 weight and gradient, and AdamW's two moments, per LoRA parameter
+LORA_BYTES_PER_PARAMETER = 16
+
+
+def target_features(config) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each LoRA target module of one decoder layer, from a `GlmConfig`."""
+    hidden, inner = config.hidden_size, config.intermediate_size
+    queries, groups = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    return {"q_proj": (hidden, queries), "k_proj": (hidden, groups), "v_proj": (hidden, groups),
+            "o_proj": (queries, hidden), "gate_up_proj": (hidden, 2 * inner), "down_proj": (inner, hidden)}
+
+
+def check_rank(r: int, targets: list[str], config, available: int) -> None:
+    """ConfigError("lora_r") for a rank that no targeted layer can use (B·A has rank at most its
+    smallest side), or whose adapters alone, with their gradients and AdamW states, exceed the
+    `available` bytes: either would grow until the OS kills the process without a word."""
+    features = target_features(config)
+    smallest = min(targets, key=lambda t: min(features[t]))
+    limit = min(features[smallest])
+    if r > limit:
+        raise ConfigError("lora_r", f"{r} must be at most {limit} (the smallest targeted layer, {smallest}, has "
+                                    f"{limit} features; a higher rank adds nothing); ranks of 8 to 64 are usual")
+    per_rank = LORA_BYTES_PER_PARAMETER * config.num_hidden_layers * sum(sum(features[t]) for t in targets)
+    if r * per_rank > available:
+        raise ConfigError("lora_r", f"{r} needs {r * per_rank / 2**30:.1f} GiB for the LoRA weights, gradients and "
+                                    f"optimizer states alone, and {available / 2**30:.1f} GiB is free; use "
+                                    f"--lora-r {available // per_rank} or lower")
+
+
 def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str]):
     """`model` wrapped by peft with fresh LoRA adapters on `targets`."""
     from peft import LoraConfig, get_peft_model

@@ -16,7 +16,9 @@ Truncation policy for `max_length` (whole sequence, eos included):
 2. The prompt may take at most half of `max_length`; a longer question is cut at the end (the
    template around it is always kept).
 3. The answer fills what is left; a longer answer is cut at the end and gets NO eos, so the model is
-   never taught to stop mid-sentence. An answer therefore always keeps at least half the budget.
+   never taught to stop mid-sentence. An answer therefore always keeps at least half the budget,
+   unless the template and system prompt alone take more: a row whose prompt leaves no answer token
+   has nothing to learn (a micro-batch of such rows has a NaN loss), and is left out and reported.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def encode_example(tokenizer, question: str, answer: str, prompt_format: str = "
     answer_part = answer_ids(tokenizer, answer, prompt_format) + [tokenizer.eos_token_id]
     room = max_length - len(prompt)
     truncated = len(prompt) < len(full_prompt) or len(answer_part) > room
-    answer_part = answer_part[:room]
+    answer_part = answer_part[:max(room, 0)]  # a prompt past max_length leaves no room at all
     input_ids = prompt + answer_part
     labels = list(input_ids) if train_on_prompt else [IGNORE_INDEX] * len(prompt) + answer_part
     return Encoded(input_ids, labels, len(prompt), truncated)
@@ -145,21 +147,37 @@ class TokenStats:
     p95: int
     max: int
     answer_tokens: int
+    unanswered: list[int] = dataclasses.field(default_factory=list)  # data lines left out: no answer token
+    needed_length: int = 0  # the --max-length at which each of them keeps its whole prompt (half the budget)
 
     def lines(self) -> list[str]:
-        return [
+        lines = [
             f"sequence tokens: min {self.min}, median {self.median:.0f}, p95 {self.p95}, max {self.max}",
             f"truncated to --max-length: {self.truncated} of {self.count}",
         ]
+        if self.unanswered:
+            lines.append(f"left out, no answer token within --max-length: {len(self.unanswered)} rows "
+                         f"({self.where_and_fix()})")
+        return lines
+
+    def where_and_fix(self) -> str:
+        """The rows left out and how to keep them, for the report and for the refusal."""
+        shown = ", ".join(map(str, self.unanswered[:5])) + (", ..." if len(self.unanswered) > 5 else "")
+        return (f"line{'s' if len(self.unanswered) > 1 else ''} {shown}: their system prompt and question fill it; "
+                f"raise --max-length to {self.needed_length}, or shorten the system prompt")
 
 
 def tokenize_examples(examples, tokenizer, prompt_format: str, max_length: int, train_on_prompt: bool = False):
-    """A `datasets.Dataset` of input_ids/labels/length, and its token statistics."""
+    """A `datasets.Dataset` of input_ids/labels/length, and its token statistics; rows with no answer
+    token are left out, and the statistics name them."""
     from datasets import Dataset
 
-    rows = []
+    rows, unanswered = [], []
     for ex in examples:
         enc = encode(tokenizer, ex, prompt_format, max_length, train_on_prompt)
+        if len(enc.input_ids) == enc.prompt_len:
+            unanswered.append(ex)
+            continue
         rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
                      "truncated": enc.truncated})
     lengths = sorted(r["length"] for r in rows) or [0]
@@ -167,6 +185,9 @@ def tokenize_examples(examples, tokenizer, prompt_format: str, max_length: int, 
         count=len(rows), truncated=sum(r["truncated"] for r in rows), min=lengths[0],
         median=statistics.median(lengths), p95=lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))],
         max=lengths[-1], answer_tokens=sum(sum(label != IGNORE_INDEX for label in r["labels"]) for r in rows),
+        unanswered=[ex.line_no for ex in unanswered],
+        needed_length=2 * max((len(prompt_ids(tokenizer, ex.question, prompt_format, system=ex.system))
+                               for ex in unanswered), default=0),
     )
     dataset = Dataset.from_list([{k: r[k] for k in ("input_ids", "labels", "length")} for r in rows])
     return dataset, stats

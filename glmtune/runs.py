@@ -33,7 +33,8 @@ SCRATCH = re.compile(r"^\.(.+\.tmp|saving-.*)$")  # files.write_atomic's and Fin
 # What a run of this tool writes: --overwrite replaces a folder only if it holds nothing else.
 OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
-             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "README.md"}
+             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "README.md",
+             "train_prompts.sha256"}
 REPORTS = re.compile(r"^comparison(-\d+)?$")  # the comparison script's report folders inside a run
 REPORT_STEM = "chatglm_comparison"  # a report's files: STEM.log, .json, .png, .html
 

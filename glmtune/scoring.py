@@ -213,11 +213,12 @@ def timing_lines(timing: dict) -> list[str]:
     return lines
 
 
-def summary_lines(aggregate: dict, timing: dict) -> list[str]:
-    """What the console shows and the log opens with: verdict, metrics, departments, timing."""
+def summary_lines(aggregate: dict, timing: dict, notes: tuple[str, ...] = ()) -> list[str]:
+    """What the console shows and the log opens with: verdict (with `notes` on what it stands on),
+    metrics, departments, timing."""
     departments = department_table(aggregate)
-    return [*verdict_lines(aggregate), "", *metric_table(aggregate), *([""] + departments if departments else []),
-            "", *timing_lines(timing)]
+    return [*verdict_lines(aggregate), *(f"  - {n}" for n in notes), "", *metric_table(aggregate),
+            *([""] + departments if departments else []), "", *timing_lines(timing)]
 
 
 def display_width(text: str) -> int:
