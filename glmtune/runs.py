@@ -279,6 +279,10 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     lost = f" (and its comparison reports {', '.join(reports)})" if reports else ""
     if old.identity() != record.identity():
         difference = _difference(old.identity(), record.identity())
+        if old.state != FINISHED and last_checkpoint(out) is None and not config.resume:
+            # Stopped (or refused) before its first checkpoint: nothing of it can be continued.
+            return None, [f"replaced a run that stopped before its first checkpoint ({difference})",
+                          *_replace(record, old.files)]
         if config.resume:
             raise RunDirError(f"cannot resume: {out} holds a run with other settings ({difference}). Resume with "
                               "the original settings, or drop --resume")

@@ -86,6 +86,16 @@ def test_a_symlinked_output_dir_is_overwritten_through_the_link(data_file, train
     assert link.is_symlink() and RunRecord.load(real).config.max_steps == 1
 
 
+def test_a_run_stopped_before_its_first_checkpoint_gives_way_to_other_settings(data_file, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(quick(data_file, run, "--max-steps", "2"), callbacks=[KillAtStep(1)])
+    (run / "NOTES.md").write_text("mine", encoding="utf-8")
+    job = train(quick(data_file, run, "--lora-r", "4"))  # e.g. the --max-length a refusal asked for
+    assert "replaced a run that stopped before its first checkpoint (lora_r 16 -> 4" in job.plan_summary()
+    assert RunRecord.load(run).state == "finished" and (run / "NOTES.md").read_text(encoding="utf-8") == "mine"
+
+
 # --- one process at a time -----------------------------------------------------------------------
 
 def test_a_live_run_holds_its_folder_against_training_comparing_and_exporting(data_file, trained, tmp_path):
