@@ -1,0 +1,51 @@
+"""Faults of the command line and the console: hostile or conflicting YAML, messages that blame the
+wrong thing, printed commands that break on paste, caches that cannot be written, noise, terminals
+and pipes that are not what the scripts assumed."""
+
+import time
+
+import pytest
+
+from glmtune import cli
+from glmtune.config import TrainConfig
+
+# 90 bytes that expand to 9**9 strings inside a setting whose error message would show the value
+BILLION_LAUGHS = "lora_target:\n- &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"- &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+
+
+def usage_error(capsys, *argv, cls=TrainConfig) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(cls, "test", list(argv))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(capsys, data_file, tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BILLION_LAUGHS, encoding="utf-8")
+    began = time.perf_counter()
+    err = usage_error(capsys, "--data", str(data_file), "--config", str(bomb))
+    assert time.perf_counter() - began < 1
+    assert f"{bomb}:3: *a: aliases are not accepted in a settings file" in err
+
+
+def test_an_oversized_yaml_file_is_refused_unread(capsys, data_file, tmp_path):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(f"lora_target: {'q_proj,' * 200_000}q_proj\n", encoding="utf-8")
+    assert f"{huge}: larger than 64 KiB" in usage_error(capsys, "--data", str(data_file), "--config", str(huge))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate: 1e-4\nlr: 5e-4\n", "'learning_rate' and 'lr' both set --learning-rate; keep one"),
+    ("lora-r: 8\nlora_r: 16\n", "'lora-r' and 'lora_r' both set --lora-r; keep one"),
+    ("precision: fp16\nbf16: true\n", "'precision' and 'bf16' both set --precision; keep one"),
+    ("lora_r: 8\nseed: 1\nlora_r: 16\n", ":3: 'lora_r' is given twice; keep one"),
+])
+def test_conflicting_yaml_keys_are_refused_naming_both(capsys, data_file, tmp_path, text, message):
+    conflict = tmp_path / "conflict.yaml"
+    conflict.write_text(text, encoding="utf-8")
+    err = usage_error(capsys, "--data", str(data_file), "--config", str(conflict))
+    assert str(conflict) in err and message in err
