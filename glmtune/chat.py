@@ -152,6 +152,7 @@ def turns(stream: TextIO, out: TextIO) -> Iterator[str]:
 
 def start(config, run, base: str, out: TextIO) -> Chat:
     """The chat's model (as the comparison would hold the weights, adapter attached) and tokenizer."""
+    from .comparison import room_for_prompts
     from .inference import Shape, Sides, plan_weights
     from .tokenizer import load_tokenizer
 
@@ -159,8 +160,9 @@ def start(config, run, base: str, out: TextIO) -> Chat:
     shape = Shape.of_model(base)
     # One prompt at a time, the whole conversation prefilled each turn, up to the context length.
     context = tokenizer.model_max_length
-    plan = plan_weights(config.quantization, run.config.quantization, shape, device.free_memory(), 1,
-                        context - config.max_new_tokens, context, 1, device.cuda())
+    room = room_for_prompts(context, config.max_new_tokens, len(chat_ids(tokenizer, [{"role": "user", "content": ""}])))
+    plan = plan_weights(config.quantization, run.config.quantization, shape, device.free_memory(), 1, room, context,
+                        1, device.cuda())
     sides = Sides.load(base, config.adapter, plan, keep_unmerged=True)
     decoding = Decoding(config.max_new_tokens, config.do_sample, config.temperature, config.top_p, config.seed)
     held = plan.precision if plan.merged else "NF4"

@@ -75,7 +75,7 @@ class Comparison:
         self.tokenizer = load_tokenizer(c.adapter)
         self.prompts = [example_prompt_ids(self.tokenizer, ex, self.prompt_format) for ex, _ in self.items]
         width = max(map(len, self.prompts))
-        room = self.tokenizer.model_max_length - c.max_new_tokens
+        room = room_for_prompts(self.tokenizer.model_max_length, c.max_new_tokens, min(map(len, self.prompts)))
         if width > room:
             longest = max(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
             raise DataError(f"prompt {longest + 1} ({self.items[longest][0].question[:30]}...) is {width} tokens; with "
@@ -208,6 +208,17 @@ class Comparison:
                 f"{t['warm_up_s']:.1f} s, scoring {t['score_s']:.1f} s",
                 f"wrote {self.output}/: {', '.join(p.name for p in self.outputs)}",
                 f"open   {self.outputs[-1]} in a browser for every answer side by side"]
+
+
+def room_for_prompts(context: int, max_new_tokens: int, shortest: int) -> int:
+    """Tokens the context leaves a prompt beside the answer; ConfigError naming --max-new-tokens
+    when not even the shortest prompt (`shortest` tokens) fits: the flag is at fault, not a prompt."""
+    room = context - max_new_tokens
+    if shortest > room:
+        raise ConfigError("max_new_tokens", f"{max_new_tokens} leaves no room for a prompt: this model's context "
+                                            f"holds {context} tokens, and the shortest prompt takes {shortest}; use "
+                                            f"at most {context - shortest}")
+    return room
 
 
 def load_lexicon(path: Path):

@@ -2,6 +2,7 @@
 wrong thing, printed commands that break on paste, caches that cannot be written, noise, terminals
 and pipes that are not what the scripts assumed."""
 
+import io
 import time
 
 import pytest
@@ -49,3 +50,29 @@ def test_conflicting_yaml_keys_are_refused_naming_both(capsys, data_file, tmp_pa
     conflict.write_text(text, encoding="utf-8")
     err = usage_error(capsys, "--data", str(data_file), "--config", str(conflict))
     assert str(conflict) in err and message in err
+
+
+def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
+    from glmtune.comparison import Comparison
+    from glmtune.config import CompareConfig
+    from glmtune.errors import ConfigError
+    from glmtune.tokenizer import load_tokenizer
+
+    out, _ = trained
+    context = load_tokenizer(out).model_max_length
+    job = Comparison(CompareConfig(adapter=out, max_new_tokens=context + 100, output=tmp_path / "report"))
+    job.load_run()
+    job.load_prompts()
+    with pytest.raises(ConfigError) as refused:
+        job.load_model()
+    assert refused.value.field == "max_new_tokens"
+    assert cli.message(refused.value).startswith(f"--max-new-tokens {context + 100} leaves no room for a prompt: "
+                                                 f"this model's context holds {context} tokens")
+    assert not (tmp_path / "report").exists()  # refused before the report folder is claimed
+
+    from glmtune.chat import start
+    from glmtune.runs import RunRecord
+
+    with pytest.raises(ConfigError, match=f"leaves no room for a prompt: this model's context holds {context}"):
+        start(CompareConfig(adapter=out, chat=True, max_new_tokens=context + 100), RunRecord.load(out), "tiny",
+              io.StringIO())
