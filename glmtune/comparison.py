@@ -42,8 +42,9 @@ class Comparison:
         if not c.chat:  # before any model: a bad --terms-file must not waste a run
             self.lexicon = load_lexicon(self.terms_file)
         if not device.cuda() and needs_gpu(self.base):
-            raise ConfigError("base_model", f"this adapter's base is {self.base}, a 6B model that needs a CUDA GPU. "
-                                            "For a CPU demo, train with --model tiny and compare that adapter.")
+            raise ConfigError("base_model", f"{self.base} (this adapter's base) is a 6B model that needs a CUDA GPU, "
+                                            "and none was found. For a CPU demo, train with --model tiny and compare "
+                                            "that adapter.")
 
     def load_prompts(self) -> None:
         """(example, reference answer or None) pairs: ad-hoc questions, --data, or the eval split."""

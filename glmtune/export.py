@@ -289,7 +289,7 @@ def merge_device(choice: str, model_bytes: int) -> str:
     from . import device
 
     if choice == "cuda" and not device.cuda():
-        raise ConfigError("device", "no CUDA GPU was found; use --device cpu (or auto)")
+        raise ConfigError("device", "cuda: no CUDA GPU was found; use --device cpu (or auto)")
     if choice == "auto":
         # Headroom for the merge's temporaries and the CUDA context: 6B in bf16 (11.6 GiB) peaked at
         # 14.4 GiB on an H200 (bench/RESULTS.md).

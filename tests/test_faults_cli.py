@@ -76,3 +76,42 @@ def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
     with pytest.raises(ConfigError, match=f"leaves no room for a prompt: this model's context holds {context}"):
         start(CompareConfig(adapter=out, chat=True, max_new_tokens=context + 100), RunRecord.load(out), "tiny",
               io.StringIO())
+
+
+def test_an_unwritable_cache_names_glmtune_cache(monkeypatch, tmp_path):
+    from glmtune.errors import ModelLoadError
+    from glmtune.tiny import ensure_tiny
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("GLMTUNE_CACHE", str(blocked / "cache"))
+    with pytest.raises(ModelLoadError) as refused:
+        ensure_tiny()
+    code, line, _ = cli.explain(refused.value)
+    assert code == cli.EXIT_ERROR and "\n" not in line
+    assert line.startswith(f"error: {blocked / 'cache'}: cannot write the tiny model's cache there (")
+    assert "set GLMTUNE_CACHE to a folder you can write to" in line
+
+
+def test_config_errors_read_as_a_sentence_after_their_flag(trained):
+    from glmtune.comparison import Comparison
+    from glmtune.config import CompareConfig
+    from glmtune.errors import ConfigError
+    from glmtune.export import merge_device
+    from glmtune.inference import Shape, plan_weights
+
+    with pytest.raises(ConfigError) as no_gpu:
+        merge_device("cuda", 1)
+    assert cli.message(no_gpu.value) == "--device cuda: no CUDA GPU was found; use --device cpu (or auto)"
+
+    with pytest.raises(ConfigError) as no_room:
+        plan_weights("as-trained", "none", Shape.of_model("tiny"), 1.0, 1, 16, 32, 1, True)
+    assert cli.message(no_room.value).startswith("--quantization as-trained (the run trained on none) holds the "
+                                                 "weights in 16 bits")
+
+    out, _ = trained
+    job = Comparison(CompareConfig(adapter=out, base_model="THUDM/chatglm3-6b"))
+    with pytest.raises(ConfigError) as six_b:
+        job.load_run()
+    assert cli.message(six_b.value).startswith("--base-model THUDM/chatglm3-6b (this adapter's base) is a 6B model "
+                                               "that needs a CUDA GPU, and none was found")
