@@ -49,6 +49,7 @@ from .config import ExportConfig
 from .errors import ConfigError, ModelLoadError, RunDirError
 from .lora import check_adapter_files
 from .runs import FINISHED, RunRecord, library_versions
+from .shell import command
 
 SCRATCH = ".exporting"  # inside the output folder while an export writes; never looks like a model
 # What was exported from what, and which files the export wrote: --overwrite deletes those and nothing
@@ -254,7 +255,7 @@ class Export:
             lines += ["load it    from transformers import AutoModelForCausalLM, AutoTokenizer",
                       f"           model, tok = AutoModelForCausalLM.from_pretrained({str(r.output)!r}), "
                       f"AutoTokenizer.from_pretrained({str(r.output)!r})",
-                      f"serve it   vllm serve {r.output}"]
+                      f"serve it   {command('vllm', 'serve', r.output)}"]
         else:
             lines += ["load it    import glmtune",
                       f"           model, tok = glmtune.load_model({str(r.output)!r}, quantization=None), "

@@ -3,7 +3,10 @@ wrong thing, printed commands that break on paste, caches that cannot be written
 and pipes that are not what the scripts assumed."""
 
 import io
+import shlex
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -115,3 +118,34 @@ def test_config_errors_read_as_a_sentence_after_their_flag(trained):
         job.load_run()
     assert cli.message(six_b.value).startswith("--base-model THUDM/chatglm3-6b (this adapter's base) is a 6B model "
                                                "that needs a CUDA GPU, and none was found")
+
+
+AWKWARD = Path("/tmp/my runs/it's $HOME")  # a space, a quote and a `$`: each breaks an unquoted paste
+
+
+def printed_command(lines: list[str], label: str) -> list[str]:
+    line = next(line for line in lines if line.startswith(label))
+    return shlex.split(line[len(label):].strip())
+
+
+def test_printed_commands_paste_back_to_the_same_words():
+    from glmtune.config import TrainConfig
+    from glmtune.export import Export, ExportResult
+    from glmtune.finetune import FineTune
+
+    job = SimpleNamespace(
+        config=TrainConfig(output_dir=AWKWARD, report_to="tensorboard"), out=AWKWARD, metrics={}, eval_ds=[],
+        trainer=SimpleNamespace(state=SimpleNamespace(log_history=[{"loss": 1.0}], global_step=2), memory_events=[]),
+        train_seconds=1.0, tokens_per_s=1.0, record=SimpleNamespace(resolved=SimpleNamespace(eval_file="eval.jsonl")))
+    lines = FineTune.final_summary(job).splitlines()
+    assert printed_command(lines, "next") == ["python", "chatglm_finetuning_tst.py", "--adapter", str(AWKWARD)]
+    logs = next(line for line in lines if line.startswith("logs"))
+    assert shlex.split(logs[logs.index("(") + 1:-1]) == ["tensorboard", "--logdir", str(AWKWARD / "runs")]
+
+    export = SimpleNamespace(config=SimpleNamespace(adapter=AWKWARD, chat_template="chat"),
+                             run=SimpleNamespace(resolved=SimpleNamespace(prompt_format="chat")),
+                             result=ExportResult(output=AWKWARD, format="native", dtype="fp32", device="cpu",
+                                                 base="tiny", parameters=10**6, files=["model.safetensors"],
+                                                 seconds={"total": 1.0, "load": 0.1, "merge": 0.1, "write": 0.1}))
+    lines = Export.summary(export)
+    assert printed_command(lines, "serve it") == ["vllm", "serve", str(AWKWARD)]
