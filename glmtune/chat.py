@@ -146,7 +146,7 @@ def turns(stream: TextIO, out: TextIO) -> Iterator[str]:
             if not line:
                 return
             line = line.rstrip("\r\n")
-            out.write(f"> {line}\n")
+            out.write(f"> {printable(line)}\n")  # a pipe's escape sequences are shown, not obeyed
         yield line
 
 

@@ -149,3 +149,47 @@ def test_printed_commands_paste_back_to_the_same_words():
                                                  seconds={"total": 1.0, "load": 0.1, "merge": 0.1, "write": 0.1}))
     lines = Export.summary(export)
     assert printed_command(lines, "serve it") == ["vllm", "serve", str(AWKWARD)]
+
+
+def test_an_over_long_text_is_measured_without_transformers_warning(caplog, tiny_dir):
+    import logging
+
+    from glmtune.prompts import prompt_ids
+    from glmtune.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_dir)
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    logger.addHandler(caplog.handler)  # transformers' loggers do not propagate to pytest's
+    try:
+        ids = prompt_ids(tokenizer, "头痛" * tokenizer.model_max_length, "glm3")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert len(ids) > tokenizer.model_max_length  # what our own refusal measures
+    assert not [r for r in caplog.records if "Token indices" in r.getMessage()]
+
+
+def test_a_loss_plot_without_losses_draws_no_legend_warning(recwarn, tmp_path):
+    from glmtune.plots import plot_losses
+
+    plot_losses([{"step": 2, "train_runtime": 1.0}], tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").is_file()
+    assert not [str(w.message) for w in recwarn.list]
+
+
+@pytest.fixture(scope="module")
+def chat(trained):
+    from glmtune.chat import start
+    from glmtune.config import CompareConfig
+    from glmtune.runs import RunRecord
+
+    out, _ = trained
+    return start(CompareConfig(adapter=out, chat=True, max_new_tokens=4), RunRecord.load(out), "tiny", io.StringIO())
+
+
+def test_piped_chat_input_is_echoed_with_control_characters_escaped(chat):
+    from glmtune.chat import talk
+
+    chat.out = screen = io.StringIO()
+    talk(chat, io.StringIO("\x1b[2J\x1b[31m/nope\x07\n"))
+    assert "\x1b" not in screen.getvalue() and "\x07" not in screen.getvalue()
+    assert screen.getvalue().startswith("> \\x1b[2J\\x1b[31m/nope\\x07\n")
