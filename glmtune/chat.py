@@ -15,6 +15,7 @@ the base answers with it disabled.
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from collections.abc import Iterator
 from typing import TextIO
@@ -131,6 +132,10 @@ class Chat:
 def turns(stream: TextIO, out: TextIO) -> Iterator[str]:
     """User turns: typed at a "> " prompt on a terminal, or one per line from a pipe (echoed)."""
     interactive = stream is sys.stdin and stream.isatty()
+    if isinstance(stream, io.TextIOWrapper):
+        # Bytes that are not UTF-8 (a GBK file piped in) arrive as lone surrogates, which
+        # `Chat.handle` answers with a line of its own, instead of an error that ends the chat.
+        stream.reconfigure(errors="surrogateescape")
     while True:
         if interactive:
             try:

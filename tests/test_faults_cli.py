@@ -193,3 +193,18 @@ def test_piped_chat_input_is_echoed_with_control_characters_escaped(chat):
     talk(chat, io.StringIO("\x1b[2J\x1b[31m/nope\x07\n"))
     assert "\x1b" not in screen.getvalue() and "\x07" not in screen.getvalue()
     assert screen.getvalue().startswith("> \\x1b[2J\\x1b[31m/nope\\x07\n")
+
+
+def test_a_gbk_line_piped_into_the_chat_is_answered_and_the_chat_goes_on(chat):
+    from glmtune.chat import talk
+
+    chat.out = screen = io.StringIO()
+    asked = len(chat.prompts)
+    piped = io.TextIOWrapper(io.BytesIO("头痛怎么办？\n".encode("gbk") + "失眠呢？\n".encode("utf-8")),
+                             encoding="utf-8")
+    talk(chat, piped)
+    shown = screen.getvalue().splitlines()
+    shown[0].encode("utf-8")  # the echo holds the bytes it could not read escaped (\udcd4), not raw
+    assert shown[0].startswith("> ") and "\\udcd4\\udcf5" in shown[0]
+    assert shown[1].startswith("(this line is not UTF-8 text; skipped")
+    assert shown[2] == "> 失眠呢？" and len(chat.prompts) == asked + 1  # the next line is answered
