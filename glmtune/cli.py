@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import io
+import os
 import sys
 import typing
 from pathlib import Path
@@ -167,9 +169,50 @@ def _given_once(path: Path, given_as: dict, name: str, key: str) -> None:
     given_as[name] = key
 
 
+class Console(io.TextIOWrapper):
+    """This process's stdout or stderr, safe for whatever shows it: text its encoding cannot hold
+    is escaped (\\u9ad8 on an ASCII terminal) rather than raising, and once its reader has gone (a
+    pipe into `head -1`), the rest goes to os.devnull, so a run goes on and finishes instead of
+    stopping on BrokenPipeError with its record saying 'running'."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        # On the descriptor itself: every later write, a library's included, and the flush at exit
+        # (whose failure would make the exit status 120) then succeed.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.fileno())
+        os.close(devnull)
+
+
+def use_console() -> None:
+    """Make sys.stdout and sys.stderr Consoles, sharing the buffers of the streams Python opened
+    (only those: a stream someone else installed is theirs to keep)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is getattr(sys, f"__{name}__") and isinstance(stream, io.TextIOWrapper):
+            setattr(sys, name, Console(stream.buffer, encoding=stream.encoding, errors="backslashreplace",
+                                       line_buffering=stream.line_buffering, write_through=stream.write_through))
+
+
 def parse_args(cls, description: str, argv: list[str] | None = None, epilog: str | None = None):
     """Flags (and --config) -> a validated config, plus the run options (--config path, --debug).
-    Exits with status 2 and a one-line message, as argparse does, for any bad setting."""
+    Exits with status 2 and a one-line message, as argparse does, for any bad setting. Parsing the
+    process's own command line (argv None) makes its console safe first (`use_console`): --help
+    already prints Chinese examples."""
+    if argv is None:
+        use_console()
     parser = build_parser(cls, description, epilog)
     namespace = vars(parser.parse_args(argv))
     config_file, debug = namespace.pop("config"), namespace.pop("debug")

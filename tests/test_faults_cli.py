@@ -2,8 +2,14 @@
 wrong thing, printed commands that break on paste, caches that cannot be written, noise, terminals
 and pipes that are not what the scripts assumed."""
 
+import importlib.util
 import io
+import json
+import os
+import re
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +18,8 @@ import pytest
 
 from glmtune import cli
 from glmtune.config import TrainConfig
+
+from conftest import REPO
 
 # 90 bytes that expand to 9**9 strings inside a setting whose error message would show the value
 BILLION_LAUGHS = "lora_target:\n- &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
@@ -208,3 +216,86 @@ def test_a_gbk_line_piped_into_the_chat_is_answered_and_the_chat_goes_on(chat):
     assert shown[0].startswith("> ") and "\\udcd4\\udcf5" in shown[0]
     assert shown[1].startswith("(this line is not UTF-8 text; skipped")
     assert shown[2] == "> 失眠呢？" and len(chat.prompts) == asked + 1  # the next line is answered
+
+
+def script(*argv, **options) -> subprocess.CompletedProcess:
+    """A script run as a user runs it, with the worktree's glmtune."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **options.pop("env", {})}
+    return subprocess.run([sys.executable, *argv], capture_output=True, env=env, cwd=REPO, timeout=300, **options)
+
+
+@pytest.mark.parametrize("argv", [["chatglm_finetuning.py"], ["chatglm_finetuning_tst.py"], ["-m", "glmtune.export"]])
+def test_an_ascii_console_gets_escaped_text_not_a_crash(argv):
+    done = script(*argv, "--help", env={"PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": "C"})
+    assert done.returncode == 0, done.stderr.decode("ascii", "replace")
+    assert re.search(r"\\u[0-9a-f]{4}", done.stdout.decode("ascii"))  # its Chinese examples or dashes, escaped
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeComparison:
+    """The comparison's stages, noting what was on screen when the reports were written."""
+
+    def __init__(self, write_error=None):
+        self.write_error, self.on_screen_at_write = write_error, None
+
+    def load_run(self):
+        pass
+
+    def load_prompts(self):
+        pass
+
+    def load_model(self):
+        return ["weights:  fp32"]
+
+    def generate(self):
+        pass
+
+    def score(self):
+        return ["VERDICT (高血压)"]
+
+    def write(self):
+        self.on_screen_at_write = sys.stdout.getvalue()
+        if self.write_error:
+            raise self.write_error
+
+    def closing_lines(self):
+        return ["wrote it"]
+
+
+@pytest.mark.parametrize("write_error", [None, OSError(28, "No space left on device")])
+def test_the_comparison_writes_its_reports_before_printing_them(monkeypatch, write_error):
+    import glmtune.comparison
+
+    fake = FakeComparison(write_error)
+    monkeypatch.setattr(glmtune.comparison, "Comparison", lambda config: fake)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    main = load_script("chatglm_finetuning_tst.py").main
+    config = SimpleNamespace(chat=False, prompt=[])
+    if write_error:
+        with pytest.raises(OSError):
+            main(config)
+    else:
+        main(config)
+    assert "VERDICT" not in fake.on_screen_at_write  # a console that fails to print cannot cost the reports
+    assert "VERDICT (高血压)" in sys.stdout.getvalue()  # on screen also when the write failed
+    assert ("wrote it" in sys.stdout.getvalue()) is (write_error is None)
+
+
+def test_training_piped_into_head_goes_on_and_finishes(data_file, tmp_path):
+    out, errors = tmp_path / "run", tmp_path / "stderr.txt"
+    with errors.open("wb") as stderr, subprocess.Popen(
+            [sys.executable, "chatglm_finetuning.py", "--model", "tiny", "--data", str(data_file), "--output-dir",
+             str(out), "--max-steps", "2", "--batch-size", "4", "--grad-accum", "2", "--logging-steps", "1"],
+            stdout=subprocess.PIPE, stderr=stderr, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}) as run:
+        assert run.stdout.readline()  # what `| head -1` reads before it exits
+        run.stdout.close()
+        code = run.wait(timeout=300)
+    assert code == 0, errors.read_text(errors="replace")[-2000:]
+    assert "Error" not in errors.read_text(errors="replace")
+    assert json.loads((out / "run_config.json").read_text(encoding="utf-8"))["state"] == "finished"
