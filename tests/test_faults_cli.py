@@ -150,7 +150,7 @@ def test_printed_commands_paste_back_to_the_same_words():
     logs = next(line for line in lines if line.startswith("logs"))
     assert shlex.split(logs[logs.index("(") + 1:-1]) == ["tensorboard", "--logdir", str(AWKWARD / "runs")]
 
-    export = SimpleNamespace(config=SimpleNamespace(adapter=AWKWARD, chat_template="chat"),
+    export = SimpleNamespace(config=SimpleNamespace(adapter=AWKWARD), template_layout=lambda: "chat",
                              run=SimpleNamespace(resolved=SimpleNamespace(prompt_format="chat")),
                              result=ExportResult(output=AWKWARD, format="native", dtype="fp32", device="cpu",
                                                  base="tiny", parameters=10**6, files=["model.safetensors"],
@@ -299,3 +299,50 @@ def test_training_piped_into_head_goes_on_and_finishes(data_file, tmp_path):
     assert code == 0, errors.read_text(errors="replace")[-2000:]
     assert "Error" not in errors.read_text(errors="replace")
     assert json.loads((out / "run_config.json").read_text(encoding="utf-8"))["state"] == "finished"
+
+
+@pytest.fixture(scope="module")
+def trained_template_export(trained, tmp_path_factory):
+    from glmtune.config import ExportConfig
+    from glmtune.export import Export
+
+    run, _ = trained
+    job = Export(ExportConfig(adapter=run, output=tmp_path_factory.mktemp("export") / "native", dtype="fp32",
+                              chat_template="trained"))
+    job.plan()
+    job.merge()
+    job.write()
+    return run, job
+
+
+def test_the_trained_template_builds_the_prompts_training_used(trained_template_export):
+    from transformers import AutoTokenizer
+
+    from glmtune.prompts import prompt_ids
+    from glmtune.tokenizer import load_tokenizer
+
+    run, job = trained_template_export
+    exported, training = AutoTokenizer.from_pretrained(job.output), load_tokenizer(run)
+    for question in ("高血压能喝咖啡吗？ 男，50岁。", " leading space,  two spaces\nand a line"):
+        assert exported.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_dict=False) == prompt_ids(training, question, "glm3")
+    with pytest.raises(Exception, match="trained on the \\[Round 1\\] layout, which holds one user question"):
+        exported.apply_chat_template([{"role": "system", "content": "你是医生"}, {"role": "user", "content": "q"}])
+    assert [line for line in job.summary() if line.startswith("template")] == [
+        "template   the glm3 layout this adapter was trained on ('[Round 1] 问：... 答：'), one question per "
+        "conversation (--chat-template trained)"]
+
+
+def test_a_glm3_adapter_exported_with_the_chat_template_says_so(trained_template_export):
+    run, job = trained_template_export
+    job.config.chat_template = "chat"
+    template = next(line for line in job.summary() if line.startswith("template"))
+    assert template == ("template   ChatGLM3's chat layout (<|user|> ... <|assistant|>); this adapter was trained on "
+                        "the glm3 layout ('[Round 1] 问：... 答：'), which it does not reproduce: --chat-template "
+                        "trained installs that one")
+
+    from glmtune.config import ExportConfig
+    from glmtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trained is for --format native"):  # chatglm keeps the base's tokenizer
+        ExportConfig(adapter=run, format="chatglm", chat_template="trained").validate()
