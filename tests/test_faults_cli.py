@@ -137,7 +137,6 @@ def printed_command(lines: list[str], label: str) -> list[str]:
 
 
 def test_printed_commands_paste_back_to_the_same_words():
-    from glmtune.config import TrainConfig
     from glmtune.export import Export, ExportResult
     from glmtune.finetune import FineTune
 
