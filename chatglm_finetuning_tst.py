@@ -39,10 +39,12 @@ def main(config: CompareConfig) -> None:
         print("\n".join(job.load_model()), flush=True)  # which weights and decoding, and why
         job.generate()      # base side, then the fine-tuned side; answers and reference perplexities
         summary = job.score()
-        if config.prompt:  # ad-hoc questions have no reference: their answers are the result
-            print("\n".join(job.answers_side_by_side(shutil.get_terminal_size().columns)))
-        print("\n".join(summary), flush=True)  # on screen before any file, so a full disk cannot take it
-        job.write()         # the log, JSON report, chart and HTML report, published whole in ADAPTER/comparison/
+        try:
+            job.write()     # the log, JSON, chart and HTML report, published whole, before printing can fail
+        finally:            # then on screen, also when the write failed (a full disk), before its error
+            if config.prompt:  # ad-hoc questions have no reference: their answers are the result
+                print("\n".join(job.answers_side_by_side(shutil.get_terminal_size().columns)))
+            print("\n".join(summary), flush=True)
     print("\n".join(job.closing_lines()))
 
 

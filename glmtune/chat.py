@@ -15,6 +15,7 @@ the base answers with it disabled.
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from collections.abc import Iterator
 from typing import TextIO
@@ -131,6 +132,10 @@ class Chat:
 def turns(stream: TextIO, out: TextIO) -> Iterator[str]:
     """User turns: typed at a "> " prompt on a terminal, or one per line from a pipe (echoed)."""
     interactive = stream is sys.stdin and stream.isatty()
+    if isinstance(stream, io.TextIOWrapper):
+        # Bytes that are not UTF-8 (a GBK file piped in) arrive as lone surrogates, which
+        # `Chat.handle` answers with a line of its own, instead of an error that ends the chat.
+        stream.reconfigure(errors="surrogateescape")
     while True:
         if interactive:
             try:
@@ -146,12 +151,13 @@ def turns(stream: TextIO, out: TextIO) -> Iterator[str]:
             if not line:
                 return
             line = line.rstrip("\r\n")
-            out.write(f"> {line}\n")
+            out.write(f"> {printable(line)}\n")  # a pipe's escape sequences are shown, not obeyed
         yield line
 
 
 def start(config, run, base: str, out: TextIO) -> Chat:
     """The chat's model (as the comparison would hold the weights, adapter attached) and tokenizer."""
+    from .comparison import room_for_prompts
     from .inference import Shape, Sides, plan_weights
     from .tokenizer import load_tokenizer
 
@@ -159,8 +165,9 @@ def start(config, run, base: str, out: TextIO) -> Chat:
     shape = Shape.of_model(base)
     # One prompt at a time, the whole conversation prefilled each turn, up to the context length.
     context = tokenizer.model_max_length
-    plan = plan_weights(config.quantization, run.config.quantization, shape, device.free_memory(), 1,
-                        context - config.max_new_tokens, context, 1, device.cuda())
+    room = room_for_prompts(context, config.max_new_tokens, len(chat_ids(tokenizer, [{"role": "user", "content": ""}])))
+    plan = plan_weights(config.quantization, run.config.quantization, shape, device.free_memory(), 1, room, context,
+                        1, device.cuda())
     sides = Sides.load(base, config.adapter, plan, keep_unmerged=True)
     decoding = Decoding(config.max_new_tokens, config.do_sample, config.temperature, config.top_p, config.seed)
     held = plan.precision if plan.merged else "NF4"

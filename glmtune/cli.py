@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import io
+import os
 import sys
 import typing
 from pathlib import Path
+
+import yaml
 
 from . import distributed
 from .config import base_type, convert, from_text
@@ -78,12 +82,45 @@ def build_parser(cls, description: str, epilog: str | None = None) -> argparse.A
     return parser
 
 
+# A settings file is a few dozen lines; anything far larger is not one (and would be slow to parse).
+MAX_YAML_BYTES = 64 * 1024
+
+
+class RefusedYAML(yaml.MarkedYAMLError):
+    """Valid YAML that a settings file must not hold."""
+
+
+class SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what a settings file never needs and a hostile one abuses: an
+    alias (`*name`) can expand a few lines into gigabytes (a "billion laughs"), and a key given twice
+    would silently keep only its last value."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise RefusedYAML(problem=f"*{event.anchor}: aliases are not accepted in a settings file; write the "
+                                      "value out", problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise RefusedYAML(problem=f"{key.value!r} is given twice; keep one", problem_mark=key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(cls, path: Path) -> dict:
     """Settings from a YAML file, typed; ConfigError naming the file and key for anything wrong."""
-    import yaml
-
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as stream:
+            data = stream.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
+            raise ConfigError("config", f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB, which no settings file "
+                                        "is; give a YAML file of 'key: value' lines")
+        raw = yaml.load(data.decode("utf-8"), Loader=SettingsLoader)
     except FileNotFoundError:
         raise ConfigError("config", f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -91,7 +128,10 @@ def read_yaml(cls, path: Path) -> dict:
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f":{where.line + 1}" if where else ""
-        raise ConfigError("config", f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        problem = getattr(err, "problem", err)
+        if isinstance(err, RefusedYAML):
+            raise ConfigError("config", f"{path}{line}: {problem}") from None
+        raise ConfigError("config", f"{path}{line}: not valid YAML ({problem})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -101,16 +141,19 @@ def read_yaml(cls, path: Path) -> dict:
         for name in (f.name, *f.metadata["aliases"]):
             spelling[name] = spelling[name.replace("_", "-")] = f
         consts |= {option: (f.name, value) for option, value in f.metadata["consts"].items()}
-    values = {}
+    values, given_as = {}, {}
     for key, value in raw.items():
         key = str(key)
         if key in consts:  # bf16: true and the like
             if value is True:
-                values[consts[key][0]] = consts[key][1]
+                name = consts[key][0]
+                _given_once(path, given_as, name, key)
+                values[name] = consts[key][1]
             continue
         if key not in spelling:
             raise ConfigError("config", f"{path}: unknown setting {key!r}; see --help for the settings")
         f = spelling[key]
+        _given_once(path, given_as, f.name, key)
         try:
             values[f.name] = convert(cls, f, value)
         except ValueError as err:
@@ -118,9 +161,58 @@ def read_yaml(cls, path: Path) -> dict:
     return values
 
 
+def _given_once(path: Path, given_as: dict, name: str, key: str) -> None:
+    """Two spellings of one setting (lr and learning_rate, lora-r and lora_r, bf16 and precision):
+    refused rather than one silently winning."""
+    if name in given_as:
+        raise ConfigError("config", f"{path}: {given_as[name]!r} and {key!r} both set {flag(name)}; keep one")
+    given_as[name] = key
+
+
+class Console(io.TextIOWrapper):
+    """This process's stdout or stderr, safe for whatever shows it: text its encoding cannot hold
+    is escaped (\\u9ad8 on an ASCII terminal) rather than raising, and once its reader has gone (a
+    pipe into `head -1`), the rest goes to os.devnull, so a run goes on and finishes instead of
+    stopping on BrokenPipeError with its record saying 'running'."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        # On the descriptor itself: every later write, a library's included, and the flush at exit
+        # (whose failure would make the exit status 120) then succeed.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.fileno())
+        os.close(devnull)
+
+
+def use_console() -> None:
+    """Make sys.stdout and sys.stderr Consoles, sharing the buffers of the streams Python opened
+    (only those: a stream someone else installed is theirs to keep)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is getattr(sys, f"__{name}__") and isinstance(stream, io.TextIOWrapper):
+            setattr(sys, name, Console(stream.buffer, encoding=stream.encoding, errors="backslashreplace",
+                                       line_buffering=stream.line_buffering, write_through=stream.write_through))
+
+
 def parse_args(cls, description: str, argv: list[str] | None = None, epilog: str | None = None):
     """Flags (and --config) -> a validated config, plus the run options (--config path, --debug).
-    Exits with status 2 and a one-line message, as argparse does, for any bad setting."""
+    Exits with status 2 and a one-line message, as argparse does, for any bad setting. Parsing the
+    process's own command line (argv None) makes its console safe first (`use_console`): --help
+    already prints Chinese examples."""
+    if argv is None:
+        use_console()
     parser = build_parser(cls, description, epilog)
     namespace = vars(parser.parse_args(argv))
     config_file, debug = namespace.pop("config"), namespace.pop("debug")

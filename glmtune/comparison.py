@@ -56,8 +56,9 @@ class Comparison:
         if not c.chat:  # before any model: a bad --terms-file must not waste a run
             self.lexicon = load_lexicon(self.terms_file)
         if not device.cuda() and needs_gpu(self.base):
-            raise ConfigError("base_model", f"this adapter's base is {self.base}, a 6B model that needs a CUDA GPU. "
-                                            "For a CPU demo, train with --model tiny and compare that adapter.")
+            raise ConfigError("base_model", f"{self.base} (this adapter's base) is a 6B model that needs a CUDA GPU, "
+                                            "and none was found. For a CPU demo, train with --model tiny and compare "
+                                            "that adapter.")
 
     def load_prompts(self) -> None:
         """(example, reference answer or None) pairs: ad-hoc questions, --data, or the eval split.
@@ -103,7 +104,7 @@ class Comparison:
         self.tokenizer = load_tokenizer(c.adapter)
         self.prompts = [example_prompt_ids(self.tokenizer, ex, self.prompt_format) for ex, _ in self.items]
         width = max(map(len, self.prompts))
-        room = self.tokenizer.model_max_length - c.max_new_tokens
+        room = room_for_prompts(self.tokenizer.model_max_length, c.max_new_tokens, min(map(len, self.prompts)))
         if width > room:
             longest = max(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
             raise DataError(f"prompt {longest + 1} ({self.items[longest][0].question[:30]}...) is {width} tokens; with "
@@ -251,6 +252,17 @@ def overlap_fact(adapter: Path, seen: set[str] | None, count: int, total: int, d
         return (f"whether these prompts were seen in training could not be checked: {adapter} was trained before "
                 f"runs recorded {TRAIN_PROMPTS}")
     return f"{count} of {total} prompts were seen in training" + (f" and are {done}" if count else "")
+
+
+def room_for_prompts(context: int, max_new_tokens: int, shortest: int) -> int:
+    """Tokens the context leaves a prompt beside the answer; ConfigError naming --max-new-tokens
+    when not even the shortest prompt (`shortest` tokens) fits: the flag is at fault, not a prompt."""
+    room = context - max_new_tokens
+    if shortest > room:
+        raise ConfigError("max_new_tokens", f"{max_new_tokens} leaves no room for a prompt: this model's context "
+                                            f"holds {context} tokens, and the shortest prompt takes {shortest}; use "
+                                            f"at most {context - shortest}")
+    return room
 
 
 def load_lexicon(path: Path):

@@ -418,6 +418,11 @@ class ExportConfig(Settings):
                       choices=("auto", "cuda", "cpu"))
     overwrite: bool = opt(False, "replace an earlier export in --output: the files its glmtune_export.json lists, "
                           "never others", group="how")
+    chat_template: str = opt("chat", "the chat template of a native export's tokenizer (what vLLM and "
+                             "apply_chat_template build prompts with): chat = ChatGLM3's <|user|>/<|assistant|> "
+                             "turns; trained = the layout the adapter was trained on (for a glm3 run '[Round 1]\\n\\n"
+                             "问：{q}\\n\\n答：', one question per conversation)", group="how",
+                             choices=("chat", "trained"))
 
     def validate(self) -> None:
         """Raise ConfigError for the first setting that cannot work, before torch is imported."""
@@ -425,6 +430,9 @@ class ExportConfig(Settings):
         if distributed.world_size() > 1:
             raise ConfigError("config", "an export is one merge in one process; run it with python, not torchrun or "
                                         "accelerate launch")
+        if self.format == "chatglm" and self.chat_template != "chat":
+            raise ConfigError("chat_template", f"{self.chat_template} is for --format native; the chatglm layout keeps "
+                                               "the base's tokenizer files, whose code builds ChatGLM3's chat prompts")
         check_run_and_base(self.adapter, self.base_model)
         output = self.target()
         if output.exists() and not output.is_dir():

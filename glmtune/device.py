@@ -38,7 +38,7 @@ def check_precision(choice: str) -> str | None:
     if choice in ("bf16", "fp16") and not cuda():
         return f"{choice} needs a CUDA GPU; use fp32 (or auto) on CPU"
     if choice == "bf16" and not bf16_supported():
-        return "this GPU has no bf16; use fp16 (or auto)"
+        return "bf16: this GPU has no bf16; use fp16 (or auto)"
     return None
 
 

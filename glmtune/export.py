@@ -8,7 +8,8 @@ The result is a whole model that loads without glmtune, in either of two layouts
     python -m glmtune.export --adapter RUN --output DIR --base-model /data/models/chatglm3-6b --overwrite
 
 native (default): transformers' GlmForCausalLM — config.json with model_type glm, native tensor names
-in safetensors shards, tokenizer.json with ChatGLM3's chat template, generation_config.json with its
+in safetensors shards, tokenizer.json with ChatGLM3's chat template (or, with --chat-template trained,
+the layout the adapter was trained on: a glm3 run's '[Round 1]' prompt), generation_config.json with its
 stop tokens. `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load
 it with no remote code, on transformers 5 and 4.x; `vllm serve DIR` serves it.
 chatglm: ChatGLM3's original layout — model_type chatglm, `transformer.encoder.layers.N...` names with
@@ -32,7 +33,9 @@ message itself contains a control token's text ("<|user|>", "[gMASK]", the word 
 alone): there it becomes the control token, as with most chat models on transformers and vLLM. "sop"
 and "eop" inside words ("esophagus", "people") stay text. Where users' text must never be read as
 control tokens, build the ids with glmtune.chat_ids instead (transformers' sanitize_control_tokens
-does not help here: it treats "eop" inside "people" as a control token).
+does not help here: it treats "eop" inside "people" as a control token). The trained glm3 layout's
+template gives exactly the prompt ids training used (`glmtune.prompts.prompt_ids`), with the same
+exception.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from .errors import ConfigError, ModelLoadError, RunDirError
 from .folders import LOCK, claim
 from .lora import check_adapter_files
 from .runs import FINISHED, RunRecord, library_versions
+from .shell import command
 
 SCRATCH = ".exporting"  # inside the output folder while an export writes; never looks like a model
 # What was exported from what, and which files the export wrote: --overwrite deletes those and nothing
@@ -88,6 +92,26 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+
+# The glm3 layout (prompts.GLM3_TEMPLATE after `[gMASK]sop`), rendered as training encoded it: one
+# string, whose SentencePiece dummy prefix after the control tokens is training's too. It holds one
+# question and nothing else, as every training example did.
+ONE_QUESTION = (
+    "{% if messages | length != 1 or messages[0]['role'] != 'user' %}"
+    "{{ raise_exception('this model was trained on the [Round 1] layout, which holds one user question: no system "
+    "prompt, no earlier turns') }}"
+    "{% endif %}"
+    "[gMASK]sop"
+)
+
+
+def chat_template(layout: str) -> str:
+    """The chat template that builds a prompt in `layout` (prompts.py) with the ids training used."""
+    from .prompts import GLM3_TEMPLATE
+
+    if layout == "chat":
+        return CHAT_TEMPLATE
+    return ONE_QUESTION + GLM3_TEMPLATE.replace("{question}", "{{ messages[0]['content'] }}")
 
 
 @dataclass
@@ -175,7 +199,8 @@ class Export:
                               "free some space or choose another --output")
 
     def merge(self) -> None:
-        """The base in 16 bits (or fp32) with the adapter merged into its weights."""
+        """The base in 16 bits (or fp32) with the adapter merged into its weights; for the native
+        layout, the tokenizer as deployed, with the chosen chat template."""
         import torch
 
         from . import device
@@ -195,6 +220,13 @@ class Export:
         model = load_adapter(model, c.adapter, self.base)  # names an adapter that does not fit the base
         self.model = model.merge_and_unload(progressbar=True).eval()
         self.seconds = {"load": loaded - started, "merge": time.perf_counter() - loaded}
+        if c.format == "native":
+            self.tokenizer = deployment_tokenizer(self.tokenizer, chat_template(self.template_layout()))
+
+    def template_layout(self) -> str:
+        """The prompt layout the native export's chat template builds: ChatGLM3's chat layout, or
+        with --chat-template trained the one the adapter was trained on."""
+        return self.run.resolved.prompt_format if self.config.chat_template == "trained" else "chat"
 
     def write(self) -> None:
         """The chosen layout, written into a scratch folder inside the output, then the manifest, then
@@ -270,10 +302,18 @@ class Export:
             + (f"; peak GPU memory {r.peak_gpu_gib:.1f} GiB" if r.device == "cuda" else ""),
         ]
         if r.format == "native":
+            trained, glm3 = self.run.resolved.prompt_format, "'[Round 1] 问：... 答：'"
+            if self.template_layout() == "chat":
+                lines.append("template   ChatGLM3's chat layout (<|user|> ... <|assistant|>)" + (
+                    f"; this adapter was trained on the {trained} layout ({glm3}), which it does not reproduce: "
+                    "--chat-template trained installs that one" if trained != "chat" else ""))
+            else:
+                lines.append(f"template   the {trained} layout this adapter was trained on ({glm3}), one question per "
+                             "conversation (--chat-template trained)")
             lines += ["load it    from transformers import AutoModelForCausalLM, AutoTokenizer",
                       f"           model, tok = AutoModelForCausalLM.from_pretrained({str(r.output)!r}), "
                       f"AutoTokenizer.from_pretrained({str(r.output)!r})",
-                      f"serve it   vllm serve {r.output}"]
+                      f"serve it   {command('vllm', 'serve', r.output)}"]
         else:
             lines += ["load it    import glmtune",
                       f"           model, tok = glmtune.load_model({str(r.output)!r}, quantization=None), "
@@ -308,7 +348,7 @@ def merge_device(choice: str, model_bytes: int) -> str:
     from . import device
 
     if choice == "cuda" and not device.cuda():
-        raise ConfigError("device", "no CUDA GPU was found; use --device cpu (or auto)")
+        raise ConfigError("device", "cuda: no CUDA GPU was found; use --device cpu (or auto)")
     if choice == "auto":
         # Headroom for the merge's temporaries and the CUDA context: 6B in bf16 (11.6 GiB) peaked at
         # 14.4 GiB on an H200 (bench/RESULTS.md).
@@ -346,8 +386,8 @@ def manifest_files(folder: Path) -> list[str]:
     return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else []
 
 
-def deployment_tokenizer(tokenizer):
-    """`tokenizer` (changed in place) as deployment needs it: the chat template, and control tokens
+def deployment_tokenizer(tokenizer, template: str = CHAT_TEMPLATE):
+    """`tokenizer` (changed in place) as deployment needs it: the chat `template`, and control tokens
     matched in text, which is how a template's control tokens become ids (see the module's notes);
     "sop" and "eop" match only as whole words, so "esophagus" and "people" stay text."""
     from tokenizers import AddedToken
@@ -355,11 +395,12 @@ def deployment_tokenizer(tokenizer):
     tokenizer.backend_tokenizer.add_special_tokens(
         [AddedToken(t, single_word=True, normalized=False, special=True) for t in ("sop", "eop")])
     tokenizer.split_special_tokens = False
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = template
     return tokenizer
 
 
 def write_native(model, tokenizer, folder: Path) -> None:
+    """The merged model in transformers' native layout, with `tokenizer` (a `deployment_tokenizer`)."""
     from transformers import GenerationConfig
 
     from .tokenizer import stop_token_ids
@@ -369,7 +410,7 @@ def write_native(model, tokenizer, folder: Path) -> None:
     # save_pretrained would write the names the model was loaded from through a registered conversion
     # mapping, and glmtune registers ChatGLM3's for every glm model: the native layout keeps its own.
     model.save_pretrained(folder, max_shard_size=SHARD_BYTES, save_original_format=False)
-    deployment_tokenizer(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     readable_by_transformers_4(folder)
 
 

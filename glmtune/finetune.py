@@ -20,6 +20,7 @@ from .hub import needs_gpu, resolve_model_dir
 from .lora import attach_lora, check_rank, count_parameters, resolve_lora_targets
 from .memory import describe, fit_memory, strictest, uses_checkpointing
 from .prompts import PadCollator, tokenize_examples
+from .shell import command
 from .files import free_space, write_atomic, write_failure
 from .folders import claim
 from .runs import (FINISHED, RUN_CONFIG, RunRecord, clear_leftovers, file_sha256, last_checkpoint,
@@ -361,10 +362,10 @@ class FineTune:
                          "redone (train_metrics.json lists them)")
         if self.config.reporters():
             lines.append(f"logs       {', '.join(self.config.reporters())}"
-                         + (f" (tensorboard --logdir {self.out / 'runs'})" if "tensorboard" in self.config.reporters()
-                            else ""))
-        launcher = f"torchrun --nproc_per_node {processes}" if processes > 1 else "python"
-        lines.append(f"next       {launcher} chatglm_finetuning_tst.py --adapter {self.out}")
+                         + (f" ({command('tensorboard', '--logdir', self.out / 'runs')})"
+                            if "tensorboard" in self.config.reporters() else ""))
+        launcher = ["torchrun", "--nproc_per_node", str(processes)] if processes > 1 else ["python"]
+        lines.append(f"next       {command(*launcher, 'chatglm_finetuning_tst.py', '--adapter', self.out)}")
         return "\n".join(lines)
 
 

@@ -130,16 +130,17 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
 
     sixteen = f"{precision} weights {gib(shape.weight_bytes(False, element))}"
     needed = shape.weight_bytes(False, element) + MARGIN + min(MIN_ROWS, wanted) * row
-    flag = f"--quantization {choice}"
+    value = choice
     if choice == "as-trained":
         choice = "nf4" if trained == "nf4" else "none"
-        flag = f"--quantization as-trained (the run trained on {trained})"
+        value = f"as-trained (the run trained on {trained})"
+    flag = f"--quantization {value}"
     if choice == "nf4":
         why = "the weights the adapter was trained against" if trained == "nf4" else "a third of the memory"
         return plan(False, f"{flag}: {why}")
     if choice == "none":
         if needed > free:
-            raise ConfigError("quantization", f"{flag} holds the weights in 16 bits, which with a batch of "
+            raise ConfigError("quantization", f"{value} holds the weights in 16 bits, which with a batch of "
                                               f"{min(MIN_ROWS, wanted)} needs about {gib(needed)}, and {gib(free)} is "
                                               "free; use --quantization auto or nf4 (4-bit, a third of the memory)")
         return plan(True, f"{flag}: {sixteen}, {gib(free)} free")

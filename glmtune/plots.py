@@ -41,7 +41,8 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or evals:  # a run shorter than --logging-steps, without eval, logged no loss to label
+        ax.legend()
     fig.tight_layout()
     _save(fig, path, 120)
 

@@ -7,22 +7,36 @@ import logging
 import warnings
 
 
-class _KernelsHubNotice(logging.Filter):
-    """bitsandbytes logs, at import on CPUs with AVX512-BF16, that an optional kernel from the HF
-    kernels hub is missing and that the user should `pip install kernels`; the built-in kernel it
-    falls back to is the one our results come from, so the advice only adds noise (and a network
-    dependency). peft and transformers import bitsandbytes on their own, so the filter is set on
-    bitsandbytes' logger when glmtune is imported, before any of them can."""
+class _Drop(logging.Filter):
+    """Drops a logger's records that contain `phrase`."""
+
+    def __init__(self, phrase: str):
+        super().__init__()
+        self.phrase = phrase
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "kernels-community" not in record.getMessage()
+        return self.phrase not in record.getMessage()
 
 
-_NOTICE = _KernelsHubNotice()
+# Each filter is set on the logger that logs the message, when glmtune is imported (before the library
+# can log it).
+_NOTICES = {
+    # bitsandbytes logs, at import on CPUs with AVX512-BF16, that an optional kernel from the HF
+    # kernels hub is missing and that the user should `pip install kernels`; the built-in kernel it
+    # falls back to is the one our results come from, so the advice only adds noise (and a network
+    # dependency). peft and transformers import bitsandbytes on their own.
+    "bitsandbytes.backends.cpu.ops": _Drop("kernels-community"),
+    # transformers warns that a text longer than the model's context "will result in indexing
+    # errors" whenever one is tokenized; glmtune tokenizes such texts to measure them, then cuts or
+    # refuses them in its own words (training's --max-length, a prompt with no room beside
+    # --max-new-tokens, a chat message too long), so the warning only precedes the real explanation.
+    "transformers.tokenization_utils_base": _Drop("Token indices sequence length is longer"),
+}
 
 
 def install_log_filters() -> None:
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NOTICE)  # a set: adding twice is harmless
+    for name, notice in _NOTICES.items():
+        logging.getLogger(name).addFilter(notice)  # a set: adding twice is harmless
 
 
 @contextlib.contextmanager

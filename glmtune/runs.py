@@ -14,7 +14,6 @@ import hashlib
 import json
 import platform
 import re
-import shlex
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from .config import PROMPT_FORMATS, TrainConfig
 from .errors import RunDirError
 from .files import write_atomic
+from .shell import command
 
 RUN_CONFIG = "run_config.json"
 RUNNING, FINISHED = "running", "finished"
@@ -290,7 +290,7 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
                           f"--overwrite to replace it{lost}")
     if old.state == FINISHED:
         raise RunDirError(f"{out} holds this run, finished. Compare it: "
-                          f"{shlex.join(['python', 'chatglm_finetuning_tst.py', '--adapter', str(out)])}; "
+                          f"{command('python', 'chatglm_finetuning_tst.py', '--adapter', out)}; "
                           f"or train it again with --overwrite, which replaces it{lost}")
     record.files = old.files
     if config.resume not in (None, "last"):

@@ -227,9 +227,10 @@ def display_width(text: str) -> int:
 
 def printable(text: str, keep: str = "") -> str:
     """Control and format characters escaped (\\n, \\x1b, \\u200b) except those in `keep`, so one
-    answer is one log line and no answer can move the cursor or recolour a terminal showing the log."""
+    answer is one log line and no answer can move the cursor or recolour a terminal showing the log;
+    also lone surrogates (\\udcb8, bytes that were not UTF-8), which no UTF-8 file or console can hold."""
     return "".join(ch.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(ch) in ("Cc", "Cf") and ch not in keep else ch for ch in text)
+                   if unicodedata.category(ch) in ("Cc", "Cf", "Cs") and ch not in keep else ch for ch in text)
 
 
 def write_log(path: Path, settings: dict, summary: list[str], rows: list[dict], n_examples: int) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .errors import ModelLoadError
+
 # A wheel carries the dataset in resources/; a source checkout has it at the repository root.
 _PACKAGED = Path(__file__).resolve().parent / "resources" / "financial_data.txt"
 DEFAULT_CORPUS = _PACKAGED if _PACKAGED.is_file() else Path(__file__).resolve().parent.parent / "financial_data.txt"
@@ -125,17 +127,22 @@ def ensure_tiny(corpus: Path = DEFAULT_CORPUS) -> Path:
     folder = cache_root() / f"tiny-chatglm3-{key}"
     if (folder / "model.safetensors").is_file():
         return folder
-    cache_root().mkdir(parents=True, exist_ok=True)
-    # Build in a scratch folder and rename, so an interrupted build never leaves a half checkpoint.
-    scratch = Path(tempfile.mkdtemp(prefix="tiny-", dir=cache_root()))
     try:
-        train_sentencepiece(corpus, scratch / "tokenizer.model")
-        config = original_config(sentencepiece_size(scratch / "tokenizer.model"), **TINY_SHAPE)
-        write_original_checkpoint(scratch, config, random_original_weights(config))
+        cache_root().mkdir(parents=True, exist_ok=True)
+        # Build in a scratch folder and rename, so an interrupted build never leaves a half checkpoint.
+        scratch = Path(tempfile.mkdtemp(prefix="tiny-", dir=cache_root()))
         try:
-            scratch.rename(folder)
-        except OSError:  # another process won the race; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            train_sentencepiece(corpus, scratch / "tokenizer.model")
+            config = original_config(sentencepiece_size(scratch / "tokenizer.model"), **TINY_SHAPE)
+            write_original_checkpoint(scratch, config, random_original_weights(config))
+            try:
+                scratch.rename(folder)
+            except OSError:  # another process won the race; its copy is identical
+                pass
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except OSError as err:
+        raise ModelLoadError(f"{err.filename or cache_root()}: cannot write the tiny model's cache there "
+                             f"({err.strerror or err}); set GLMTUNE_CACHE to a folder you can write to, e.g. "
+                             "export GLMTUNE_CACHE=/tmp/glmtune-cache") from None
     return folder
