@@ -256,9 +256,10 @@ def overlap_fact(adapter: Path, seen: set[str] | None, count: int, total: int, d
 
 def room_for_prompts(context: int, max_new_tokens: int, shortest: int) -> int:
     """Tokens the context leaves a prompt beside the answer; ConfigError naming --max-new-tokens
-    when not even the shortest prompt (`shortest` tokens) fits: the flag is at fault, not a prompt."""
+    when not even the shortest prompt (`shortest` tokens) fits but would with a lower value: the flag
+    is at fault, not a prompt (one longer than the whole context is the prompt's fault)."""
     room = context - max_new_tokens
-    if shortest > room:
+    if room < shortest < context:
         raise ConfigError("max_new_tokens", f"{max_new_tokens} leaves no room for a prompt: this model's context "
                                             f"holds {context} tokens, and the shortest prompt takes {shortest}; use "
                                             f"at most {context - shortest}")

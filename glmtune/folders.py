@@ -37,6 +37,9 @@ class Claim:
     fd: int | None
     made: list[Path]
 
+    def __del__(self) -> None:  # a job dropped without being left (a library caller's) lets go too
+        self.release()
+
     def release(self, tidy: bool = False) -> None:
         """Let other processes at the folder; `tidy` also removes the lock file (a finished export
         is copied and uploaded as a whole, and a stray hidden file has no business there)."""

@@ -121,7 +121,7 @@ def test_a_live_run_holds_its_folder_against_training_comparing_and_exporting(da
 def test_the_lock_dies_with_its_holder(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from glmtune.folders import claim; "
-                               "claim(Path(sys.argv[1]), 'training'); print('held', flush=True); time.sleep(60)",
+                               "held = claim(Path(sys.argv[1]), 'training'); print('held', flush=True); time.sleep(60)",
          str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
