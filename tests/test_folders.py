@@ -161,11 +161,16 @@ def test_resume_from_a_checkpoint_of_another_run_is_refused(data_file, tmp_path)
 
 # --- a report folder is published whole or not at all ---------------------------------------------
 
+def earlier_report(run):
+    (run / "comparison").mkdir()
+    for name in REPORT:
+        (run / "comparison" / name).write_text(f"an earlier {name}", encoding="utf-8")
+
+
 def test_a_comparison_killed_while_writing_its_overwrite_leaves_the_old_report_whole(trained, tmp_path,
                                                                                        monkeypatch):
     run = copy_run(trained, tmp_path)
-    config = CompareConfig(adapter=run, max_new_tokens=2, num_samples=2)
-    compare(config)
+    earlier_report(run)
     old = {name: (run / "comparison" / name).read_bytes() for name in REPORT}
 
     def killed(*args):
@@ -181,7 +186,7 @@ def test_a_comparison_killed_while_writing_its_overwrite_leaves_the_old_report_w
 
 def test_a_failed_comparison_leaves_no_numbered_folder(trained, tmp_path, monkeypatch):
     run = copy_run(trained, tmp_path)
-    compare(CompareConfig(adapter=run, max_new_tokens=2, num_samples=1))
+    earlier_report(run)
 
     def out_of_memory(self):
         raise MemoryError
