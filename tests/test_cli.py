@@ -70,6 +70,10 @@ def test_yaml_config_with_flags_overriding(data_file, tmp_path):
     ("lr_scheduler: sometimes\n", "--lr-scheduler must be one of"),
     ("data: [a, b\n", "not valid YAML"),
     ("- a\n- b\n", "expected 'key: value' lines"),
+    ("learning_rate: 1e-4\nlr: 5e-4\n", "'learning_rate' and 'lr' both set --learning-rate; keep one"),
+    ("lora-r: 8\nlora_r: 16\n", "'lora-r' and 'lora_r' both set --lora-r; keep one"),
+    ("precision: fp16\nbf16: true\n", "'precision' and 'bf16' both set --precision; keep one"),
+    ("lora_r: 8\nseed: 1\nlora_r: 16\n", ":3: 'lora_r' is given twice; keep one"),
 ])
 def test_bad_yaml_names_file_and_key(capsys, data_file, tmp_path, text, message):
     yaml_file = tmp_path / "bad.yaml"

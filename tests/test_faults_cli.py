@@ -49,19 +49,6 @@ def test_an_oversized_yaml_file_is_refused_unread(capsys, data_file, tmp_path):
     assert f"{huge}: larger than 64 KiB" in usage_error(capsys, "--data", str(data_file), "--config", str(huge))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("learning_rate: 1e-4\nlr: 5e-4\n", "'learning_rate' and 'lr' both set --learning-rate; keep one"),
-    ("lora-r: 8\nlora_r: 16\n", "'lora-r' and 'lora_r' both set --lora-r; keep one"),
-    ("precision: fp16\nbf16: true\n", "'precision' and 'bf16' both set --precision; keep one"),
-    ("lora_r: 8\nseed: 1\nlora_r: 16\n", ":3: 'lora_r' is given twice; keep one"),
-])
-def test_conflicting_yaml_keys_are_refused_naming_both(capsys, data_file, tmp_path, text, message):
-    conflict = tmp_path / "conflict.yaml"
-    conflict.write_text(text, encoding="utf-8")
-    err = usage_error(capsys, "--data", str(data_file), "--config", str(conflict))
-    assert str(conflict) in err and message in err
-
-
 def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
     from glmtune.comparison import Comparison
     from glmtune.config import CompareConfig
