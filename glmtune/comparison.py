@@ -15,7 +15,7 @@ from .errors import ConfigError, DataError, RunDirError
 from .hub import needs_gpu
 from .folders import claim, publish, remove, reserve
 from .lora import check_adapter_files
-from .runs import REPORT_STEM as STEM, RunRecord
+from .runs import REPORT_FILES, REPORT_STEM as STEM, RunRecord
 
 
 class Comparison:
@@ -284,12 +284,13 @@ def output_dir(config: CompareConfig):
     free NAME-2, NAME-3, ... Reserved at once, before any model loads (an unwritable place fails
     now, not after generation), so that a comparison started meanwhile numbers past it."""
     chosen = config.output or config.adapter / "comparison"
-    if chosen.name in ("", ".", ".."):  # "--output ." names the folder it is in
-        chosen = chosen.resolve()
-    if chosen.exists() and not chosen.is_dir():
+    if chosen.name in ("", ".", "..") or chosen.is_symlink():  # "--output ." names the folder it is in
+        chosen = chosen.resolve()  # and a link's reports go where it points, the link staying a link
+    if config.output is not None and chosen.exists() and not chosen.is_dir():
         raise ConfigError("output", f"{chosen} is a file; choose a folder")
     if config.overwrite:
-        foreign = [p.name for p in chosen.glob("*") if not p.name.startswith((f"{STEM}.", "."))]
+        foreign = [p.name for p in chosen.glob("*") if p.name not in REPORT_FILES or not p.is_file()] \
+            if chosen.is_dir() else []
         if foreign:
             raise ConfigError("output", f"{chosen} holds files that are not a comparison report "
                                         f"({', '.join(foreign[:3])}); --overwrite replaces only reports. "

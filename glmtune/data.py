@@ -33,6 +33,7 @@ earlier turns as ``history`` (the training loss covers every reply).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import html
@@ -483,6 +484,13 @@ def _readings(data: bytes) -> list[_Reading]:
     return sorted(readings, key=lambda r: -r.share)
 
 
+def _reads_as_chinese(text: str) -> bool:
+    """Whether most of `text`'s non-ASCII characters are CJK ideographs or CJK/full-width punctuation."""
+    wide = [ch for ch in text if not ch.isascii()]
+    cjk = sum(1 for ch in wide if "\u4e00" <= ch <= "\u9fff" or "\u3000" <= ch <= "\u303f" or "\uff00" <= ch <= "\uffef")
+    return bool(wide) and cjk >= len(wide) / 2
+
+
 def _decode(path: Path) -> tuple[str, str]:
     """The text of a data file and the encoding it was read in: UTF-8, else the legacy encoding whose
     common characters it clearly is; DataError, with how to convert it, when none clearly is."""
@@ -492,12 +500,18 @@ def _decode(path: Path) -> tuple[str, str]:
         raise DataError(f"{path}: file not found; check the path") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror})") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode"
+        try:
+            return data.decode("utf-16"), "UTF-16"
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: starts as UTF-16 but is not UTF-16 throughout; re-save it as UTF-8") from None
     try:
         return data.decode("utf-8-sig"), "UTF-8"
     except UnicodeDecodeError as err:
         line, bad = data.count(b"\n", 0, err.start) + 1, data[err.start]
-        if not data[: err.start].isascii():
-            # Valid UTF-8 text before the bad byte: a damaged UTF-8 file, not a legacy encoding.
+        if _reads_as_chinese(data[: err.start].decode("utf-8-sig")):
+            # Chinese in UTF-8 before the bad byte: a damaged UTF-8 file, not a legacy encoding (whose
+            # first few characters may also happen to be valid UTF-8, as GBK's 头痛 is).
             raise DataError(
                 f"{path}:{line}: invalid UTF-8 byte 0x{bad:02x} after valid UTF-8 text; "
                 "fix or delete that byte, or re-save the file as UTF-8"
@@ -513,8 +527,8 @@ def _decode(path: Path) -> tuple[str, str]:
     shares = ", ".join(f"{r.encoding.name} {r.share:.0%}" for r in readings)
     likely = " or ".join(r.codec.upper() for r in readings[:2])
     raise DataError(f"{path}: not UTF-8, and no legacy encoding clearly fits (common characters when read as "
-                    f"{shares}); convert it from the one it was saved in, likely {likely}: e.g. iconv -f "
-                    f"{best.codec.upper()} -t UTF-8 {path} > {path}.utf8, and train on the .utf8 file")
+                    f"{shares}); convert it from the one it was saved in (likely {likely}): iconv -f ENCODING -t "
+                    f"UTF-8 {path} > {path}.utf8, and train on the .utf8 file")
 
 
 def _seed_records(text: str, path: Path) -> _Records:

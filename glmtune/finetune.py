@@ -301,6 +301,7 @@ class FineTune:
         write_atomic(self.out / "train_metrics.json", json.dumps(self.metrics, indent=2) + "\n")
         plot_losses(self.trainer.state.log_history, self.out / "loss.png")
         self.record.state = FINISHED
+        self.record.seal(self.out)
         self.record.save(self.out)
 
     def _restore_last_checkpoint(self) -> None:

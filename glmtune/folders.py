@@ -159,10 +159,18 @@ def reserve(target: Path, doing: str) -> tuple[Path, Claim] | None:
 def publish(scratch: Path, target: Path) -> None:
     """Move the finished `scratch` folder to `target` in one step. An existing `target` (an
     overwrite, checked for foreign files before) is swapped with it atomically where the system can
-    (Linux's renameat2), else renamed aside first; either way it is deleted only afterwards."""
+    (Linux's renameat2), else renamed aside first; either way it is deleted only afterwards. An
+    existing empty `target` is kept (it may be where the user's shell stands) and filled."""
     (scratch / LOCK).unlink(missing_ok=True)  # the lock stays held through its open file
     if not target.exists():
         os.replace(scratch, target)
+        return
+    if target.is_dir() and not any(target.iterdir()):
+        # An empty folder the user made (or stands in): it stays, and the files move in, the
+        # JSON report last; there is no earlier report to mix with.
+        for item in sorted(scratch.iterdir(), key=lambda p: p.suffix == ".json"):
+            os.replace(item, target / item.name)
+        scratch.rmdir()
         return
     if _exchange(scratch, target):  # scratch now holds the old report
         remove(scratch)

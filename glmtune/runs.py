@@ -13,8 +13,8 @@ import dataclasses
 import hashlib
 import json
 import platform
+import os
 import re
-import shutil
 import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -29,7 +29,10 @@ RUN_CONFIG = "run_config.json"
 RUNNING, FINISHED = "running", "finished"
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-SCRATCH = re.compile(r"^\.(.+\.tmp|saving-.*)$")  # files.write_atomic's and FineTune.save's scratch names
+# files.write_atomic's, FineTune.save's and --overwrite's scratch names
+SCRATCH = re.compile(r"^\.(.+\.tmp|saving-.*|replacing-\d+)$")
+# What the Trainer and peft write into a checkpoint: a folder of that name holding anything else is a user's.
+CHECKPOINT_FILES = {".json", ".safetensors", ".pt", ".pth", ".bin", ".md", ".model", ".jinja"}
 # What a run of this tool writes: --overwrite replaces a folder only if it holds nothing else.
 OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
@@ -37,6 +40,7 @@ OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "to
              "train_prompts.sha256"}
 REPORTS = re.compile(r"^comparison(-\d+)?$")  # the comparison script's report folders inside a run
 REPORT_STEM = "chatglm_comparison"  # a report's files: STEM.log, .json, .png, .html
+REPORT_FILES = {f"{REPORT_STEM}.{ext}" for ext in ("log", "json", "png", "html")}
 
 
 def file_sha256(path: Path) -> str:
@@ -84,6 +88,13 @@ class RunRecord:
     config_file: str | None = None
     versions: dict = field(default_factory=library_versions)
     files: list[str] = field(default_factory=list)  # what the run wrote in its folder: all --overwrite deletes
+    digests: dict = field(default_factory=dict)  # SHA-256 of each file written whole: a file changed since is kept
+
+    def seal(self, folder: Path) -> None:
+        """Record what each listed file holds now (the run's final state), so that --overwrite later
+        keeps one a user has edited since (the model card README.md, say)."""
+        self.digests = {name: file_sha256(folder / name) for name in sorted(set(self.files))
+                        if name != RUN_CONFIG and (folder / name).is_file() and not (folder / name).is_symlink()}
 
     def identity(self) -> dict:
         """What makes two runs the same run: the settings that change the weights, and the data."""
@@ -93,7 +104,7 @@ class RunRecord:
     def save(self, folder: Path) -> None:
         payload = {"state": self.state, "settings": self.config.to_dict(), "data_sha256": self.data_sha256,
                    "config_file": self.config_file, "resolved": dataclasses.asdict(self.resolved),
-                   "versions": self.versions, "files": sorted(set(self.files))}
+                   "versions": self.versions, "files": sorted(set(self.files)), "digests": self.digests}
         write_atomic(folder / RUN_CONFIG, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
@@ -121,8 +132,11 @@ class RunRecord:
             files = raw.get("files", sorted(OUR_FILES))  # older records list none: the names this tool writes
             if not isinstance(files, list) or not all(isinstance(n, str) for n in files):
                 raise ValueError(f"files {files!r} is not a list of names")
+            digests = raw.get("digests", {})
+            if not isinstance(digests, dict):
+                raise ValueError(f"digests {digests!r} is not a mapping of names to hashes")
             return cls(config, sha, raw.get("state", FINISHED), resolved, raw.get("config_file"),
-                       raw.get("versions", {}), files)
+                       raw.get("versions", {}), files, digests)
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise RunDirError(f"{path} is damaged ({type(err).__name__}: {err}); it cannot say which run this "
                               "folder holds. Train again into a new --output-dir, or with --overwrite") from None
@@ -163,13 +177,15 @@ def clear_leftovers(folder: Path) -> list[str]:
     """Before a run continues in `folder`: remove what kills and full disks left behind (scratch
     files; checkpoints cut short, which the Trainer would also write into) and set aside, not
     delete, a checkpoint that was written whole and damaged since. Says what it did, for the user."""
+    from .folders import remove
+
     done = []
     for item in sorted(folder.iterdir()):
         if SCRATCH.match(item.name):
-            shutil.rmtree(item) if item.is_dir() else item.unlink()
+            remove(item)
             done.append(f"removed {item.name} (scratch)")
-        elif CHECKPOINT.match(item.name) and not is_complete(item):
-            if item.is_dir() and trainer_state(item) is not None:
+        elif CHECKPOINT.match(item.name) and not is_complete(item) and _checkpoint_like(item):
+            if item.is_dir() and not item.is_symlink() and trainer_state(item) is not None:
                 aside = folder / f".damaged-{item.name}"
                 number = 1
                 while aside.exists():
@@ -178,9 +194,16 @@ def clear_leftovers(folder: Path) -> list[str]:
                 item.rename(aside)
                 done.append(f"set {item.name} aside as {aside.name} (a file in it is damaged)")
             else:
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
+                remove(item)
                 done.append(f"removed {item.name} (cut short)")
     return done
+
+
+def _checkpoint_like(item: Path) -> bool:
+    """Whether a checkpoint-N entry can be the Trainer's: a link (removing it removes no data), or
+    a folder of nothing but the kinds of file a checkpoint holds."""
+    return item.is_symlink() or not item.is_dir() or all(
+        p.suffix in CHECKPOINT_FILES for p in item.rglob("*") if not p.is_dir())
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -200,54 +223,87 @@ def names(paths) -> str:
     return ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
 
 
-def owned_entries(folder: Path, record_files: list[str] | None) -> tuple[list[Path], list[Path]]:
-    """(what a run of this tool wrote in `folder`, everything else). What a run wrote is what its
-    record lists (older records list nothing: the names this tool writes), its checkpoints, its
-    scratch, and the report files in its comparison folders; a report folder that also holds a
-    user's file is theirs, apart from the report files in it."""
+def owned_entries(folder: Path, old: RunRecord | None) -> tuple[list[Path], list[Path]]:
+    """(what the run of record `old` wrote in `folder`, everything else). What a run wrote is what
+    its record lists, unless changed since (its digest differs), its checkpoints (unless stamped by
+    another run, or holding a file no checkpoint holds), its scratch, and its comparison report
+    folders holding nothing but report files. With no readable record: the names this tool writes."""
     from .folders import LOCK
 
-    listed = set(record_files) if record_files is not None else OUR_FILES
+    listed = set(old.files) if old is not None else OUR_FILES
+    digests = old.digests if old is not None else {}
     ours, foreign = [], []
     for item in sorted(folder.iterdir()):
-        if item.name == LOCK:
-            continue
-        if item.name in listed or CHECKPOINT.match(item.name) or SCRATCH.match(item.name) \
-                or item.name.startswith(".damaged-checkpoint-"):
-            ours.append(item)
-        elif REPORTS.match(item.name) and item.is_dir() and not item.is_symlink():
-            inside = [p for p in item.iterdir() if not p.name.startswith(".")]
-            reports = [p for p in inside if p.name.startswith(REPORT_STEM + ".")]
-            (ours if len(reports) == len(inside) else foreign).append(item)
-            if len(reports) != len(inside):
-                ours.extend(reports)
-        elif not item.name.startswith("."):
-            foreign.append(item)
+        if item.name == LOCK or (item.name.startswith(".") and not SCRATCH.match(item.name)
+                                 and not item.name.startswith(".damaged-checkpoint-")):
+            continue  # hidden files are never the tool's to delete, beyond its own scratch
+        if item.is_symlink() or SCRATCH.match(item.name) or item.name.startswith(".damaged-checkpoint-"):
+            mine = True  # a link is unlinked, never what it points to
+        elif item.name in listed:
+            mine = _unchanged(item, digests.get(item.name))
+        elif CHECKPOINT.match(item.name):
+            mine = _checkpoint_like(item) and _stamped_by(item, old)
+        elif REPORTS.match(item.name) and item.is_dir():
+            mine = all(p.name in REPORT_FILES and p.is_file() for p in item.iterdir())
+        else:
+            mine = False
+        (ours if mine else foreign).append(item)
     return ours, foreign
 
 
-def _replace(record: RunRecord, old_files: list[str] | None) -> list[str]:
-    """--overwrite: delete what the earlier run wrote, nothing else. Refused, before anything is
-    deleted, where that would take the data file being trained on, or where a file the tool did not
-    write stands where the new run writes. Says what was kept."""
+def _unchanged(item: Path, digest: str | None) -> bool:
+    if item.name == "runs" and item.is_dir():  # TensorBoard's folder: its event files only
+        return all("tfevents" in p.name for p in item.rglob("*") if not p.is_dir())
+    return digest is None or not item.is_file() or file_sha256(item) == digest
+
+
+def _stamped_by(checkpoint: Path, old: RunRecord | None) -> bool:
+    """Whether `checkpoint` bears no stamp of another run than `old`'s."""
+    try:
+        stamped = json.loads((checkpoint / IDENTITY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return old is None or stamped == old.identity()
+
+
+def _replace(record: RunRecord, old: RunRecord | None) -> list[str]:
+    """--overwrite: delete what the earlier run wrote, nothing else; says what it deleted and kept.
+    Refused, before anything is deleted, where that would take the data file being trained on, or
+    where a file the tool did not write (or one changed since) stands where the new run writes. The
+    doomed entries are first moved into a scratch folder, so that one that cannot be moved (no
+    permission) leaves everything in place."""
     from .folders import remove
 
     out, data = record.config.output_dir, record.config.data.resolve()
-    ours, foreign = owned_entries(out, old_files)
-    doomed = [p for p in ours if data == p.resolve() or p.resolve() in data.parents]
+    ours, foreign = owned_entries(out, old)
+    # A link is unlinked, not followed: the data behind one is safe.
+    doomed = [p for p in ours if not p.is_symlink() and (data == p.resolve() or p.resolve() in data.parents)]
     if doomed:
         raise RunDirError(f"--overwrite would delete {doomed[0]}, and --data {record.config.data} is (in) it. Move "
                           "the data file out of the run folder first, or choose another --output-dir")
     in_the_way = [p for p in foreign if p.name in OUR_FILES or CHECKPOINT.match(p.name)]
     if in_the_way:
-        raise RunDirError(f"{out} holds {names(in_the_way)}, which this tool did not write and the new run would "
-                          "write over. Move them out, or choose another --output-dir")
-    for item in ours:
-        remove(item)
-    for folder in {p.parent for p in ours if p.parent != out}:  # a report folder whose user files stay
-        if not any(folder.iterdir()):
-            folder.rmdir()
-    return [f"kept {names(foreign)} (not written by this tool)"] if foreign else []
+        raise RunDirError(f"{out} holds {names(in_the_way)}, which this tool did not write (or which changed since) "
+                          "and the new run would write over. Move them out, or choose another --output-dir")
+    aside = out / f".replacing-{os.getpid()}"
+    aside.mkdir(exist_ok=True)
+    moved: list[Path] = []
+    try:
+        for item in ours:
+            os.rename(item, aside / item.name)
+            moved.append(item)
+    except OSError as err:
+        for item in reversed(moved):
+            os.rename(aside / item.name, item)
+        aside.rmdir()
+        raise RunDirError(f"--overwrite cannot remove {err.filename} ({err.strerror}); nothing was deleted. Make it "
+                          "writable, or choose another --output-dir") from None
+    done = [f"deleted the earlier run's {names(ours)}"] if ours else []
+    try:
+        remove(aside)
+    except OSError as err:  # a file in a moved folder that cannot go: the run goes on beside it
+        done.append(f"could not delete {err.filename}; remove {aside} by hand")
+    return done + ([f"kept {names(foreign)} (not written by this tool)"] if foreign else [])
 
 
 def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
@@ -271,7 +327,7 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
         if foreign:
             raise RunDirError(f"{out} holds files that are not a run of this tool ({names(foreign)}); --overwrite "
                               "replaces only runs of this tool. Choose another --output-dir")
-        return None, _replace(record, _recorded_files(out) if has_record else None)
+        return None, _replace(record, _readable_record(out) if has_record else None)
     if old is None:
         raise RunDirError(f"{out} already holds files that are not a run of this tool ({names(entries)}). "
                           "Choose another --output-dir")
@@ -282,7 +338,7 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
         if old.state != FINISHED and last_checkpoint(out) is None and not config.resume:
             # Stopped (or refused) before its first checkpoint: nothing of it can be continued.
             return None, [f"replaced a run that stopped before its first checkpoint ({difference})",
-                          *_replace(record, old.files)]
+                          *_replace(record, old)]
         if config.resume:
             raise RunDirError(f"cannot resume: {out} holds a run with other settings ({difference}). Resume with "
                               "the original settings, or drop --resume")
@@ -295,6 +351,9 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     record.files = old.files
     if config.resume not in (None, "last"):
         chosen = Path(config.resume)
+        if (chosen / RUN_CONFIG).is_file():
+            raise RunDirError(f"{chosen} is a run folder, not a checkpoint: --resume alone continues this run's last "
+                              "checkpoint; --resume PATH takes one of its checkpoint-N folders")
         if not is_complete(chosen):
             raise RunDirError(f"{chosen} is not a complete checkpoint (cut short, or damaged); "
                               "pass another, or --resume alone for the last complete one")
@@ -311,14 +370,12 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     return None, []  # interrupted before its first checkpoint: nothing to lose by starting again
 
 
-def _recorded_files(folder: Path) -> list[str] | None:
-    """The files the record in `folder` lists; None for a record that lists none (older, or too
-    damaged to say)."""
+def _readable_record(folder: Path) -> RunRecord | None:
+    """The record in `folder`, or None where it is too damaged to say what the run wrote."""
     try:
-        listed = json.loads((folder / RUN_CONFIG).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return RunRecord.load(folder)
+    except RunDirError:
         return None
-    return [n for n in listed if isinstance(n, str)] if isinstance(listed, list) else None
 
 
 IDENTITY = "glmtune_run.json"  # in each checkpoint: which run wrote it
@@ -334,12 +391,29 @@ def check_belongs(checkpoint: Path, record: RunRecord) -> None:
     try:
         stamped = json.loads((checkpoint / IDENTITY).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        if checkpoint.resolve().parent == record.config.output_dir.resolve():
-            return
-        raise RunDirError(f"{checkpoint} is not in {record.config.output_dir} and does not say which run wrote it; "
-                          "resume from a checkpoint of this run (--resume alone takes its last one)") from None
+        if checkpoint.resolve().parent != record.config.output_dir.resolve():
+            raise RunDirError(f"{checkpoint} is not in {record.config.output_dir} and does not say which run wrote "
+                              "it; resume from a checkpoint of this run (--resume alone takes its last one)") from None
+        _check_lora_shape(checkpoint, record.config)  # unstamped (older runs): what can be told without a stamp
+        return
     except (OSError, ValueError) as err:
         raise RunDirError(f"{checkpoint / IDENTITY} is damaged ({err}); resume from another checkpoint") from None
+    if not isinstance(stamped, dict):
+        raise RunDirError(f"{checkpoint / IDENTITY} is damaged (not a JSON object); resume from another checkpoint")
     if stamped != record.identity():
         raise RunDirError(f"{checkpoint} is a checkpoint of another run ({_difference(stamped, record.identity())}); "
                           "resume from a checkpoint of this run (--resume alone takes its last one)")
+
+
+def _check_lora_shape(checkpoint: Path, config: TrainConfig) -> None:
+    """The adapter in an unstamped checkpoint has this run's LoRA rank and alpha (another's would
+    fail to load, or train on under this run's name)."""
+    try:
+        saved = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
+        shape = (saved["r"], saved["lora_alpha"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # is_complete has read the adapter itself; its config is peft's to judge
+    if shape != (config.lora_r, config.lora_alpha):
+        raise RunDirError(f"{checkpoint} holds an adapter of rank {shape[0]}, alpha {shape[1]}, and this run trains "
+                          f"rank {config.lora_r}, alpha {config.lora_alpha}: it is another run's. Resume from a "
+                          "checkpoint of this run (--resume alone takes its last one)")

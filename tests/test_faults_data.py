@@ -1,6 +1,7 @@
 """Faults in what a run is fed: a LoRA rank the model cannot hold, rows with nothing to learn,
 comparisons on prompts the adapter saw in training, and legacy encodings read as the wrong one."""
 
+import codecs
 import json
 import shutil
 
@@ -219,5 +220,27 @@ def test_an_encoding_that_cannot_be_told_is_refused_with_how_to_convert(tmp_path
     korean = tmp_path / "korean.txt"
     korean.write_bytes("두통이 심해요. 병원에 가야 하나요?,네, 바로 진료를 받으세요.\n".encode("euc_kr"))
     with pytest.raises(DataError, match=r"korean.txt: not UTF-8, and no legacy encoding clearly fits.*"
-                                        r"iconv -f GB18030 -t UTF-8 .*korean.txt > .*korean.txt.utf8"):
+                                        r"likely GB18030 or CP949\): iconv -f ENCODING -t UTF-8 .*korean.txt > .*korean.txt.utf8"):
         read_dataset(korean)
+
+
+def test_gbk_whose_first_characters_are_also_utf8_is_read_as_gbk(tmp_path):
+    # 头痛 in GBK (CD B7 CD B4) are two valid UTF-8 characters (Greek), before the first invalid byte
+    lines = "头痛？ 经常头痛怎么办,注意休息。\n胃痛反酸是什么原因？ 饭后明显,少食多餐。\n"
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes(lines.encode("gbk"))
+    data = read_dataset(gbk)
+    assert data.encoding == "GB18030" and [ex.answer for ex in data.examples] == ["注意休息。", "少食多餐。"]
+    damaged = tmp_path / "damaged.txt"  # Chinese in UTF-8, then one byte that is not: still named as damage
+    damaged.write_bytes(lines.encode("utf-8") + b"\xa3\n")
+    with pytest.raises(DataError, match=r"damaged.txt:3: invalid UTF-8 byte 0xa3 after valid UTF-8 text"):
+        read_dataset(damaged)
+
+
+def test_utf16_with_its_bom_is_read(tmp_path):
+    text = "头痛怎么办？ 经常头痛,注意休息。\n"
+    for encoding in ("utf-16", "utf-16-be"):
+        path = tmp_path / f"{encoding}.txt"
+        path.write_bytes((codecs.BOM_UTF16_BE if encoding == "utf-16-be" else b"") + text.encode(encoding))
+        data = read_dataset(path)
+        assert data.encoding == "UTF-16" and data.examples[0].answer == "注意休息。"

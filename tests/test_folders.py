@@ -14,7 +14,7 @@ import pytest
 from glmtune import folders
 from glmtune.comparison import Comparison, compare
 from glmtune.config import CompareConfig, ExportConfig
-from glmtune.errors import RunDirError
+from glmtune.errors import ConfigError, RunDirError
 from glmtune.export import export
 from glmtune.finetune import FineTune, train
 from glmtune.runs import RUN_CONFIG, RunRecord
@@ -52,7 +52,7 @@ def test_overwrite_keeps_what_the_tool_did_not_write(data_file, trained, tmp_pat
     assert (run / "NOTES.md").read_text(encoding="utf-8") == "why lr 1e-4"
     assert (run / "merged" / "model.safetensors").read_bytes() == b"an export"
     assert (run / "mydata.txt").read_bytes() == data_file.read_bytes()
-    assert sorted(p.name for p in (run / "comparison").iterdir()) == ["reading.txt"]  # the old report is gone
+    assert sorted(p.name for p in (run / "comparison").iterdir()) == sorted([*REPORT, "reading.txt"])  # annotated
     record = RunRecord.load(run)
     assert record.state == "finished" and record.data_sha256 and job.trainer.state.global_step == 1
     assert "kept NOTES.md, comparison, merged and 1 more (not written by this tool)" in job.plan_summary()
@@ -72,10 +72,81 @@ def test_overwrite_refuses_a_users_file_where_the_run_writes(data_file, trained,
     record = json.loads((run / RUN_CONFIG).read_text(encoding="utf-8"))
     record["files"].remove("loss.png")  # as if the user had put their own loss.png there
     (run / RUN_CONFIG).write_text(json.dumps(record), encoding="utf-8")
-    with pytest.raises(RunDirError, match="holds loss.png, which this tool did not write and the new run would "
-                                          "write over"):
+    with pytest.raises(RunDirError, match=r"holds loss.png, which this tool did not write \(or which changed since\) "
+                                          "and the new run would write over"):
         train(quick(data_file, run, "--overwrite"))
     assert (run / "loss.png").is_file() and (run / "adapter_model.safetensors").is_file()
+
+
+def stamp_of_another_run(run):
+    (run / "checkpoint-99").mkdir()
+    (run / "checkpoint-99" / "glmtune_run.json").write_text('{"lora_r": 4}', encoding="utf-8")
+
+
+@pytest.mark.parametrize("name, setup", [
+    ("checkpoint-7", lambda run: (run / "checkpoint-7").mkdir() or (run / "checkpoint-7" / "notes.txt").write_text("x")),
+    ("checkpoint-99", stamp_of_another_run),
+    ("README.md", lambda run: (run / "README.md").open("a").write("\n## my review of this adapter\n")),
+], ids=["a user's folder named like a checkpoint", "another run's checkpoint", "a model card edited since"])
+def test_overwrite_refuses_what_only_looks_like_the_runs_own(data_file, trained, tmp_path, name, setup):
+    run = copy_run(trained, tmp_path)
+    setup(run)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RunDirError, match=f"holds {name}, which this tool did not write \\(or which changed since\\)"):
+        train(quick(data_file, run, "--overwrite"))
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+@pytest.mark.parametrize("user_file", ["comparison/.notes.md", "comparison/chatglm_comparison.archive/mine.txt"])
+def test_a_report_folder_holding_a_users_file_is_kept_whole(data_file, trained, tmp_path, user_file):
+    run = copy_run(trained, tmp_path)
+    earlier_report(run)
+    (run / user_file).parent.mkdir(exist_ok=True)
+    (run / user_file).write_text("mine", encoding="utf-8")
+    job = train(quick(data_file, run, "--overwrite"))
+    assert (run / user_file).read_text(encoding="utf-8") == "mine" and (run / "comparison" / REPORT[0]).is_file()
+    assert "kept comparison (not written by this tool)" in job.plan_summary()
+
+
+def test_overwrite_that_cannot_remove_a_file_deletes_nothing(data_file, trained, tmp_path, monkeypatch):
+    run = copy_run(trained, tmp_path)
+    before = sorted(p.name for p in run.iterdir())
+    rename = os.rename
+
+    def immutable(src, dst):
+        if str(src).endswith("train_prompts.sha256"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
+        rename(src, dst)
+
+    monkeypatch.setattr("glmtune.runs.os.rename", immutable)
+    with pytest.raises(RunDirError, match=r"cannot remove .*train_prompts.sha256 \(Operation not permitted\); nothing "
+                                          "was deleted"):
+        train(quick(data_file, run, "--overwrite"))
+    assert sorted(p.name for p in run.iterdir()) == before and RunRecord.load(run).state == "finished"
+
+
+def test_leftovers_that_are_links_are_unlinked_not_followed(tmp_path):
+    from glmtune.runs import clear_leftovers
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keep.txt").write_text("keep")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".x.tmp").symlink_to(data, target_is_directory=True)
+    (run / "checkpoint-9").symlink_to(data, target_is_directory=True)
+    assert clear_leftovers(run) == ["removed .x.tmp (scratch)", "removed checkpoint-9 (cut short)"]
+    assert list(run.iterdir()) == [] and (data / "keep.txt").read_text() == "keep"
+
+
+def test_a_link_in_the_run_folder_to_the_data_is_unlinked_and_the_data_kept(data_file, trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    data = tmp_path / "data.txt"
+    shutil.copyfile(data_file, data)
+    (run / "eval.jsonl").unlink()
+    (run / "eval.jsonl").symlink_to(data)
+    train(quick(data, run, "--overwrite"))
+    assert data.read_bytes() == data_file.read_bytes() and not (run / "eval.jsonl").is_symlink()
 
 
 def test_a_symlinked_output_dir_is_overwritten_through_the_link(data_file, trained, tmp_path):
@@ -153,9 +224,18 @@ def test_resume_from_a_checkpoint_of_another_run_is_refused(data_file, tmp_path)
     foreign = other / "checkpoint-1"
     with pytest.raises(RunDirError, match=rf"{foreign} is a checkpoint of another run \(lora_r 4 -> 16\)"):
         train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume", str(foreign)))
+    (foreign / "glmtune_run.json").write_text("[1]", encoding="utf-8")
+    with pytest.raises(RunDirError, match="glmtune_run.json is damaged \\(not a JSON object\\)"):
+        train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume", str(foreign)))
+    with pytest.raises(RunDirError, match=f"{run} is a run folder, not a checkpoint: --resume alone"):
+        train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume", str(run)))
     (foreign / "glmtune_run.json").unlink()  # an unmarked checkpoint from elsewhere: cannot be told apart
     with pytest.raises(RunDirError, match="does not say which run wrote it"):
         train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume", str(foreign)))
+    shutil.copytree(foreign, run / "checkpoint-1")  # unmarked, in the run's own folder: its adapter still tells
+    with pytest.raises(RunDirError, match="checkpoint-1 holds an adapter of rank 4, alpha 32, and this run trains "
+                                          "rank 16"):
+        train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume"))
     assert RunRecord.load(run).state == "running" and not (run / "adapter_model.safetensors").exists()
 
 
@@ -240,3 +320,44 @@ def test_a_run_in_a_read_only_folder_can_still_be_read(tmp_path, monkeypatch):
     folders.claim(tmp_path, "comparing", shared=True).release()  # no lock file can be made there
     with pytest.raises(OSError, match="Read-only"):
         folders.claim(tmp_path, "training")
+
+
+def test_an_empty_folder_stays_the_same_folder_and_a_link_stays_a_link(trained, tmp_path, monkeypatch):
+    from glmtune.comparison import output_dir
+
+    here = tmp_path / "here"
+    here.mkdir()
+    inode = here.stat().st_ino
+    scratch, held = folders.reserve(here, "comparing")
+    (scratch / "chatglm_comparison.log").write_text("new")
+    folders.publish(scratch, here)  # `--output .` from a shell standing in an empty folder
+    held.release()
+    assert here.stat().st_ino == inode and [p.name for p in here.iterdir()] == ["chatglm_comparison.log"]
+
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    target, _, held = output_dir(CompareConfig(adapter=trained[0], output=link))
+    held.release()
+    assert target == real and link.is_symlink()
+
+
+def test_a_file_where_the_default_report_folder_goes_is_numbered_past(trained, tmp_path):
+    from glmtune.comparison import output_dir
+
+    run = copy_run(trained, tmp_path)
+    (run / "comparison").write_text("a user's file")
+    target, _, held = output_dir(CompareConfig(adapter=run))
+    held.release()
+    assert target == run / "comparison-2"
+
+
+def test_comparison_overwrite_refuses_a_hidden_user_file(trained, tmp_path):
+    from glmtune.comparison import output_dir
+
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "chatglm_comparison.log").write_text("old")
+    (folder / ".notes.md").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds files that are not a comparison report \(.notes.md\)"):
+        output_dir(CompareConfig(adapter=trained[0], output=folder, overwrite=True))
