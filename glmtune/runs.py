@@ -252,9 +252,12 @@ def owned_entries(folder: Path, old: RunRecord | None) -> tuple[list[Path], list
 
 
 def _unchanged(item: Path, digest: str | None) -> bool:
-    if item.name == "runs" and item.is_dir():  # TensorBoard's folder: its event files only
-        return all("tfevents" in p.name for p in item.rglob("*") if not p.is_dir())
-    return digest is None or not item.is_file() or file_sha256(item) == digest
+    """Whether a listed entry is still what the run wrote: a file with its recorded digest (none is
+    recorded for a run killed before it finished), or TensorBoard's folder of event files alone
+    (the only folder a run lists)."""
+    if item.is_dir():
+        return item.name == "runs" and all("tfevents" in p.name for p in item.rglob("*") if not p.is_dir())
+    return digest is None or file_sha256(item) == digest
 
 
 def _stamped_by(checkpoint: Path, old: RunRecord | None) -> bool:
