@@ -13,7 +13,7 @@ from .config import CompareConfig
 from .data import TRAIN_PROMPTS, Example, prompt_digest, read_dataset, read_prompt_digests
 from .errors import ConfigError, DataError, RunDirError
 from .hub import needs_gpu
-from .folders import claim, publish, remove, reserve
+from .folders import claim, publish, remove, reserve, scratch_for
 from .lora import check_adapter_files
 from .runs import REPORT_FILES, REPORT_STEM as STEM, RunRecord
 
@@ -217,6 +217,17 @@ class Comparison:
         self.outputs = [self.output / f"{STEM}.{ext}" for ext in ("log", "json", "png", "html")]
         distributed.on_main(self._write)
 
+    def _publishable(self) -> bool:
+        """Whether the reserved folder is still what it was (missing, empty, or with --overwrite a
+        report alone): a file a user put there while the models ran must not be swapped away."""
+        target = self.output
+        if not target.exists() and not target.is_symlink():
+            return True
+        inside = list(target.iterdir()) if target.is_dir() and not target.is_symlink() else None
+        if inside is None:
+            return False
+        return not inside or (self.config.overwrite and all(p.name in REPORT_FILES and p.is_file() for p in inside))
+
     def _reserve_output(self) -> Path:
         self.output, self.scratch, held = output_dir(self.config)
         self.claims.append(held)
@@ -235,6 +246,12 @@ class Comparison:
         write_report(report, self.settings, self.aggregate, self.timing, self.rows)
         plot_aggregate(chart, self.aggregate)
         write_html(html, self.settings, self.aggregate, self.timing, self.rows, chart)
+        if not self._publishable():  # the next free name instead: nothing of the user's is touched
+            changed = self.output
+            self.output = next(f for f in numbered(report_folder(self.config))
+                               if free(f) and not scratch_for(f).exists())
+            self.outputs = [self.output / p.name for p in self.outputs]
+            print(f"{changed} gained files while the comparison ran; the report goes to {self.output} instead")
         publish(self.scratch, self.output)
 
     def closing_lines(self) -> list[str]:
@@ -283,10 +300,9 @@ def output_dir(config: CompareConfig):
     --output or ADAPTER/comparison, or with an earlier report there (and no --overwrite), the first
     free NAME-2, NAME-3, ... Reserved at once, before any model loads (an unwritable place fails
     now, not after generation), so that a comparison started meanwhile numbers past it."""
-    chosen = config.output or config.adapter / "comparison"
-    if chosen.name in ("", ".", "..") or chosen.is_symlink():  # "--output ." names the folder it is in
-        chosen = chosen.resolve()  # and a link's reports go where it points, the link staying a link
-    if config.output is not None and chosen.exists() and not chosen.is_dir():
+    chosen = report_folder(config)
+    if (config.output is not None or config.overwrite) and (chosen.is_symlink() or chosen.exists()) \
+            and not chosen.is_dir():
         raise ConfigError("output", f"{chosen} is a file; choose a folder")
     if config.overwrite:
         foreign = [p.name for p in chosen.glob("*") if p.name not in REPORT_FILES or not p.is_file()] \
@@ -299,14 +315,35 @@ def output_dir(config: CompareConfig):
         if reserved is None:
             raise RunDirError(f"another comparison is writing {chosen} now; let it finish, or drop --overwrite")
         return chosen, *reserved
-    number, folder = 1, chosen
-    while True:
-        taken = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
-        reserved = None if taken else reserve(folder, "comparing")
-        if reserved is not None:
+    for folder in numbered(chosen):
+        if free(folder) and (reserved := reserve(folder, "comparing")) is not None:
             return folder, *reserved
+
+
+def report_folder(config: CompareConfig) -> Path:
+    """--output (through a link, where it points), or ADAPTER/comparison."""
+    if config.output is None:
+        return config.adapter / "comparison"
+    if config.output.name in ("", ".", "..") or config.output.is_symlink():  # "--output ." names the folder it is in
+        return config.output.resolve()
+    return config.output
+
+
+def numbered(chosen: Path):
+    """NAME, NAME-2, NAME-3, ..."""
+    yield chosen
+    number = 2
+    while True:
+        yield chosen.with_name(f"{chosen.name}-{number}")
         number += 1
-        folder = chosen.with_name(f"{chosen.name}-{number}")
+
+
+def free(folder: Path) -> bool:
+    """Missing, or an empty folder. A link is never free: reports go into the run folder, not
+    wherever a link in it leads."""
+    if folder.is_symlink():
+        return False
+    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
 
 
 def compare(config: CompareConfig) -> Comparison:

@@ -450,6 +450,7 @@ _LEGACY = (
 )
 MIN_COMMON = 0.5  # of the non-ASCII characters, in the encoding chosen
 MIN_LEAD = 0.25  # over the next most plausible encoding
+DAMAGED_UTF8_AFTER = 20  # non-ASCII characters of valid UTF-8 before a bad byte that make a file damaged UTF-8
 
 
 class _Reading(NamedTuple):
@@ -500,30 +501,38 @@ def _decode(path: Path) -> tuple[str, str]:
         raise DataError(f"{path}: file not found; check the path") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror})") from None
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode"
-        try:
-            return data.decode("utf-16"), "UTF-16"
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: starts as UTF-16 but is not UTF-16 throughout; re-save it as UTF-8") from None
+    # UTF-32's marks begin with UTF-16's: they are told apart first. Windows Notepad's "Unicode" is UTF-16.
+    for name, marks in (("UTF-32", (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)),
+                        ("UTF-16", (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))):
+        if data.startswith(marks):
+            try:
+                return data.decode(name.lower()), name
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: starts as {name} but is not {name} throughout; re-save it as UTF-8") from None
     try:
         return data.decode("utf-8-sig"), "UTF-8"
     except UnicodeDecodeError as err:
         line, bad = data.count(b"\n", 0, err.start) + 1, data[err.start]
-        if _reads_as_chinese(data[: err.start].decode("utf-8-sig")):
-            # Chinese in UTF-8 before the bad byte: a damaged UTF-8 file, not a legacy encoding (whose
-            # first few characters may also happen to be valid UTF-8, as GBK's 头痛 is).
-            raise DataError(
-                f"{path}:{line}: invalid UTF-8 byte 0x{bad:02x} after valid UTF-8 text; "
-                "fix or delete that byte, or re-save the file as UTF-8"
-            ) from None
+        before = data[: err.start].decode("utf-8-sig")
+    damaged = DataError(f"{path}:{line}: invalid UTF-8 byte 0x{bad:02x} after valid UTF-8 text; fix or delete that "
+                        "byte, or re-save the file as UTF-8")
+    # Much Chinese in UTF-8 before the bad byte: a damaged UTF-8 file. A little may be chance: a legacy
+    # encoding's first characters can also be valid UTF-8 (GBK's 头痛 are two Greek letters, and
+    # "楠宝" one CJK character and more), so the legacy readings are asked first.
+    if _reads_as_chinese(before) and sum(not ch.isascii() for ch in before) >= DAMAGED_UTF8_AFTER:
+        raise damaged
     readings = _readings(data)
     if not readings:
+        if _reads_as_chinese(before):
+            raise damaged
         names = [e.name for e in _LEGACY]
         raise DataError(f"{path}:{line}: file is neither UTF-8 nor {', '.join(names[:-1])} or {names[-1]} (byte "
                         f"0x{bad:02x} there is not UTF-8); re-save it as UTF-8")
     best, rival = readings[0], readings[1] if len(readings) > 1 else None
     if best.share >= MIN_COMMON and (rival is None or best.share - rival.share >= MIN_LEAD):
         return best.text, best.encoding.name
+    if _reads_as_chinese(before):
+        raise damaged
     shares = ", ".join(f"{r.encoding.name} {r.share:.0%}" for r in readings)
     likely = " or ".join(r.codec.upper() for r in readings[:2])
     raise DataError(f"{path}: not UTF-8, and no legacy encoding clearly fits (common characters when read as "

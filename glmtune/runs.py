@@ -15,12 +15,14 @@ import json
 import platform
 import os
 import re
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from .config import PROMPT_FORMATS, TrainConfig
+from .lora import resolve_lora_targets
 from .errors import RunDirError
 from .files import write_atomic
 from .shell import command
@@ -30,9 +32,12 @@ RUNNING, FINISHED = "running", "finished"
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # files.write_atomic's, FineTune.save's and --overwrite's scratch names
-SCRATCH = re.compile(r"^\.(.+\.tmp|saving-.*|replacing-\d+)$")
-# What the Trainer and peft write into a checkpoint: a folder of that name holding anything else is a user's.
-CHECKPOINT_FILES = {".json", ".safetensors", ".pt", ".pth", ".bin", ".md", ".model", ".jinja"}
+SCRATCH = re.compile(r"^\.(.+\.tmp|saving-.*|replacing-.*)$")
+# What the Trainer, peft and this tool write into a checkpoint: a folder of that name holding anything
+# else is a user's.
+CHECKPOINT_FILES = re.compile(r"^(adapter_model\.safetensors|adapter_config\.json|README\.md|optimizer\.pt|"
+                              r"scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|trainer_state\.json|training_args\.bin|"
+                              r"glmtune_run\.json|tokenizer.*|special_tokens_map\.json|chat_template\.jinja|\..+\.tmp)$")
 # What a run of this tool writes: --overwrite replaces a folder only if it holds nothing else.
 OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
@@ -132,6 +137,8 @@ class RunRecord:
             files = raw.get("files", sorted(OUR_FILES))  # older records list none: the names this tool writes
             if not isinstance(files, list) or not all(isinstance(n, str) for n in files):
                 raise ValueError(f"files {files!r} is not a list of names")
+            if raw.get("state", FINISHED) not in (RUNNING, FINISHED):
+                raise ValueError(f"state {raw['state']!r} is neither {RUNNING!r} nor {FINISHED!r}")
             digests = raw.get("digests", {})
             if not isinstance(digests, dict):
                 raise ValueError(f"digests {digests!r} is not a mapping of names to hashes")
@@ -184,7 +191,10 @@ def clear_leftovers(folder: Path) -> list[str]:
         if SCRATCH.match(item.name):
             remove(item)
             done.append(f"removed {item.name} (scratch)")
-        elif CHECKPOINT.match(item.name) and not is_complete(item) and _checkpoint_like(item):
+        elif CHECKPOINT.match(item.name) and not is_complete(item):
+            if not _checkpoint_like(item):
+                raise RunDirError(f"{item} is not a checkpoint of this tool's (it holds other files, or is a file), "
+                                  "and the run saves its checkpoints under that name; move it out of the run folder")
             if item.is_dir() and not item.is_symlink() and trainer_state(item) is not None:
                 aside = folder / f".damaged-{item.name}"
                 number = 1
@@ -201,9 +211,10 @@ def clear_leftovers(folder: Path) -> list[str]:
 
 def _checkpoint_like(item: Path) -> bool:
     """Whether a checkpoint-N entry can be the Trainer's: a link (removing it removes no data), or
-    a folder of nothing but the kinds of file a checkpoint holds."""
-    return item.is_symlink() or not item.is_dir() or all(
-        p.suffix in CHECKPOINT_FILES for p in item.rglob("*") if not p.is_dir())
+    a folder of nothing but the files a checkpoint holds (however few, when cut short)."""
+    if item.is_symlink():
+        return True
+    return item.is_dir() and all(p.is_file() and CHECKPOINT_FILES.match(p.name) for p in item.iterdir())
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -257,7 +268,10 @@ def _unchanged(item: Path, digest: str | None) -> bool:
     (the only folder a run lists)."""
     if item.is_dir():
         return item.name == "runs" and all("tfevents" in p.name for p in item.rglob("*") if not p.is_dir())
-    return digest is None or file_sha256(item) == digest
+    try:
+        return digest is None or file_sha256(item) == digest
+    except OSError:  # cannot be read, so cannot be told unchanged: the user's
+        return False
 
 
 def _stamped_by(checkpoint: Path, old: RunRecord | None) -> bool:
@@ -288,11 +302,12 @@ def _replace(record: RunRecord, old: RunRecord | None) -> list[str]:
     if in_the_way:
         raise RunDirError(f"{out} holds {names(in_the_way)}, which this tool did not write (or which changed since) "
                           "and the new run would write over. Move them out, or choose another --output-dir")
-    aside = out / f".replacing-{os.getpid()}"
-    aside.mkdir(exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=".replacing-", dir=out))
     moved: list[Path] = []
     try:
-        for item in ours:
+        # The record stays until the new run's replaces it: a kill meanwhile leaves a folder that
+        # is still a run's, which --overwrite can finish replacing (its scratch included).
+        for item in (p for p in ours if p.name != RUN_CONFIG):
             os.rename(item, aside / item.name)
             moved.append(item)
     except OSError as err:
@@ -326,7 +341,7 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     has_record = (out / RUN_CONFIG).is_file()
     old = RunRecord.load(out) if has_record and not config.overwrite else None
     if config.overwrite:
-        foreign = [] if has_record else owned_entries(out, None)[1]
+        foreign = [] if has_record else entries  # the record is written first: without one, nothing is ours
         if foreign:
             raise RunDirError(f"{out} holds files that are not a run of this tool ({names(foreign)}); --overwrite "
                               "replaces only runs of this tool. Choose another --output-dir")
@@ -338,7 +353,7 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     lost = f" (and its comparison reports {', '.join(reports)})" if reports else ""
     if old.identity() != record.identity():
         difference = _difference(old.identity(), record.identity())
-        if old.state != FINISHED and last_checkpoint(out) is None and not config.resume:
+        if old.state != FINISHED and not checkpoints(out) and not config.resume:
             # Stopped (or refused) before its first checkpoint: nothing of it can be continued.
             return None, [f"replaced a run that stopped before its first checkpoint ({difference})",
                           *_replace(record, old)]
@@ -409,14 +424,16 @@ def check_belongs(checkpoint: Path, record: RunRecord) -> None:
 
 
 def _check_lora_shape(checkpoint: Path, config: TrainConfig) -> None:
-    """The adapter in an unstamped checkpoint has this run's LoRA rank and alpha (another's would
-    fail to load, or train on under this run's name)."""
+    """The adapter in an unstamped checkpoint has this run's LoRA rank, alpha and target modules
+    (another's would fail to load, or train on under this run's name)."""
     try:
         saved = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
-        shape = (saved["r"], saved["lora_alpha"])
+        shape = (saved["r"], saved["lora_alpha"], sorted(saved["target_modules"]))
     except (OSError, ValueError, KeyError, TypeError):
         return  # is_complete has read the adapter itself; its config is peft's to judge
-    if shape != (config.lora_r, config.lora_alpha):
-        raise RunDirError(f"{checkpoint} holds an adapter of rank {shape[0]}, alpha {shape[1]}, and this run trains "
-                          f"rank {config.lora_r}, alpha {config.lora_alpha}: it is another run's. Resume from a "
+    ours = (config.lora_r, config.lora_alpha, sorted(resolve_lora_targets(config.lora_target)))
+    differences = [f"{what} {theirs} (this run: {mine})".replace("'", "")
+                   for what, theirs, mine in zip(("rank", "alpha", "modules"), shape, ours) if theirs != mine]
+    if differences:
+        raise RunDirError(f"{checkpoint} holds another run's adapter ({'; '.join(differences)}). Resume from a "
                           "checkpoint of this run (--resume alone takes its last one)")

@@ -80,6 +80,7 @@ def test_item_4_a_kill_before_the_run_record_does_not_block_the_rerun(data_file,
     '{"settings": {"model": "tiny", "max_length": -5}}',
     '{"settings": {"model": "tiny"}, "resolved": {"prompt_format": "weird"}}',
     '{"settings": {"model": "tiny"}, "resolved": {"eval_file": 5}}',
+    '{"settings": {"model": "tiny"}, "state": "done"}',  # neither running nor finished: cannot be told
 ])
 def test_item_6_a_damaged_run_record_is_one_clear_error(data_file, trained, tmp_path, damage):
     run = copy_run(trained, tmp_path)
@@ -305,7 +306,6 @@ def test_overwrite_never_costs_a_finished_run_for_bad_input(data_file, trained, 
     lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:100]),
     lambda c: (c / "adapter_model.safetensors").write_bytes(b"\0" * 8),
     lambda c: (c / "trainer_state.json").write_text("[1]"),
-    lambda c: (shutil.rmtree(c), c.write_text("not a folder")),
 ])
 def test_a_damaged_last_checkpoint_is_skipped_and_named(data_file, tmp_path, damage):
     from glmtune.finetune import FineTune

@@ -224,9 +224,10 @@ def test_an_encoding_that_cannot_be_told_is_refused_with_how_to_convert(tmp_path
         read_dataset(korean)
 
 
-def test_gbk_whose_first_characters_are_also_utf8_is_read_as_gbk(tmp_path):
-    # 头痛 in GBK (CD B7 CD B4) are two valid UTF-8 characters (Greek), before the first invalid byte
-    lines = "头痛？ 经常头痛怎么办,注意休息。\n胃痛反酸是什么原因？ 饭后明显,少食多餐。\n"
+@pytest.mark.parametrize("first", ["头痛？ 经常头痛怎么办", "楠宝发烧三天不退怎么办？ 楠宝2岁"])
+def test_gbk_whose_first_characters_are_also_utf8_is_read_as_gbk(tmp_path, first):
+    # 头痛 in GBK (CD B7 CD B4) are two valid UTF-8 characters (Greek), 楠宝 one CJK character and more
+    lines = f"{first},注意休息。\n胃痛反酸是什么原因？ 饭后明显,少食多餐。\n"
     gbk = tmp_path / "gbk.txt"
     gbk.write_bytes(lines.encode("gbk"))
     data = read_dataset(gbk)
@@ -237,10 +238,11 @@ def test_gbk_whose_first_characters_are_also_utf8_is_read_as_gbk(tmp_path):
         read_dataset(damaged)
 
 
-def test_utf16_with_its_bom_is_read(tmp_path):
+def test_utf16_and_utf32_with_their_bom_are_read(tmp_path):
     text = "头痛怎么办？ 经常头痛,注意休息。\n"
-    for encoding in ("utf-16", "utf-16-be"):
+    for encoding, name, mark in (("utf-16", "UTF-16", b""), ("utf-16-be", "UTF-16", codecs.BOM_UTF16_BE),
+                                 ("utf-32", "UTF-32", b"")):  # UTF-32's mark begins with UTF-16's
         path = tmp_path / f"{encoding}.txt"
-        path.write_bytes((codecs.BOM_UTF16_BE if encoding == "utf-16-be" else b"") + text.encode(encoding))
+        path.write_bytes(mark + text.encode(encoding))
         data = read_dataset(path)
-        assert data.encoding == "UTF-16" and data.examples[0].answer == "注意休息。"
+        assert (data.encoding, data.lines_read, [ex.answer for ex in data.examples]) == (name, 1, ["注意休息。"])

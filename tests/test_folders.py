@@ -125,6 +125,18 @@ def test_overwrite_that_cannot_remove_a_file_deletes_nothing(data_file, trained,
     assert sorted(p.name for p in run.iterdir()) == before and RunRecord.load(run).state == "finished"
 
 
+@pytest.mark.parametrize("make", [lambda c: c.write_text("not a folder"),
+                                  lambda c: c.mkdir() or (c / "results.json").write_text("{}")],
+                         ids=["a file", "a folder of other files"])
+def test_a_users_checkpoint_named_entry_is_never_cleared_as_cut_short(tmp_path, make):
+    from glmtune.runs import clear_leftovers
+
+    make(tmp_path / "checkpoint-7")
+    with pytest.raises(RunDirError, match="checkpoint-7 is not a checkpoint of this tool's"):
+        clear_leftovers(tmp_path)
+    assert (tmp_path / "checkpoint-7").exists()
+
+
 def test_leftovers_that_are_links_are_unlinked_not_followed(tmp_path):
     from glmtune.runs import clear_leftovers
 
@@ -233,8 +245,7 @@ def test_resume_from_a_checkpoint_of_another_run_is_refused(data_file, tmp_path)
     with pytest.raises(RunDirError, match="does not say which run wrote it"):
         train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume", str(foreign)))
     shutil.copytree(foreign, run / "checkpoint-1")  # unmarked, in the run's own folder: its adapter still tells
-    with pytest.raises(RunDirError, match="checkpoint-1 holds an adapter of rank 4, alpha 32, and this run trains "
-                                          "rank 16"):
+    with pytest.raises(RunDirError, match=r"checkpoint-1 holds another run's adapter \(rank 4 \(this run: 16\)\)"):
         train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume"))
     assert RunRecord.load(run).state == "running" and not (run / "adapter_model.safetensors").exists()
 
@@ -361,3 +372,67 @@ def test_comparison_overwrite_refuses_a_hidden_user_file(trained, tmp_path):
     (folder / ".notes.md").write_text("mine")
     with pytest.raises(ConfigError, match=r"holds files that are not a comparison report \(.notes.md\)"):
         output_dir(CompareConfig(adapter=trained[0], output=folder, overwrite=True))
+
+
+def test_a_file_put_in_the_report_folder_while_the_models_ran_is_never_swapped_away(trained, tmp_path, monkeypatch,
+                                                                                    capsys):
+    import glmtune.scoring
+
+    folder = tmp_path / "report"
+    folder.mkdir()  # an empty folder, reserved: the user writes into it during generation
+    write_log = glmtune.scoring.write_log
+
+    def user_writes_first(*args, **kwargs):
+        (folder / "draft.md").write_text("my notes", encoding="utf-8")
+        write_log(*args, **kwargs)
+
+    monkeypatch.setattr(glmtune.scoring, "write_log", user_writes_first)
+    job = compare(CompareConfig(adapter=trained[0], output=folder, max_new_tokens=2, num_samples=1))
+    assert [p.name for p in folder.iterdir()] == ["draft.md"] and job.output == tmp_path / "report-2"
+    assert sorted(p.name for p in job.output.iterdir()) == sorted(REPORT)
+    assert f"{folder} gained files while the comparison ran; the report goes to {job.output}" in capsys.readouterr().out
+
+
+def test_reports_never_follow_a_link_or_replace_a_file_in_the_run_folder(trained, tmp_path):
+    from glmtune.comparison import output_dir
+
+    run = copy_run(trained, tmp_path)
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("years of work")
+    (run / "comparison").symlink_to(thesis)
+    target, _, held = output_dir(CompareConfig(adapter=run))
+    held.release()
+    assert target == run / "comparison-2"
+    with pytest.raises(ConfigError, match="comparison is a file; choose a folder"):
+        output_dir(CompareConfig(adapter=run, overwrite=True))
+    assert thesis.read_text() == "years of work"
+
+
+def test_overwrite_of_a_folder_without_a_run_record_deletes_nothing(data_file, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "README.md").write_text("my notes")  # names a run writes, but no run wrote them
+    (folder / "eval.txt").write_text("mine")
+    with pytest.raises(RunDirError, match=r"holds files that are not a run of this tool \(README.md, eval.txt\)"):
+        train(quick(data_file, folder, "--overwrite"))
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "eval.txt"]
+
+
+def test_a_run_with_a_damaged_checkpoint_does_not_give_way_to_other_settings(data_file, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_file, run, "--max-steps", "3", "--save-steps", "1"), callbacks=[KillAtStep(2)])
+    optimizer = run / "checkpoint-1" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])  # damaged since: trained weights all the same
+    with pytest.raises(RunDirError, match=r"already holds another run \(lora_r 16 -> 4\)"):
+        train(tiny_config(data_file, run, "--max-steps", "3", "--save-steps", "1", "--lora-r", "4"))
+    assert (run / "checkpoint-1" / "adapter_model.safetensors").is_file()
+
+
+def test_an_overwrite_killed_while_deleting_is_finished_by_the_next(data_file, trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    left = run / f".replacing-{os.getpid()}"  # as a kill leaves it, by a process with this one's pid (containers)
+    left.mkdir()
+    (left / "checkpoint-12").mkdir()
+    train(quick(data_file, run, "--overwrite"))
+    assert not left.exists() and RunRecord.load(run).config.max_steps == 1
