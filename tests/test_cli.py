@@ -169,7 +169,7 @@ def run_script(script, *argv, cwd):
                           timeout=300)
 
 
-def test_both_scripts_end_to_end_on_a_quiet_console(data_file, tmp_path):
+def test_both_scripts_end_to_end_on_a_quiet_console(data_file, tmp_path, capsys):
     out = tmp_path / "run"
     result = run_script("chatglm_finetuning.py", "--model", "tiny", "--data", str(data_file), "--output-dir",
                         str(out), "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2", "--eval-ratio",
@@ -182,11 +182,16 @@ def test_both_scripts_end_to_end_on_a_quiet_console(data_file, tmp_path):
     assert f"next       python chatglm_finetuning_tst.py --adapter {out}" in result.stdout
     assert json.loads((out / "run_config.json").read_text())["state"] == "finished"
 
-    again = run_script("chatglm_finetuning.py", "--model", "tiny", "--data", str(data_file), "--output-dir",
-                       str(out), "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2", "--eval-ratio", "0.2",
-                       "--resume", cwd=tmp_path)
-    assert again.returncode == 1 and "holds this run, finished" in again.stderr
-    assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    from glmtune.finetune import train
+
+    again, _ = cli.parse_args(TrainConfig, "t", ["--model", "tiny", "--data", str(data_file), "--output-dir", str(out),
+                                                 "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2",
+                                                 "--eval-ratio", "0.2", "--resume"])
+    with pytest.raises(SystemExit) as refused:  # the scripts' error boundary, in this process
+        cli.run(train, again)
+    stderr = capsys.readouterr().err
+    assert refused.value.code == 1 and "holds this run, finished" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
 
     # the comparison piped into `head -1`: its reports are written before its verdict is printed, and
     # the pipe closed after the first line stops nothing
