@@ -227,12 +227,20 @@ def readme() -> str:
     return (REPO / "README_chatglm_finetuning.md").read_text(encoding="utf-8")
 
 
-def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch):
+def test_the_readme_links_every_docs_page_and_each_link_resolves():
+    linked = re.findall(r"\]\((docs/[^)]+)\)", readme())
+    assert sorted(linked) == sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))
+    assert all((REPO / link).is_file() for link in linked)
+
+
+def test_python_snippets_in_the_docs_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    snippets = re.findall(r"```python\n(.*?)```", readme(), flags=re.S)
+    pages = [REPO / "README_chatglm_finetuning.md", *sorted((REPO / "docs").glob("*.md"))]
+    snippets = [snippet for page in pages
+                for snippet in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
     assert snippets
     for snippet in snippets:
-        exec(compile(snippet, "README snippet", "exec"), {})
+        exec(compile(snippet, "docs snippet", "exec"), {})
 
 
 def test_ci_runs_the_readme_test_command():

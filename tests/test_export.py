@@ -118,9 +118,9 @@ def test_native_export_has_native_names_and_deployment_configs(exports):
     assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
-def test_readme_loading_snippet_runs_on_an_export(exports, capsys):
+def test_the_deploy_page_loading_snippet_runs_on_an_export(exports, capsys):
     _, native, _ = exports
-    deploy = (REPO / "README_chatglm_finetuning.md").read_text(encoding="utf-8").split("\n## Deploy")[1]
+    deploy = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
     snippet = re.search(r"```\n(from transformers import .*?)```", deploy, flags=re.S).group(1)
     exec(compile(snippet.replace('"chatglm3-medical-merged"', repr(str(native.output))), "README", "exec"), {})
     assert capsys.readouterr().out.strip()
