@@ -15,7 +15,7 @@ from .errors import ConfigError, DataError, RunDirError
 from .hub import needs_gpu
 from .folders import claim, publish, remove, reserve, scratch_for
 from .lora import check_adapter_files
-from .runs import REPORT_FILES, REPORT_STEM as STEM, RunRecord
+from .runs import REPORT_STEM as STEM, RunRecord, is_report_file
 
 
 class Comparison:
@@ -221,12 +221,8 @@ class Comparison:
         """Whether the reserved folder is still what it was (missing, empty, or with --overwrite a
         report alone): a file a user put there while the models ran must not be swapped away."""
         target = self.output
-        if not target.exists() and not target.is_symlink():
-            return True
-        inside = list(target.iterdir()) if target.is_dir() and not target.is_symlink() else None
-        if inside is None:
-            return False
-        return not inside or (self.config.overwrite and all(p.name in REPORT_FILES and p.is_file() for p in inside))
+        return free(target) or (self.config.overwrite and target.is_dir() and not target.is_symlink()
+                                and all(map(is_report_file, target.iterdir())))
 
     def _reserve_output(self) -> Path:
         self.output, self.scratch, held = output_dir(self.config)
@@ -305,8 +301,7 @@ def output_dir(config: CompareConfig):
             and not chosen.is_dir():
         raise ConfigError("output", f"{chosen} is a file; choose a folder")
     if config.overwrite:
-        foreign = [p.name for p in chosen.glob("*") if p.name not in REPORT_FILES or not p.is_file()] \
-            if chosen.is_dir() else []
+        foreign = [p.name for p in chosen.glob("*") if not is_report_file(p)] if chosen.is_dir() else []
         if foreign:
             raise ConfigError("output", f"{chosen} holds files that are not a comparison report "
                                         f"({', '.join(foreign[:3])}); --overwrite replaces only reports. "

@@ -3,6 +3,14 @@ print it as one line (no traceback) and name the flag when the error carries one
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
+
+def few(items, shown: int = 3) -> str:
+    """Some of `items` for a message: 'a, b, c and 2 more' (paths by their names)."""
+    words = [item.name if isinstance(item, PurePath) else str(item) for item in items]
+    return ", ".join(words[:shown]) + (f" and {len(words) - shown} more" if len(words) > shown else "")
+
 
 class GlmtuneError(Exception):
     """An error caused by input, settings or the environment, not by a bug in glmtune."""

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from . import cli, files
 from .config import ExportConfig
-from .errors import ConfigError, ModelLoadError, RunDirError
+from .errors import ConfigError, ModelLoadError, RunDirError, few
 from .folders import LOCK, claim
 from .lora import check_adapter_files
 from .runs import FINISHED, RunRecord, library_versions
@@ -136,17 +136,16 @@ class Export:
     def __init__(self, config: ExportConfig):
         self.config = config
         self.began = time.perf_counter()
-        self.claims: list = []  # the run folder (shared with other readers), the output folder
+        self.run_claim = self.output_claim = None  # the run folder (shared with other readers), the output
 
     def __enter__(self) -> Export:
         return self
 
     def __exit__(self, failed, *exc) -> None:
-        run, *output = self.claims or [None]
-        for held in output:  # a failed export leaves no folder or lock file of its own behind
-            held.abandon() if failed else held.release(tidy=True)
-        if run is not None:
-            run.release()
+        if self.output_claim is not None:  # a failed export leaves no folder or lock file of its own behind
+            self.output_claim.abandon() if failed else self.output_claim.release(tidy=True)
+        if self.run_claim is not None:
+            self.run_claim.release()
 
     def plan(self) -> None:
         """The run, its base, the target folder and the disk: everything that can refuse the export is
@@ -160,7 +159,7 @@ class Export:
 
         c = self.config
         c.validate()  # a config built in Python has not been through the command line's checks
-        self.claims.append(claim(c.adapter, "exporting", shared=True))  # no training starts over it meanwhile
+        self.run_claim = claim(c.adapter, "exporting", shared=True)  # no training starts over it meanwhile
         check_adapter_files(c.adapter)
         self.run = RunRecord.load(c.adapter)
         if self.run.state != FINISHED:
@@ -181,13 +180,8 @@ class Export:
         self.output = c.target()
         if self.output.resolve() == self.base_dir.resolve():
             raise ConfigError("output", f"{self.output} is the base model's folder; choose another folder")
-        output = claim(self.output, "exporting")  # one export at a time into a folder
-        try:
-            self.replaced = export_files_to_replace(self.output, c.overwrite)
-        except RunDirError:
-            output.abandon()
-            raise
-        self.claims.append(output)
+        self.output_claim = claim(self.output, "exporting")  # one export at a time into a folder
+        self.replaced = export_files_to_replace(self.output, c.overwrite)  # a refusal is abandoned on leaving
         needed = model_bytes + 64 * 2**20  # tokenizer and configs
         free = files.free_bytes(self.output)
         # With room for both, the earlier export stays whole until the new one is written; without, it
@@ -364,15 +358,13 @@ def export_files_to_replace(output: Path, overwrite: bool) -> list[Path]:
     entries = sorted((p for p in output.iterdir() if p.name not in (SCRATCH, LOCK)), key=lambda p: p.name)
     if not entries:
         return []
-    names = [p.name for p in entries]
-    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     if not overwrite:
-        raise RunDirError(f"{output} is not empty ({shown}); choose another --output, or pass --overwrite to "
+        raise RunDirError(f"{output} is not empty ({few(entries)}); choose another --output, or pass --overwrite to "
                           "replace the export in it")
     ours = {MANIFEST, *manifest_files(output)}
-    foreign = [p.name for p in entries if p.name not in ours or not p.is_file()]
+    foreign = [p for p in entries if p.name not in ours or not p.is_file()]
     if foreign:
-        raise RunDirError(f"{output} holds files no export wrote ({', '.join(foreign[:3])}); --overwrite replaces "
+        raise RunDirError(f"{output} holds files no export wrote ({few(foreign)}); --overwrite replaces "
                           f"only an earlier export, the files its {MANIFEST} lists. Choose another --output")
     return entries
 

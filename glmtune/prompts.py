@@ -28,6 +28,7 @@ import statistics
 from dataclasses import dataclass
 
 from .config import PROMPT_FORMATS
+from .errors import few
 from .tokenizer import chat_ids, sp_ids
 
 GLM3_TEMPLATE = "[Round 1]\n\n问：{question}\n\n答："
@@ -162,8 +163,7 @@ class TokenStats:
 
     def where_and_fix(self) -> str:
         """The rows left out and how to keep them, for the report and for the refusal."""
-        shown = ", ".join(map(str, self.unanswered[:5])) + (", ..." if len(self.unanswered) > 5 else "")
-        return (f"line{'s' if len(self.unanswered) > 1 else ''} {shown}: their system prompt and question fill it; "
+        return (f"line{'s' if len(self.unanswered) > 1 else ''} {few(self.unanswered, 5)}: their system prompt and question fill it; "
                 f"raise --max-length to {self.needed_length}, or shorten the system prompt")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import PROMPT_FORMATS, TrainConfig
 from .lora import resolve_lora_targets
-from .errors import RunDirError
+from .errors import RunDirError, few
 from .files import write_atomic
 from .shell import command
 
@@ -46,6 +46,10 @@ OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "to
 REPORTS = re.compile(r"^comparison(-\d+)?$")  # the comparison script's report folders inside a run
 REPORT_STEM = "chatglm_comparison"  # a report's files: STEM.log, .json, .png, .html
 REPORT_FILES = {f"{REPORT_STEM}.{ext}" for ext in ("log", "json", "png", "html")}
+
+
+def is_report_file(path: Path) -> bool:
+    return path.name in REPORT_FILES and path.is_file()
 
 
 def file_sha256(path: Path) -> str:
@@ -228,12 +232,6 @@ def _difference(old: dict, new: dict) -> str:
     return ", ".join(shown)
 
 
-def names(paths) -> str:
-    """A few file names for a message: 'a, b, c and 2 more'."""
-    shown = [p if isinstance(p, str) else p.name for p in paths]
-    return ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
-
-
 def owned_entries(folder: Path, old: RunRecord | None) -> tuple[list[Path], list[Path]]:
     """(what the run of record `old` wrote in `folder`, everything else). What a run wrote is what
     its record lists, unless changed since (its digest differs), its checkpoints (unless stamped by
@@ -255,7 +253,7 @@ def owned_entries(folder: Path, old: RunRecord | None) -> tuple[list[Path], list
         elif CHECKPOINT.match(item.name):
             mine = _checkpoint_like(item) and _stamped_by(item, old)
         elif REPORTS.match(item.name) and item.is_dir():
-            mine = all(p.name in REPORT_FILES and p.is_file() for p in item.iterdir())
+            mine = all(map(is_report_file, item.iterdir()))
         else:
             mine = False
         (ours if mine else foreign).append(item)
@@ -300,7 +298,7 @@ def _replace(record: RunRecord, old: RunRecord | None) -> list[str]:
                           "the data file out of the run folder first, or choose another --output-dir")
     in_the_way = [p for p in foreign if p.name in OUR_FILES or CHECKPOINT.match(p.name)]
     if in_the_way:
-        raise RunDirError(f"{out} holds {names(in_the_way)}, which this tool did not write (or which changed since) "
+        raise RunDirError(f"{out} holds {few(in_the_way)}, which this tool did not write (or which changed since) "
                           "and the new run would write over. Move them out, or choose another --output-dir")
     aside = Path(tempfile.mkdtemp(prefix=".replacing-", dir=out))
     moved: list[Path] = []
@@ -316,12 +314,12 @@ def _replace(record: RunRecord, old: RunRecord | None) -> list[str]:
         aside.rmdir()
         raise RunDirError(f"--overwrite cannot remove {err.filename} ({err.strerror}); nothing was deleted. Make it "
                           "writable, or choose another --output-dir") from None
-    done = [f"deleted the earlier run's {names(ours)}"] if ours else []
+    done = [f"deleted the earlier run's {few(ours)}"] if ours else []
     try:
         remove(aside)
     except OSError as err:  # a file in a moved folder that cannot go: the run goes on beside it
         done.append(f"could not delete {err.filename}; remove {aside} by hand")
-    return done + ([f"kept {names(foreign)} (not written by this tool)"] if foreign else [])
+    return done + ([f"kept {few(foreign)} (not written by this tool)"] if foreign else [])
 
 
 def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
@@ -343,11 +341,11 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     if config.overwrite:
         foreign = [] if has_record else entries  # the record is written first: without one, nothing is ours
         if foreign:
-            raise RunDirError(f"{out} holds files that are not a run of this tool ({names(foreign)}); --overwrite "
+            raise RunDirError(f"{out} holds files that are not a run of this tool ({few(foreign)}); --overwrite "
                               "replaces only runs of this tool. Choose another --output-dir")
         return None, _replace(record, _readable_record(out) if has_record else None)
     if old is None:
-        raise RunDirError(f"{out} already holds files that are not a run of this tool ({names(entries)}). "
+        raise RunDirError(f"{out} already holds files that are not a run of this tool ({few(entries)}). "
                           "Choose another --output-dir")
     reports = [n for n in entries if REPORTS.match(n)]
     lost = f" (and its comparison reports {', '.join(reports)})" if reports else ""
