@@ -35,7 +35,7 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), label="train loss")
+        ax.plot(*zip(*train), "." if len(train) == 1 else "-", label="train loss")  # one point draws no line
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss")
     ax.set_xlabel("optimizer step")
