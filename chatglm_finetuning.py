@@ -17,23 +17,11 @@ Then compare base and fine-tuned answers:
 
 from __future__ import annotations
 
-from glmtune import cli
-from glmtune.config import TrainConfig
-
-
-def main(config: TrainConfig, options: cli.RunOptions) -> None:
-    from glmtune.finetune import FineTune
-
-    with FineTune(config, options.config_file) as job:  # holds the output folder until it is left
-        job.prepare()         # machine, data, tokenizer files; then the output folder: new, resumed, or refused
-        job.load_data()       # data report, eval split
-        job.load_tokenizer()  # tokenizer -> token ids and labels
-        job.build_model()     # NF4 base + LoRA, batch fitted to memory
-        print(job.plan_summary(), flush=True)
-        job.train()
-        job.save()            # adapter, tokenizer, metrics, loss plot; the run marked finished
-    print(job.final_summary())
+from glmtune.core import cli
+from glmtune.core.config import TrainConfig
 
 if __name__ == "__main__":
     config, options = cli.parse_args(TrainConfig, __doc__.splitlines()[0], epilog=__doc__)
+    # flags are checked before torch loads
+    from glmtune.training.job import main  # the stages, in order
     cli.run(main, config, options, debug=options.debug)

@@ -18,36 +18,11 @@ Talk with the fine-tuned model (/base, /tuned, /both, /reset, /exit), or pipe tu
 
 from __future__ import annotations
 
-import shutil
-import sys
-
-from glmtune import cli
-from glmtune.config import CompareConfig
-
-
-def main(config: CompareConfig) -> None:
-    from glmtune.comparison import Comparison
-
-    with Comparison(config) as job:  # on leaving: the run folder free again, no half-written report
-        job.load_run()      # the training run: base model, quantization, prompt layout
-        if config.chat:     # a conversation instead of a comparison
-            from glmtune.chat import start, talk
-
-            talk(start(config, job.run, job.base, sys.stdout), sys.stdin)
-            return
-        job.load_prompts()  # --prompt, --data, or the eval split held out at training time
-        print("\n".join(job.load_model()), flush=True)  # which weights and decoding, and why
-        job.generate()      # base side, then the fine-tuned side; answers and reference perplexities
-        summary = job.score()
-        try:
-            job.write()     # the log, JSON, chart and HTML report, published whole, before printing can fail
-        finally:            # then on screen, also when the write failed (a full disk), before its error
-            if config.prompt:  # ad-hoc questions have no reference: their answers are the result
-                print("\n".join(job.answers_side_by_side(shutil.get_terminal_size().columns)))
-            print("\n".join(summary), flush=True)
-    print("\n".join(job.closing_lines()))
-
+from glmtune.core import cli
+from glmtune.core.config import CompareConfig
 
 if __name__ == "__main__":
     config, options = cli.parse_args(CompareConfig, __doc__.splitlines()[0], epilog=__doc__)
+    # flags are checked before torch loads
+    from glmtune.comparison.job import main  # the stages, in order
     cli.run(main, config, debug=options.debug)

@@ -33,20 +33,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the GPU machine runs from a copy of the repo, without `pip install -e .`
 
 import glmtune  # noqa: E402
-from glmtune import device  # noqa: E402
-from glmtune.checkpoint import load_model  # noqa: E402
-from glmtune.compiling import compile_decoder_layers, compile_seconds  # noqa: E402
-from glmtune.config import TrainConfig  # noqa: E402
-from glmtune.data import Example, read_dataset, split_eval, write_examples, write_seed_format  # noqa: E402
-from glmtune.generation import Decoding, cast_adapters, generate_answers, warm_up  # noqa: E402
-from glmtune.hub import resolve_model_dir  # noqa: E402
-from glmtune.finetune import build_peft_model  # noqa: E402
-from glmtune.lora import NATIVE_TARGETS  # noqa: E402
-from glmtune.memory import checkpoint_layers, decoder_layers, fit_memory  # noqa: E402
-from glmtune.prompts import PadCollator, prompt_ids, tokenize_examples  # noqa: E402
-from glmtune.runs import FINISHED, RunRecord, file_sha256, library_versions  # noqa: E402
-from glmtune.tiny import random_original_weights  # noqa: E402
-from glmtune.trainer import GroupedTrainer  # noqa: E402
+from glmtune.core import device  # noqa: E402
+from glmtune.model.loading import load_model  # noqa: E402
+from glmtune.training.compiling import compile_decoder_layers, compile_seconds  # noqa: E402
+from glmtune.core.config import TrainConfig  # noqa: E402
+from glmtune.data.reading import Example, read_dataset, split_eval, write_examples, write_seed_format  # noqa: E402
+from glmtune.comparison.generation import Decoding, cast_adapters, generate_answers, warm_up  # noqa: E402
+from glmtune.model.sources import resolve_model_dir  # noqa: E402
+from glmtune.training.job import build_peft_model  # noqa: E402
+from glmtune.model.lora import NATIVE_TARGETS  # noqa: E402
+from glmtune.training.memory import checkpoint_layers, decoder_layers, fit_memory  # noqa: E402
+from glmtune.model.prompts import PadCollator, prompt_ids, tokenize_examples  # noqa: E402
+from glmtune.training.runs import FINISHED, RunRecord, file_sha256, library_versions  # noqa: E402
+from glmtune.model.tiny import random_original_weights  # noqa: E402
+from glmtune.training.trainer import GroupedTrainer  # noqa: E402
 
 CUDA = device.cuda()
 OURS_PRECISION, SEED_PRECISION = ("bf16", "fp16") if CUDA else ("fp32", "fp32")
@@ -510,8 +510,8 @@ def part_export(args, ckpt: Path, shared: Path) -> dict:
     layouts: time per stage, peak GPU memory, size on disk. Each export is deleted once measured."""
     import shutil
 
-    from glmtune.config import ExportConfig
-    from glmtune.export import export
+    from glmtune.core.config import ExportConfig
+    from glmtune.export.job import export
 
     results = {}
     for fmt in ("native", "chatglm"):

@@ -1,4 +1,4 @@
-"""Measure how well glmtune.data splits real seed lines into question and answer.
+"""Measure how well glmtune.data.reading splits real seed lines into question and answer.
 
 Each row of edge_cases.jsonl holds a raw seed-format ``line`` and its true
 ``title``, ``ask`` and ``answer``; the prediction counts as exact when it equals
@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from glmtune.data import clean_text, join_question, parse_line  # noqa: E402
+from glmtune.data.reading import clean_text, join_question, parse_line  # noqa: E402
 
 
 def score_rows(rows: list[dict]) -> dict:

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import importlib
 
-from .quiet import install_log_filters
+from .core.quiet import install_log_filters
 
 install_log_filters()
 
 _EXPORTS = {
-    "load_model": "checkpoint", "load_tokenizer": "tokenizer", "chat_ids": "tokenizer",
-    "stop_token_ids": "tokenizer", "read_dataset": "data", "parse_line": "data", "Example": "data",
-    "DEFAULT_MODEL": "config", "TrainConfig": "config", "CompareConfig": "config", "ExportConfig": "config",
-    "GlmtuneError": "errors", "ConfigError": "errors", "DataError": "errors", "ModelLoadError": "errors",
-    "RunDirError": "errors", "train": "finetune", "compare": "comparison",
+    "load_model": "model.loading", "load_tokenizer": "model.tokenizer", "chat_ids": "model.prompts",
+    "stop_token_ids": "model.tokenizer", "read_dataset": "data.reading", "parse_line": "data.reading",
+    "Example": "data.reading", "DEFAULT_MODEL": "core.config", "TrainConfig": "core.config",
+    "CompareConfig": "core.config", "ExportConfig": "core.config", "GlmtuneError": "core.errors",
+    "ConfigError": "core.errors", "DataError": "core.errors", "ModelLoadError": "core.errors",
+    "RunDirError": "core.errors", "train": "training.job", "compare": "comparison.job",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,7 +27,7 @@ def realdata_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
-    from glmtune.tiny import ensure_tiny
+    from glmtune.model.tiny import ensure_tiny
 
     return ensure_tiny()
 
@@ -57,8 +57,8 @@ def data_file(tmp_path_factory):
 
 def tiny_config(data_file, out, *extra):
     """Training settings for a quick tiny-model run, parsed from flags as the script parses them."""
-    from glmtune import cli
-    from glmtune.config import TrainConfig
+    from glmtune.core import cli
+    from glmtune.core.config import TrainConfig
 
     config, _ = cli.parse_args(TrainConfig, "test", ["--model", "tiny", "--data", str(data_file), "--output-dir",
                                                      str(out), "--eval-ratio", "0.1", "--grad-accum", "2",
@@ -69,7 +69,7 @@ def tiny_config(data_file, out, *extra):
 @pytest.fixture(scope="session")
 def trained(data_file, tmp_path_factory):
     """A finished tiny run: (output folder, the trained peft model)."""
-    from glmtune.finetune import train
+    from glmtune.training.job import train
 
     out = tmp_path_factory.mktemp("run")
     job = train(tiny_config(data_file, out, "--learning-rate", "5e-3", "--max-steps", "12"))

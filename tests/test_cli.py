@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from glmtune import cli
-from glmtune.config import CompareConfig, TrainConfig
-from glmtune.errors import ConfigError, DataError, RunDirError
+from glmtune.core import cli
+from glmtune.core.config import CompareConfig, TrainConfig
+from glmtune.core.errors import ConfigError, DataError, RunDirError
 
 from conftest import REPO
 
@@ -154,7 +154,7 @@ def test_error_boundary_prints_one_line(capsys, error, code, line):
 
 def test_flag_errors_come_before_heavy_imports(tmp_path):
     """What a user waits for on a typo: no torch, transformers or peft is imported to report it."""
-    code = ("import sys\nfrom glmtune import cli\nfrom glmtune.config import TrainConfig\ntry:\n"
+    code = ("import sys\nfrom glmtune.core import cli\nfrom glmtune.core.config import TrainConfig\ntry:\n"
             f"    cli.parse_args(TrainConfig, 't', ['--data', {str(tmp_path)!r}, '--lora-r', '0'])\n"
             "except SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
@@ -182,7 +182,7 @@ def test_both_scripts_end_to_end_on_a_quiet_console(data_file, tmp_path, capsys)
     assert f"next       python chatglm_finetuning_tst.py --adapter {out}" in result.stdout
     assert json.loads((out / "run_config.json").read_text())["state"] == "finished"
 
-    from glmtune.finetune import train
+    from glmtune.training.job import train
 
     again, _ = cli.parse_args(TrainConfig, "t", ["--model", "tiny", "--data", str(data_file), "--output-dir", str(out),
                                                  "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2",

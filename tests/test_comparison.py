@@ -7,14 +7,14 @@ import pytest
 from peft import PeftModel
 
 import glmtune
-from glmtune.comparison import compare, output_dir
-from glmtune.config import CompareConfig
-from glmtune.data import Example
-from glmtune.errors import ConfigError, DataError, ModelLoadError
-from glmtune.generation import Decoding, generate_answers, reference_perplexity
-from glmtune.prompts import encode, prompt_ids
-from glmtune.runs import RunRecord
-from glmtune.scoring import display_width
+from glmtune.comparison.job import compare, output_dir
+from glmtune.core.config import CompareConfig
+from glmtune.data.reading import Example
+from glmtune.core.errors import ConfigError, DataError, ModelLoadError
+from glmtune.comparison.generation import Decoding, generate_answers, reference_perplexity
+from glmtune.model.prompts import encode, prompt_ids
+from glmtune.training.runs import RunRecord
+from glmtune.comparison.scoring import display_width
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
 
@@ -146,7 +146,7 @@ def test_missing_and_incomplete_adapter_folders(trained, tmp_path):
 
 def test_adapter_on_a_different_base_is_named(trained, tmp_path):
     out, _ = trained
-    from glmtune.tiny import TINY_SHAPE, original_config, random_original_weights, write_original_checkpoint
+    from glmtune.model.tiny import TINY_SHAPE, original_config, random_original_weights, write_original_checkpoint
 
     config = original_config(3000, **{**TINY_SHAPE, "hidden_size": 192})
     write_original_checkpoint(tmp_path / "other", config, random_original_weights(config))

@@ -8,13 +8,13 @@ import pytest
 import sentencepiece as spm
 
 import glmtune
-from glmtune.comparison import compare
-from glmtune.config import CompareConfig
-from glmtune.data import Example, read_dataset
-from glmtune.errors import ConfigError
-from glmtune.finetune import train
-from glmtune.hub import resolve_model_dir
-from glmtune.prompts import IGNORE_INDEX, encode, encode_example
+from glmtune.comparison.job import compare
+from glmtune.core.config import CompareConfig
+from glmtune.data.reading import Example, read_dataset
+from glmtune.core.errors import ConfigError
+from glmtune.training.job import train
+from glmtune.model.sources import resolve_model_dir
+from glmtune.model.prompts import IGNORE_INDEX, encode, encode_example
 
 from conftest import tiny_config
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glmtune.data import (
+from glmtune.data.reading import (
     DataError,
     Example,
     clean_text,

@@ -4,8 +4,8 @@ import statistics
 
 import pytest
 
-from glmtune.data import parse_line, read_dataset
-from glmtune.metrics import DEFAULT_LEXICON_PATH, Lexicon
+from glmtune.data.reading import parse_line, read_dataset
+from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon
 
 from conftest import REPO
 

@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, tiny_config
-from glmtune import cli, distributed
-from glmtune.comparison import compare
-from glmtune.config import CompareConfig, ExportConfig, TrainConfig
-from glmtune.errors import DataError, Diverged, TrainingError
-from glmtune.finetune import train
+from glmtune.core import cli; from glmtune.core import distributed
+from glmtune.comparison.job import compare
+from glmtune.core.config import CompareConfig, ExportConfig, TrainConfig
+from glmtune.core.errors import DataError, Diverged, TrainingError
+from glmtune.training.job import train
 
 # Dropout off: each process draws its own masks, so with dropout the runs are alike only in distribution.
 # 20 training rows make 5 micro-batches of 2 for each of 2 processes: no epoch ends in a part-filled
@@ -93,10 +93,10 @@ RESUME_AND_COMPARE = """
 import sys
 from pathlib import Path
 
-from glmtune import cli
-from glmtune.comparison import compare
-from glmtune.config import CompareConfig, TrainConfig
-from glmtune.finetune import train
+from glmtune.core import cli
+from glmtune.comparison.job import compare
+from glmtune.core.config import CompareConfig, TrainConfig
+from glmtune.training.job import train
 
 killed, finished, report = map(Path, sys.argv[1:4])
 config, _ = cli.parse_args(TrainConfig, "resume", sys.argv[4:])

@@ -16,14 +16,14 @@ from safetensors import safe_open
 from transformers import GlmForCausalLM
 
 import glmtune
-from glmtune import cli, files
-from glmtune.checkpoint import read_config
-from glmtune.config import ExportConfig
-from glmtune.errors import ConfigError, ModelLoadError, RunDirError
-from glmtune.export import MANIFEST, SCRATCH, deployment_tokenizer, export, main
-from glmtune.lora import load_adapter
-from glmtune.runs import RunRecord
-from glmtune.tokenizer import build_tokenizer
+from glmtune.core import cli; from glmtune.core import files
+from glmtune.model.loading import read_config
+from glmtune.core.config import ExportConfig
+from glmtune.core.errors import ConfigError, ModelLoadError, RunDirError
+from glmtune.export.job import MANIFEST, SCRATCH, deployment_tokenizer, export, main
+from glmtune.model.lora import load_adapter
+from glmtune.training.runs import RunRecord
+from glmtune.model.tokenizer import build_tokenizer
 
 from conftest import REPO
 
@@ -202,7 +202,7 @@ def test_non_empty_target_is_refused_and_overwrite_replaces_only_an_export(expor
 
 
 def test_adapter_that_does_not_fit_the_base_is_named_in_one_line(exports, capsys, tmp_path):
-    from glmtune.tiny import TINY_SHAPE, original_config, random_original_weights, write_original_checkpoint
+    from glmtune.model.tiny import TINY_SHAPE, original_config, random_original_weights, write_original_checkpoint
 
     run, _, _ = exports
     config = original_config(3000, **{**TINY_SHAPE, "hidden_size": 192})
@@ -224,7 +224,7 @@ def test_low_disk_space_is_refused_before_loading(exports, monkeypatch, tmp_path
 
 @pytest.mark.parametrize("moment", ["while writing", "while moving files into place"])
 def test_a_killed_export_never_looks_complete(exports, monkeypatch, tmp_path, moment):
-    import glmtune.export as exporting
+    import glmtune.export.job as exporting
 
     run, _, _ = exports
     out = tmp_path / "out"
@@ -250,7 +250,7 @@ def test_a_killed_export_never_looks_complete(exports, monkeypatch, tmp_path, mo
 
 
 def test_a_failed_overwrite_keeps_the_earlier_export(exports, monkeypatch, tmp_path):
-    import glmtune.export as exporting
+    import glmtune.export.job as exporting
 
     run, native, _ = exports
     target = tmp_path / "target"
@@ -287,7 +287,7 @@ def test_unfinished_run_and_bad_settings_are_refused(exports, tmp_path):
 
 
 def test_flag_errors_come_before_heavy_imports(tmp_path):
-    code = ("import sys\nfrom glmtune import cli\nfrom glmtune.config import ExportConfig\nimport glmtune.export\n"
+    code = ("import sys\nfrom glmtune.core import cli\nfrom glmtune.core.config import ExportConfig\nimport glmtune.export.job\n"
             f"try:\n    cli.parse_args(ExportConfig, 't', ['--adapter', {str(tmp_path / 'nope')!r}])\n"
             "except SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")

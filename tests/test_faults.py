@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import glmtune
-from glmtune import cli
-from glmtune.comparison import compare
-from glmtune.config import CompareConfig
-from glmtune.data import read_dataset
-from glmtune.errors import DataError, Interrupted, ModelLoadError, RunDirError, TrainingError
-from glmtune.finetune import train
-from glmtune.runs import RunRecord, checkpoints, last_checkpoint
+from glmtune.core import cli
+from glmtune.comparison.job import compare
+from glmtune.core.config import CompareConfig
+from glmtune.data.reading import read_dataset
+from glmtune.core.errors import DataError, Interrupted, ModelLoadError, RunDirError, TrainingError
+from glmtune.training.job import train
+from glmtune.training.runs import RunRecord, checkpoints, last_checkpoint
 
 from conftest import KillAtStep, tiny_config
 
@@ -198,7 +198,7 @@ def test_item_9_write_failures_of_any_library_are_one_line(capsys, error, line):
 
 
 def test_item_9_comparison_scores_before_it_writes_and_writes_whole(trained, tmp_path, monkeypatch):
-    from glmtune.comparison import Comparison
+    from glmtune.comparison.job import Comparison
 
     run = copy_run(trained, tmp_path)
     folder = tmp_path / "cmp"
@@ -308,7 +308,7 @@ def test_overwrite_never_costs_a_finished_run_for_bad_input(data_file, trained, 
     lambda c: (c / "trainer_state.json").write_text("[1]"),
 ])
 def test_a_damaged_last_checkpoint_is_skipped_and_named(data_file, tmp_path, damage):
-    from glmtune.finetune import FineTune
+    from glmtune.training.job import FineTune
 
     out = tmp_path / "run"
     flags = ("--max-steps", "4", "--save-steps", "1", "--learning-rate", "5e-3")
@@ -348,7 +348,7 @@ def test_unreadable_json_names_the_line(tmp_path, text):
 @pytest.mark.parametrize("terms, message", [("头痛\n\n发烧\n", "terms.txt:2: blank line"),
                                             ("头痛".encode("utf-16"), "not UTF-8 text")])
 def test_a_bad_terms_file_stops_before_any_model_loads(trained, tmp_path, terms, message):
-    from glmtune.comparison import Comparison
+    from glmtune.comparison.job import Comparison
 
     path = tmp_path / "terms.txt"
     path.write_bytes(terms.encode() if isinstance(terms, str) else terms)

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from glmtune import cli
-from glmtune.config import TrainConfig
+from glmtune.core import cli
+from glmtune.core.config import TrainConfig
 
 from conftest import REPO
 
@@ -50,10 +50,10 @@ def test_an_oversized_yaml_file_is_refused_unread(capsys, data_file, tmp_path):
 
 
 def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
-    from glmtune.comparison import Comparison
-    from glmtune.config import CompareConfig
-    from glmtune.errors import ConfigError
-    from glmtune.tokenizer import load_tokenizer
+    from glmtune.comparison.job import Comparison
+    from glmtune.core.config import CompareConfig
+    from glmtune.core.errors import ConfigError
+    from glmtune.model.tokenizer import load_tokenizer
 
     out, _ = trained
     context = load_tokenizer(out).model_max_length
@@ -67,8 +67,8 @@ def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
                                                  f"this model's context holds {context} tokens")
     assert not (tmp_path / "report").exists()  # refused before the report folder is claimed
 
-    from glmtune.chat import start
-    from glmtune.runs import RunRecord
+    from glmtune.comparison.chat import start
+    from glmtune.training.runs import RunRecord
 
     with pytest.raises(ConfigError, match=f"leaves no room for a prompt: this model's context holds {context}"):
         start(CompareConfig(adapter=out, chat=True, max_new_tokens=context + 100), RunRecord.load(out), "tiny",
@@ -76,8 +76,8 @@ def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
 
 
 def test_an_unwritable_cache_names_glmtune_cache(monkeypatch, tmp_path):
-    from glmtune.errors import ModelLoadError
-    from glmtune.tiny import ensure_tiny
+    from glmtune.core.errors import ModelLoadError
+    from glmtune.model.tiny import ensure_tiny
 
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
@@ -91,11 +91,11 @@ def test_an_unwritable_cache_names_glmtune_cache(monkeypatch, tmp_path):
 
 
 def test_config_errors_read_as_a_sentence_after_their_flag(trained):
-    from glmtune.comparison import Comparison
-    from glmtune.config import CompareConfig
-    from glmtune.errors import ConfigError
-    from glmtune.export import merge_device
-    from glmtune.inference import Shape, plan_weights
+    from glmtune.comparison.job import Comparison
+    from glmtune.core.config import CompareConfig
+    from glmtune.core.errors import ConfigError
+    from glmtune.export.job import merge_device
+    from glmtune.comparison.inference import Shape, plan_weights
 
     with pytest.raises(ConfigError) as no_gpu:
         merge_device("cuda", 1)
@@ -123,8 +123,8 @@ def printed_command(lines: list[str], label: str) -> list[str]:
 
 
 def test_printed_commands_paste_back_to_the_same_words():
-    from glmtune.export import Export, ExportResult
-    from glmtune.finetune import FineTune
+    from glmtune.export.job import Export, ExportResult
+    from glmtune.training.job import FineTune
 
     job = SimpleNamespace(
         config=TrainConfig(output_dir=AWKWARD, report_to="tensorboard"), out=AWKWARD, metrics={}, eval_ds=[],
@@ -147,8 +147,8 @@ def test_printed_commands_paste_back_to_the_same_words():
 def test_an_over_long_text_is_measured_without_transformers_warning(caplog, tiny_dir):
     import logging
 
-    from glmtune.prompts import prompt_ids
-    from glmtune.tokenizer import load_tokenizer
+    from glmtune.model.prompts import prompt_ids
+    from glmtune.model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_dir)
     logger = logging.getLogger("transformers.tokenization_utils_base")
@@ -162,7 +162,7 @@ def test_an_over_long_text_is_measured_without_transformers_warning(caplog, tiny
 
 
 def test_a_loss_plot_without_losses_draws_no_legend_warning(recwarn, tmp_path):
-    from glmtune.plots import plot_losses
+    from glmtune.training.plots import plot_losses
 
     plot_losses([{"step": 2, "train_runtime": 1.0}], tmp_path / "loss.png")
     assert (tmp_path / "loss.png").is_file()
@@ -171,16 +171,16 @@ def test_a_loss_plot_without_losses_draws_no_legend_warning(recwarn, tmp_path):
 
 @pytest.fixture(scope="module")
 def chat(trained):
-    from glmtune.chat import start
-    from glmtune.config import CompareConfig
-    from glmtune.runs import RunRecord
+    from glmtune.comparison.chat import start
+    from glmtune.core.config import CompareConfig
+    from glmtune.training.runs import RunRecord
 
     out, _ = trained
     return start(CompareConfig(adapter=out, chat=True, max_new_tokens=4), RunRecord.load(out), "tiny", io.StringIO())
 
 
 def test_piped_chat_input_is_echoed_with_control_characters_escaped(chat):
-    from glmtune.chat import talk
+    from glmtune.comparison.chat import talk
 
     chat.out = screen = io.StringIO()
     talk(chat, io.StringIO("\x1b[2J\x1b[31m/nope\x07\n"))
@@ -189,7 +189,7 @@ def test_piped_chat_input_is_echoed_with_control_characters_escaped(chat):
 
 
 def test_a_gbk_line_piped_into_the_chat_is_answered_and_the_chat_goes_on(chat):
-    from glmtune.chat import talk
+    from glmtune.comparison.chat import talk
 
     chat.out = screen = io.StringIO()
     asked = len(chat.prompts)
@@ -229,8 +229,8 @@ def test_a_console_whose_reader_has_gone_swallows_the_rest(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_template_export(trained, tmp_path_factory):
-    from glmtune.config import ExportConfig
-    from glmtune.export import Export
+    from glmtune.core.config import ExportConfig
+    from glmtune.export.job import Export
 
     run, _ = trained
     job = Export(ExportConfig(adapter=run, output=tmp_path_factory.mktemp("export") / "native", dtype="fp32",
@@ -244,8 +244,8 @@ def trained_template_export(trained, tmp_path_factory):
 def test_the_trained_template_builds_the_prompts_training_used(trained_template_export):
     from transformers import AutoTokenizer
 
-    from glmtune.prompts import prompt_ids
-    from glmtune.tokenizer import load_tokenizer
+    from glmtune.model.prompts import prompt_ids
+    from glmtune.model.tokenizer import load_tokenizer
 
     run, job = trained_template_export
     exported, training = AutoTokenizer.from_pretrained(job.output), load_tokenizer(run)
@@ -267,8 +267,8 @@ def test_a_glm3_adapter_exported_with_the_chat_template_says_so(trained_template
                         "the glm3 layout ('[Round 1] 问：... 答：'), which it does not reproduce: --chat-template "
                         "trained installs that one")
 
-    from glmtune.config import ExportConfig
-    from glmtune.errors import ConfigError
+    from glmtune.core.config import ExportConfig
+    from glmtune.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="trained is for --format native"):  # chatglm keeps the base's tokenizer
         ExportConfig(adapter=run, format="chatglm", chat_template="trained").validate()

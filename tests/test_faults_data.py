@@ -7,16 +7,16 @@ import shutil
 
 import pytest
 
-from glmtune.checkpoint import read_config
-from glmtune.comparison import Comparison, compare
-from glmtune.config import CompareConfig
-from glmtune.data import Example, prompt_digest, read_dataset, read_prompt_digests
-from glmtune.errors import ConfigError, DataError, RunDirError
-from glmtune.finetune import FineTune
-from glmtune.lora import check_rank, target_features
-from glmtune.prompts import IGNORE_INDEX, tokenize_examples
-from glmtune.runs import RunRecord
-from glmtune.tokenizer import load_tokenizer
+from glmtune.model.loading import read_config
+from glmtune.comparison.job import Comparison, compare
+from glmtune.core.config import CompareConfig
+from glmtune.data.reading import Example, prompt_digest, read_dataset, read_prompt_digests
+from glmtune.core.errors import ConfigError, DataError, RunDirError
+from glmtune.training.job import FineTune
+from glmtune.model.lora import check_rank, target_features
+from glmtune.model.prompts import IGNORE_INDEX, tokenize_examples
+from glmtune.training.runs import RunRecord
+from glmtune.model.tokenizer import load_tokenizer
 
 from conftest import tiny_config
 
@@ -34,7 +34,7 @@ def test_a_lora_rank_above_the_smallest_targeted_layer_is_refused_before_the_fol
 
 
 def test_target_features_are_the_models_own(tiny_dir):
-    from glmtune.checkpoint import load_model
+    from glmtune.model.loading import load_model
 
     model = load_model(tiny_dir, quantization=None)
     layer = model.model.layers[0]

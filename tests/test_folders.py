@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from glmtune import folders
-from glmtune.comparison import Comparison, compare
-from glmtune.config import CompareConfig, ExportConfig
-from glmtune.errors import ConfigError, RunDirError
-from glmtune.export import export
-from glmtune.finetune import FineTune, train
-from glmtune.runs import RUN_CONFIG, RunRecord
+from glmtune.core import folders
+from glmtune.comparison.job import Comparison, compare
+from glmtune.core.config import CompareConfig, ExportConfig
+from glmtune.core.errors import ConfigError, RunDirError
+from glmtune.export.job import export
+from glmtune.training.job import FineTune, train
+from glmtune.training.runs import RUN_CONFIG, RunRecord
 
 from conftest import REPO, KillAtStep, tiny_config
 
@@ -118,7 +118,7 @@ def test_overwrite_that_cannot_remove_a_file_deletes_nothing(data_file, trained,
             raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
         rename(src, dst)
 
-    monkeypatch.setattr("glmtune.runs.os.rename", immutable)
+    monkeypatch.setattr("glmtune.training.runs.os.rename", immutable)
     with pytest.raises(RunDirError, match=r"cannot remove .*train_prompts.sha256 \(Operation not permitted\); nothing "
                                           "was deleted"):
         train(quick(data_file, run, "--overwrite"))
@@ -129,7 +129,7 @@ def test_overwrite_that_cannot_remove_a_file_deletes_nothing(data_file, trained,
                                   lambda c: c.mkdir() or (c / "results.json").write_text("{}")],
                          ids=["a file", "a folder of other files"])
 def test_a_users_checkpoint_named_entry_is_never_cleared_as_cut_short(tmp_path, make):
-    from glmtune.runs import clear_leftovers
+    from glmtune.training.runs import clear_leftovers
 
     make(tmp_path / "checkpoint-7")
     with pytest.raises(RunDirError, match="checkpoint-7 is not a checkpoint of this tool's"):
@@ -138,7 +138,7 @@ def test_a_users_checkpoint_named_entry_is_never_cleared_as_cut_short(tmp_path, 
 
 
 def test_leftovers_that_are_links_are_unlinked_not_followed(tmp_path):
-    from glmtune.runs import clear_leftovers
+    from glmtune.training.runs import clear_leftovers
 
     data = tmp_path / "data"
     data.mkdir()
@@ -203,7 +203,7 @@ def test_a_live_run_holds_its_folder_against_training_comparing_and_exporting(da
 
 def test_the_lock_dies_with_its_holder(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from glmtune.folders import claim; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from glmtune.core.folders import claim; "
                                "held = claim(Path(sys.argv[1]), 'training'); print('held', flush=True); time.sleep(60)",
          str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -267,7 +267,7 @@ def test_a_comparison_killed_while_writing_its_overwrite_leaves_the_old_report_w
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("glmtune.plots.plot_aggregate", killed)  # the log and JSON are written by then
+    monkeypatch.setattr("glmtune.comparison.plots.plot_aggregate", killed)  # the log and JSON are written by then
     with pytest.raises(KeyboardInterrupt):
         compare(CompareConfig(adapter=run, max_new_tokens=3, num_samples=2, overwrite=True))
     assert {name: (run / "comparison" / name).read_bytes() for name in REPORT} == old
@@ -334,7 +334,7 @@ def test_a_run_in_a_read_only_folder_can_still_be_read(tmp_path, monkeypatch):
 
 
 def test_an_empty_folder_stays_the_same_folder_and_a_link_stays_a_link(trained, tmp_path, monkeypatch):
-    from glmtune.comparison import output_dir
+    from glmtune.comparison.job import output_dir
 
     here = tmp_path / "here"
     here.mkdir()
@@ -354,7 +354,7 @@ def test_an_empty_folder_stays_the_same_folder_and_a_link_stays_a_link(trained, 
 
 
 def test_a_file_where_the_default_report_folder_goes_is_numbered_past(trained, tmp_path):
-    from glmtune.comparison import output_dir
+    from glmtune.comparison.job import output_dir
 
     run = copy_run(trained, tmp_path)
     (run / "comparison").write_text("a user's file")
@@ -364,7 +364,7 @@ def test_a_file_where_the_default_report_folder_goes_is_numbered_past(trained, t
 
 
 def test_comparison_overwrite_refuses_a_hidden_user_file(trained, tmp_path):
-    from glmtune.comparison import output_dir
+    from glmtune.comparison.job import output_dir
 
     folder = tmp_path / "report"
     folder.mkdir()
@@ -376,17 +376,17 @@ def test_comparison_overwrite_refuses_a_hidden_user_file(trained, tmp_path):
 
 def test_a_file_put_in_the_report_folder_while_the_models_ran_is_never_swapped_away(trained, tmp_path, monkeypatch,
                                                                                     capsys):
-    import glmtune.scoring
+    import glmtune.comparison.scoring
 
     folder = tmp_path / "report"
     folder.mkdir()  # an empty folder, reserved: the user writes into it during generation
-    write_log = glmtune.scoring.write_log
+    write_log = glmtune.comparison.scoring.write_log
 
     def user_writes_first(*args, **kwargs):
         (folder / "draft.md").write_text("my notes", encoding="utf-8")
         write_log(*args, **kwargs)
 
-    monkeypatch.setattr(glmtune.scoring, "write_log", user_writes_first)
+    monkeypatch.setattr(glmtune.comparison.scoring, "write_log", user_writes_first)
     job = compare(CompareConfig(adapter=trained[0], output=folder, max_new_tokens=2, num_samples=1))
     assert [p.name for p in folder.iterdir()] == ["draft.md"] and job.output == tmp_path / "report-2"
     assert sorted(p.name for p in job.output.iterdir()) == sorted(REPORT)
@@ -394,7 +394,7 @@ def test_a_file_put_in_the_report_folder_while_the_models_ran_is_never_swapped_a
 
 
 def test_reports_never_follow_a_link_or_replace_a_file_in_the_run_folder(trained, tmp_path):
-    from glmtune.comparison import output_dir
+    from glmtune.comparison.job import output_dir
 
     run = copy_run(trained, tmp_path)
     thesis = tmp_path / "thesis.txt"

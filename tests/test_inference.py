@@ -9,17 +9,17 @@ import torch
 from peft import PeftModel
 
 import glmtune
-from glmtune import device
-from glmtune.chat import start, talk
-from glmtune.checkpoint import chatglm_to_glm_config
-from glmtune.comparison import compare
-from glmtune.config import CompareConfig
-from glmtune.errors import ConfigError, DataError
-from glmtune.generation import Decoding, batches, generate_answers
-from glmtune.compiling import record_compile_cost
-from glmtune.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights
-from glmtune.prompts import prompt_ids
-from glmtune.runs import RunRecord
+from glmtune.core import device
+from glmtune.comparison.chat import start, talk
+from glmtune.model.loading import chatglm_to_glm_config
+from glmtune.comparison.job import compare
+from glmtune.core.config import CompareConfig
+from glmtune.core.errors import ConfigError, DataError
+from glmtune.comparison.generation import Decoding, batches, generate_answers
+from glmtune.training.compiling import record_compile_cost
+from glmtune.comparison.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights
+from glmtune.model.prompts import prompt_ids
+from glmtune.training.runs import RunRecord
 
 from conftest import CHATGLM3
 

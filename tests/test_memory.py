@@ -8,16 +8,16 @@ import torch
 from transformers import TrainerCallback
 
 import glmtune
-import glmtune.compiling
-import glmtune.finetune
-import glmtune.loss
-import glmtune.memory
-from glmtune import device
-from glmtune.compiling import plan_training_compile, record_compile_cost
-from glmtune.errors import TrainingError
-from glmtune.finetune import train
-from glmtune.loss import chunked_loss
-from glmtune.memory import CheckpointPlan, GradientSnapshot, split_rows
+import glmtune.training.compiling
+import glmtune.training.job
+import glmtune.training.loss
+import glmtune.training.memory
+from glmtune.core import device
+from glmtune.training.compiling import plan_training_compile, record_compile_cost
+from glmtune.core.errors import TrainingError
+from glmtune.training.job import train
+from glmtune.training.loss import chunked_loss
+from glmtune.training.memory import CheckpointPlan, GradientSnapshot, split_rows
 
 from conftest import tiny_config
 from test_training import CyclingPlan
@@ -50,7 +50,7 @@ def test_chunked_loss_equals_the_models_loss_and_gradients(tiny_dir, monkeypatch
         expected.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad()
-        monkeypatch.setattr(glmtune.loss, "CHUNK", 7)  # several chunks, the last one short
+        monkeypatch.setattr(glmtune.training.loss, "CHUNK", 7)  # several chunks, the last one short
         with chunked_loss(model):
             loss = model(**batch, **extra).loss
         loss.backward()
@@ -74,9 +74,9 @@ def test_budget_is_free_memory_less_the_optimizer_state_and_a_margin(tiny_dir, m
     adam = 2 * model.lm_head.weight.numel() * 4
     GiB = 2**30
     monkeypatch.setattr(device, "free_memory", lambda: 3 * GiB)
-    assert glmtune.memory._budget(model) == 3 * GiB - adam - 0.3 * GiB
+    assert glmtune.training.memory._budget(model) == 3 * GiB - adam - 0.3 * GiB
     monkeypatch.setattr(device, "free_memory", lambda: GiB)
-    assert glmtune.memory._budget(model) == GiB - adam - 256 * 2**20  # the margin's floor
+    assert glmtune.training.memory._budget(model) == GiB - adam - 256 * 2**20  # the margin's floor
 
 
 def test_a_plan_that_ran_out_of_memory_checkpoints_more():
@@ -125,7 +125,7 @@ class OutOfMemoryAt(TrainerCallback):
         self.nth, self.rows_over, self.seen, self.fired = nth, rows_over, 0, False
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        first_layer = glmtune.memory.decoder_layers(model)[0]
+        first_layer = glmtune.training.memory.decoder_layers(model)[0]
         first_layer.register_forward_hook(self.arm)
 
     def arm(self, module, args, output):
@@ -155,14 +155,14 @@ def test_a_micro_batch_out_of_memory_is_redone_in_halves_with_the_same_result(da
 
 def test_more_checkpointing_redoes_the_micro_batch_exactly_dropout_included(data_file, tmp_path, monkeypatch):
     flags = ("--max-steps", "2", "--learning-rate", "5e-3", "--gradient-checkpointing", "auto")
-    monkeypatch.setattr(glmtune.finetune, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
+    monkeypatch.setattr(glmtune.training.job, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
     plans = []
 
     def plan(*args):  # nothing checkpointed until a micro-batch runs out of memory
         plans.append(CheckpointPlan(layers=2, budget_bytes=1e12, per_token_full=1.0, per_token_none=2.0))
         return plans[-1]
 
-    monkeypatch.setattr(glmtune.memory, "plan_checkpointing", plan)
+    monkeypatch.setattr(glmtune.training.memory, "plan_checkpointing", plan)
     straight = train(tiny_config(data_file, tmp_path / "a", *flags)).model
     assert plans[0].used == {0: 4}
     failing = OutOfMemoryAt(nth=4)
@@ -188,17 +188,17 @@ def test_compiled_layers_train_the_same_adapter_as_eager_and_checkpointed_ones_r
                                                                                           monkeypatch):
     # aot_eager traces and partitions forward and backward as inductor does, without generating code
     # (and draws dropout masks as eager code does, so the runs must agree with dropout on)
-    monkeypatch.setattr(glmtune.compiling, "BACKEND", "aot_eager")
-    monkeypatch.setattr(glmtune.finetune, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
+    monkeypatch.setattr(glmtune.training.compiling, "BACKEND", "aot_eager")
+    monkeypatch.setattr(glmtune.training.job, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
     flags = ("--max-steps", "2", "--learning-rate", "5e-3", "--gradient-checkpointing", "auto")
     eager = train(tiny_config(data_file, tmp_path / "eager", *flags, "--compile", "off")).model
     plan = CyclingPlan(layers=2, budget_bytes=0.0, per_token_full=1.0, per_token_none=1.0)
-    monkeypatch.setattr(glmtune.memory, "plan_checkpointing", lambda *args: plan)
+    monkeypatch.setattr(glmtune.training.memory, "plan_checkpointing", lambda *args: plan)
     job = train(tiny_config(data_file, tmp_path / "compiled", *flags, "--compile", "on"))
     assert plan.used == {0: 2, 1: 1, 2: 1}  # none, one and both layers checkpointed
     assert_same_adapter(eager, job.model)
-    layers = glmtune.memory.decoder_layers(job.model)
-    glmtune.memory.checkpoint_layers(layers, 1)
+    layers = glmtune.training.memory.decoder_layers(job.model)
+    glmtune.training.memory.checkpoint_layers(layers, 1)
     assert layers[0]._compiled_call_impl is None and layers[1]._compiled_call_impl is layers[1].compiled_call
     metrics = json.loads((tmp_path / "compiled" / "train_metrics.json").read_text())
     assert metrics["compile"]["chosen"] == "compiled (--compile on)" and metrics["compile"]["compile_seconds"] > 0

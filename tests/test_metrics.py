@@ -1,4 +1,4 @@
-"""Tests for glmtune.metrics. Golden values are worked out by hand in comments."""
+"""Tests for glmtune.comparison.metrics. Golden values are worked out by hand in comments."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glmtune.metrics import (
+from glmtune.comparison.metrics import (
     Lexicon,
     Overlap,
     TermDensity,
@@ -258,7 +258,7 @@ def test_rouge_counts_ngram_sets() -> None:
 def test_rouge_l_equals_rouge_chineses_on_real_answers(lexicon: Lexicon, realdata_dir: Path) -> None:
     from rouge_chinese import Rouge
 
-    from glmtune.data import read_dataset
+    from glmtune.data.reading import read_dataset
 
     answers = [ex.answer for ex in read_dataset(realdata_dir / "toyhom_internal_medicine_200.txt").examples]
     pairs = [(answers[i], answers[(i * 7 + 3) % len(answers)]) for i in range(len(answers))]

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import glmtune
-from glmtune.checkpoint import chatglm_to_glm_config
-from glmtune.errors import ModelLoadError
-from glmtune.tiny import TINY_SHAPE, original_config, random_original_weights, write_original_checkpoint
+from glmtune.model.loading import chatglm_to_glm_config
+from glmtune.core.errors import ModelLoadError
+from glmtune.model.tiny import TINY_SHAPE, original_config, random_original_weights, write_original_checkpoint
 
 
 def chatglm3_reference_logits(weights: dict, config: dict, input_ids: torch.Tensor) -> torch.Tensor:

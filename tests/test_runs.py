@@ -8,10 +8,10 @@ import signal
 import pytest
 from transformers import TrainerCallback
 
-from glmtune.errors import Interrupted, RunDirError
-from glmtune.finetune import train
-from glmtune.runs import RunRecord, last_checkpoint
-from glmtune.trainer import StopOnInterrupt, training_arguments
+from glmtune.core.errors import Interrupted, RunDirError
+from glmtune.training.job import train
+from glmtune.training.runs import RunRecord, last_checkpoint
+from glmtune.training.trainer import StopOnInterrupt, training_arguments
 
 from conftest import tiny_config
 
@@ -81,8 +81,8 @@ def test_run_config_records_the_resolved_yaml_settings(data_file, tmp_path):
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text("lora_r: 4\nmax_steps: 2\nreport_to: tensorboard\neval_steps: 1\nweight_decay: 0.01\n",
                          encoding="utf-8")
-    from glmtune import cli
-    from glmtune.config import TrainConfig
+    from glmtune.core import cli
+    from glmtune.core.config import TrainConfig
 
     out = tmp_path / "run"
     config, options = cli.parse_args(TrainConfig, "t", ["--config", str(yaml_file), "--model", "tiny", "--data",
@@ -111,7 +111,7 @@ def test_optimisation_flags_reach_the_trainer(data_file, tmp_path):
 def test_a_signal_repeated_at_once_is_the_same_ctrl_c_and_a_later_one_stops_at_once(monkeypatch):
     # torchrun passes the terminal's Ctrl-C on to workers that already got it from the terminal
     clock = [100.0]
-    monkeypatch.setattr("glmtune.trainer.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("glmtune.training.trainer.time.monotonic", lambda: clock[0])
     stop = StopOnInterrupt()
     stop.request()
     clock[0] += 0.01

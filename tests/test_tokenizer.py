@@ -5,7 +5,7 @@ import sentencepiece as spm
 from transformers import AutoTokenizer
 
 import glmtune
-from glmtune.tokenizer import SPECIAL_TOKENS
+from glmtune.model.tokenizer import SPECIAL_TOKENS
 
 GMASK, SOP = 64790, 64792
 
@@ -81,8 +81,8 @@ def test_control_token_spellings_are_plain_text(real_tok, sp, tmp_path):
 
 
 def test_prompts_take_control_tokens_only_from_the_layout(real_tok, sp):
-    from glmtune.data import Example
-    from glmtune.prompts import GLM3_TEMPLATE, encode, prompt_ids
+    from glmtune.data.reading import Example
+    from glmtune.model.prompts import GLM3_TEMPLATE, encode, prompt_ids
 
     control = set(range(64789, 64798)) | {0, 2}
     for text in LOOKALIKES:

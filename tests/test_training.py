@@ -8,15 +8,15 @@ import torch
 from peft import PeftModel
 
 import glmtune
-import glmtune.finetune
-import glmtune.memory
-from glmtune.data import split_eval
-from glmtune.errors import ConfigError
-from glmtune.finetune import train
-from glmtune.lora import resolve_lora_targets
-from glmtune.memory import CheckpointPlan
-from glmtune.prompts import IGNORE_INDEX, encode_example
-from glmtune.trainer import StopOnNonFiniteLoss
+import glmtune.training.job
+import glmtune.training.memory
+from glmtune.data.reading import split_eval
+from glmtune.core.errors import ConfigError
+from glmtune.training.job import train
+from glmtune.model.lora import resolve_lora_targets
+from glmtune.training.memory import CheckpointPlan
+from glmtune.model.prompts import IGNORE_INDEX, encode_example
+from glmtune.training.trainer import StopOnNonFiniteLoss
 
 from conftest import KillAtStep, tiny_config
 
@@ -112,8 +112,8 @@ def test_checkpointing_changes_memory_not_numbers(data_file, tmp_path, monkeypat
     every = train(tiny_config(data_file, tmp_path / "on", *flags, "--gradient-checkpointing", "on")).model
     none = train(tiny_config(data_file, tmp_path / "off", *flags, "--gradient-checkpointing", "off")).model
     plan = CyclingPlan(layers=2, budget_bytes=0.0, per_token_full=1.0, per_token_none=1.0)
-    monkeypatch.setattr(glmtune.finetune, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
-    monkeypatch.setattr(glmtune.memory, "plan_checkpointing", lambda *args: plan)
+    monkeypatch.setattr(glmtune.training.job, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
+    monkeypatch.setattr(glmtune.training.memory, "plan_checkpointing", lambda *args: plan)
     planned = train(tiny_config(data_file, tmp_path / "auto", *flags, "--gradient-checkpointing", "auto")).model
     assert plan.used == {0: 3, 1: 3, 2: 2}  # 4 steps x 2 micro-batches, in the order the plan gave
     weights = [{n: p for n, p in m.named_parameters() if "lora_" in n} for m in (every, none, planned)]

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glmtune.generation import Generated
-from glmtune.html_report import render
-from glmtune.metrics import DEFAULT_LEXICON_PATH, Lexicon, answer_flags, char_bleu4, rouge_zh
-from glmtune.scoring import Sample, metric_table, score, summary_lines
-from glmtune.verdict import paired_interval, wins_ties_losses
+from glmtune.comparison.generation import Generated
+from glmtune.comparison.html_report import render
+from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon, answer_flags, char_bleu4, rouge_zh
+from glmtune.comparison.scoring import Sample, metric_table, score, summary_lines
+from glmtune.comparison.verdict import paired_interval, wins_ties_losses
 
 REFERENCE = "建议低盐饮食，规律服用降压药，每天监测血压，头晕胸痛时及时就医。"
 GOOD = "低盐饮食，规律服用降压药，监测血压，有胸痛及时就医。"
@@ -42,7 +42,7 @@ def test_degenerate_answers_are_flagged(text, stopped, flags):
 
 
 def test_real_answers_are_not_flagged(realdata_dir):
-    from glmtune.data import read_dataset
+    from glmtune.data.reading import read_dataset
 
     answers = [ex.answer for ex in read_dataset(realdata_dir / "toyhom_internal_medicine_200.txt").examples]
     flagged = [a for a in answers if answer_flags(a, True)]

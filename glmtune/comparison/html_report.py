@@ -1,0 +1,158 @@
+"""The comparison as one self-contained HTML page (no server, no network: styles, script and chart
+inline): the verdict, the metrics with directions and intervals, departments, the chart, and every
+prompt with its reference and both answers side by side, sortable and filterable."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+
+from ..core.files import write_atomic
+from ..core.terminal import printable
+from .scoring import (DEPARTMENT_COLUMNS, METRIC_COLUMNS, SCORING_NOTE, SIDES, department_rows, distinct_line,
+                      flag_line, metric_rows, timing_lines)
+from .verdict import Verdict
+
+STYLE = """
+body{font:14px/1.5 system-ui,"PingFang SC","Microsoft YaHei","Noto Sans CJK SC",sans-serif;margin:24px;color:#1f2933}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 8px}
+.meta{color:#52606d;font-size:12px}
+.verdict{border-radius:6px;padding:12px 16px;margin:16px 0;border-left:6px solid}
+.verdict.good{background:#e3f9e5;border-color:#31b237}.verdict.bad{background:#ffe3e3;border-color:#d64545}
+.verdict.none{background:#f0f4f8;border-color:#829ab1}
+.verdict b{font-size:16px}.verdict ul{margin:6px 0 0;padding-left:20px}
+pre{background:#f5f7fa;padding:10px;overflow-x:auto;font-size:12px}
+img{max-width:100%;border:1px solid #e4e7eb}
+table.answers{border-collapse:collapse;width:100%;table-layout:fixed}
+table.answers th{position:sticky;top:0;background:#243b53;color:#fff;font-weight:600;cursor:pointer;padding:6px;
+ text-align:left;font-size:12px;user-select:none}
+table.answers td{border-bottom:1px solid #d9e2ec;vertical-align:top;padding:6px;font-size:13px}
+table.answers td div.text{max-height:14em;overflow-y:auto;white-space:pre-wrap;word-break:break-word}
+tr.flagged td{background:#fff8e1}
+.flag{display:inline-block;background:#d64545;color:#fff;border-radius:3px;padding:0 4px;margin-right:3px;
+ font-size:11px}.flag.truncated{background:#de911d}
+.score{color:#52606d;font-size:11px}.up{color:#207227}.down{color:#b42318}
+table.figures{border-collapse:collapse;font-size:13px}
+table.figures th,table.figures td{padding:3px 10px;border-bottom:1px solid #d9e2ec;text-align:right}
+table.figures th{background:#f0f4f8}table.figures td:first-child,table.figures th:first-child{text-align:left}
+.controls{margin:8px 0}.controls input[type=search]{width:280px;padding:4px}
+"""
+
+SCRIPT = """
+const table=document.querySelector('table.answers'),body=table.tBodies[0];
+let sortKey=null,ascending=true;
+table.querySelectorAll('th[data-key]').forEach(th=>th.addEventListener('click',()=>{
+  const key=th.dataset.key;ascending=sortKey===key?!ascending:th.dataset.first!=='desc';sortKey=key;
+  const rows=[...body.rows];
+  rows.sort((a,b)=>{const x=a.dataset[key],y=b.dataset[key];
+    const nx=parseFloat(x),ny=parseFloat(y);
+    if(isNaN(nx)&&isNaN(ny))return ascending?x.localeCompare(y):y.localeCompare(x);
+    if(isNaN(nx))return 1;if(isNaN(ny))return -1;return ascending?nx-ny:ny-nx;});
+  rows.forEach(r=>body.appendChild(r));
+  table.querySelectorAll('th').forEach(h=>h.textContent=h.textContent.replace(/ [▲▼]$/,''));
+  th.textContent+=ascending?' ▲':' ▼';}));
+const search=document.getElementById('search'),onlyFlagged=document.getElementById('flagged');
+function filter(){const q=search.value.trim().toLowerCase();let shown=0;
+  [...body.rows].forEach(r=>{const ok=(!q||r.textContent.toLowerCase().includes(q))&&
+    (!onlyFlagged.checked||r.classList.contains('flagged'));r.hidden=!ok;shown+=ok;});
+  document.getElementById('shown').textContent=shown;}
+search.addEventListener('input',filter);onlyFlagged.addEventListener('change',filter);
+"""
+
+
+def _text(text: str) -> str:
+    """Answer text as HTML text: markup escaped, control characters shown as escapes, lines kept."""
+    return escape(printable(text, keep="\n"))
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="figures"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _flags(flags: list[str]) -> str:
+    return "".join(f'<span class="flag {escape(f)}">{escape(f)}</span>' for f in flags)
+
+
+def _score(value, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _answer_cell(side: dict) -> str:
+    rouge = "" if side["rougeL"] is None else f"ROUGE-L {side['rougeL']:.3f} · "
+    return (f'<td>{_flags(side["flags"])}<div class="text">{_text(side["answer"]) or "<i>(empty)</i>"}</div>'
+            f'<div class="score">{rouge}{side["chars"]} chars · {side["tokens"]} tokens</div></td>')
+
+
+def _delta(value, percent: bool = False, directed: bool = True) -> str:
+    """A change, coloured only where its direction means better or worse (ROUGE-L, not length)."""
+    if value is None:
+        return "<td></td>"
+    text = f"{100 * value:+.0f}%" if percent else f"{value:+.3f}"
+    tone = ("up" if value > 0 else "down" if value < 0 else "") if directed else ""
+    return f'<td class="{tone}">{text}</td>'
+
+
+def _row(r: dict) -> str:
+    flagged = any(r[side]["flags"] for side in SIDES)
+    data = {"index": r["index"] + 1, "department": r["department"] or "",
+            "rouge": _score(r["change"]["rougeL"], 6), "chars": _score(r["change"]["chars"], 6),
+            **{f"flags{side}": len(r[side]["flags"]) for side in SIDES}}
+    attrs = " ".join(f'data-{k}="{escape(str(v))}"' for k, v in data.items())
+    reference = "" if r["reference"] is None else _text(r["reference"])
+    return (f'<tr {attrs}{" class=flagged" if flagged else ""}><td>{r["index"] + 1}</td>'
+            f'<td>{escape(r["department"] or "")}</td><td><div class="text">{_text(r["prompt"])}</div></td>'
+            f'<td><div class="text">{reference}</div></td>{_answer_cell(r["base"])}{_answer_cell(r["tuned"])}'
+            f'{_delta(r["change"]["rougeL"])}{_delta(r["change"]["chars"], percent=True, directed=False)}</tr>')
+
+
+def render(settings: dict, aggregate: dict, timing: dict, rows: list[dict], chart_png: bytes | None) -> str:
+    verdict = Verdict(**aggregate["verdict"])
+    tone = "good" if verdict.headline.startswith("HELPED") else \
+        "bad" if verdict.headline.startswith(("HURT", "NOT HELPED")) else "none"
+    sentences = "".join(f"<li>{escape(s)}</li>" for s in verdict.sentences)
+    departments = department_rows(aggregate)
+    chart = "" if chart_png is None else \
+        f'<h2>Chart</h2><img alt="metrics chart" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}">'
+    columns = [("index", "#", "4%", "asc"), ("department", "department", "8%", "asc"), (None, "prompt", "16%", ""),
+               (None, "reference", "16%", ""), ("flagsbase", "base", "22%", "desc"),
+               ("flagstuned", "fine-tuned", "22%", "desc"),
+               ("rouge", "Δ ROUGE-L", "6%", "desc"), ("chars", "Δ length", "6%", "desc")]
+    head = "".join(f'<th style="width:{w}"' + (f' data-key="{k}" data-first="{first}"' if k else "") + f">{escape(t)}</th>"
+                   for k, t, w, first in columns)
+    settings_json = escape(json.dumps(settings, ensure_ascii=False, indent=1))
+    return f"""<!DOCTYPE html>
+<html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>ChatGLM3 fine-tune comparison: {escape(str(settings.get("adapter", "")))}</title><style>{STYLE}</style></head>
+<body>
+<h1>Did the fine-tune help?</h1>
+<div class="meta">adapter {escape(str(settings.get("adapter")))} · base {escape(str(settings.get("base_model")))} ·
+{aggregate["prompts"]} prompts from {escape(str(settings.get("prompt_source")))} · {escape(str(settings.get("decoding")))}
+decoding, at most {settings.get("max_new_tokens")} new tokens · {escape(str(settings.get("device")))}</div>
+<div class="verdict {tone}"><b>{escape(verdict.headline)}</b><ul>{sentences}</ul></div>
+<h2>Metrics</h2>{_table(METRIC_COLUMNS, metric_rows(aggregate))}
+<p>{escape(flag_line(aggregate))}<br>{escape(distinct_line(aggregate))}</p>
+<div class="meta">{escape(SCORING_NOTE)}. "better" says which direction is an improvement; "-" where neither is;
+"rel." is the difference relative to the base mean.</div>
+{"<h2>By department (ROUGE-L)</h2>" + _table(DEPARTMENT_COLUMNS, departments) if departments else ""}
+{chart}
+<h2>Every prompt</h2>
+<div class="controls"><input type="search" id="search" placeholder="filter by any text">
+<label><input type="checkbox" id="flagged"> only flagged answers</label>
+· showing <span id="shown">{len(rows)}</span> of {len(rows)} · click a column title to sort</div>
+<table class="answers"><thead><tr>{head}</tr></thead><tbody>
+{chr(10).join(_row(r) for r in rows)}
+</tbody></table>
+<h2>Timing</h2><pre>{escape(chr(10).join(timing_lines(timing)))}</pre>
+<h2>Settings</h2><pre>{settings_json}</pre>
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+def write_html(path: Path, settings: dict, aggregate: dict, timing: dict, rows: list[dict], chart: Path | None) -> None:
+    png = chart.read_bytes() if chart is not None and chart.is_file() else None
+    write_atomic(path, render(settings, aggregate, timing, rows, png))
