@@ -37,7 +37,7 @@ from glmtune.core import device  # noqa: E402
 from glmtune.model.loading import load_model  # noqa: E402
 from glmtune.training.compiling import compile_decoder_layers, compile_seconds  # noqa: E402
 from glmtune.core.config import TrainConfig  # noqa: E402
-from glmtune.data.reading import Example, read_dataset, split_eval, write_examples, write_seed_format  # noqa: E402
+from glmtune.data.reading import Example, read_dataset, split_eval, write_examples, write_qa_lines  # noqa: E402
 from glmtune.comparison.generation import Decoding, cast_adapters, generate_answers, warm_up  # noqa: E402
 from glmtune.model.sources import resolve_model_dir  # noqa: E402
 from glmtune.training.job import build_peft_model  # noqa: E402
@@ -377,7 +377,7 @@ def part_compare(args, ckpt: Path, shared: Path) -> dict:
     _, held_out = split_eval(read_dataset(REPO / "financial_data.txt").examples, 0.05, 42)
     eval_file = write_examples(held_out, adapter)
     many = args.workdir / "prompts_200.txt"
-    write_seed_format(realistic_examples(shared)[: args.prompts], many)
+    write_qa_lines(realistic_examples(shared)[: args.prompts], many)
     record = RunRecord(TrainConfig(model=str(ckpt), output_dir=adapter), file_sha256(eval_file), FINISHED)
     record.resolved.prompt_format, record.resolved.eval_file = "glm3", eval_file.name
     record.save(adapter)
@@ -422,7 +422,7 @@ def part_cards(args, ckpt: Path, shared: Path) -> dict:
     long_text = "".join(ex.answer for ex in examples[:40])
     rows = [Example(ex.question, long_text, 0) for ex in examples[:64]] + examples[64:128]
     data = args.workdir / "cards.txt"
-    write_seed_format(rows, data)
+    write_qa_lines(rows, data)
     stats = tokenize_examples(rows, tokenizer, "glm3", 1024, False)[1]
     results = {"rows": len(rows), "max_tokens": stats.max, "median_tokens": stats.median}
 

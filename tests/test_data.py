@@ -12,12 +12,12 @@ from glmtune.data.reading import (
     DataError,
     Example,
     clean_text,
-    format_seed_line,
+    format_qa_line,
     join_question,
     parse_line,
     parse_record,
     read_dataset,
-    write_seed_format,
+    write_qa_lines,
 )
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -256,7 +256,7 @@ def test_seed_file_skips_counts_and_reports(tmp_path):
     ]
     path.write_text("\r\n".join(lines), encoding="gb18030")
     data = read_dataset(path)
-    assert data.format == "seed"
+    assert data.format == "qa-lines"
     assert [(e.question, e.line_no) for e in data.examples] == [("发烧怎么办？烧了两天", 1), ("头痛？痛&晕", 6)]
     assert [(s.line_no, s.reason, s.raw) for s in data.skipped] == [
         (3, "no ASCII comma separating question and answer", "没有逗号的行？ 描述，回答")
@@ -312,7 +312,7 @@ ANSWER = st.text(alphabet="你好建议休息多喝水，。！？\n ", min_size
 def roundtrip(tmp_path, pairs):
     examples = [Example(q, a, 0) for q, a in dict.fromkeys(pairs)]
     path = tmp_path / "eval.txt"
-    write_seed_format(examples, path)
+    write_qa_lines(examples, path)
     data = read_dataset(path)
     assert [(e.question, e.answer) for e in data.examples] == [(e.question, e.answer) for e in examples]
     assert data.skipped == [] and data.duplicates_removed == 0
@@ -321,24 +321,24 @@ def roundtrip(tmp_path, pairs):
 
 @settings(max_examples=200, deadline=None)
 @given(pairs=st.lists(st.tuples(CLEAN, CLEAN), min_size=1, max_size=5))
-def test_write_seed_format_roundtrips_any_normalised_text(tmp_path_factory, pairs):
+def test_write_qa_lines_roundtrips_any_normalised_text(tmp_path_factory, pairs):
     roundtrip(tmp_path_factory.mktemp("rt"), pairs)
 
 
 @settings(max_examples=100, deadline=None)
 @given(pairs=st.lists(st.tuples(TITLE, ASK, ANSWER), min_size=1, max_size=5))
-def test_write_seed_format_keeps_our_data_readable(tmp_path_factory, pairs):
+def test_write_qa_lines_keeps_our_data_readable(tmp_path_factory, pairs):
     path = roundtrip(tmp_path_factory.mktemp("rt"), [(t + a, ans) for t, a, ans in pairs])
     for line, (title, ask, _) in zip(path.read_text(encoding="utf-8").splitlines(), dict.fromkeys(pairs), strict=True):
         assert line.startswith(f"{title} {ask},")
 
 
-def test_format_seed_line_rejects_unnormalised_text():
+def test_format_qa_line_rejects_unnormalised_text():
     with pytest.raises(ValueError, match="clean_text"):
-        format_seed_line(" 发烧？", "休息")
+        format_qa_line(" 发烧？", "休息")
     with pytest.raises(ValueError, match="clean_text"):
-        format_seed_line("发烧？", "休\t息")
-    assert parse_line(format_seed_line("发烧 怎么办", "a, b & c\\n")) == ("发烧 怎么办", "a, b & c\\n")
+        format_qa_line("发烧？", "休\t息")
+    assert parse_line(format_qa_line("发烧 怎么办", "a, b & c\\n")) == ("发烧 怎么办", "a, b & c\\n")
 
 
 def test_repairs_are_counted_per_example(tmp_path):

@@ -160,7 +160,7 @@ class TrainConfig(Settings):
                      "the ModelScope cache first), a local checkpoint folder, or 'tiny' (CPU demo model)",
                      group="model and data", aliases=("model_name_or_path",))
     data: Path = opt(Path("financial_data.txt"),
-                     "training data: .txt seed lines '问题？ 描述,回答'; .csv (department,title,ask,answer); "
+                     "training data: .txt Q&A lines '问题？ 描述,回答'; .csv (department,title,ask,answer); "
                      ".jsonl/.json with question/answer, instruction/input/output, or conversations "
                      "(ChatGLM3 'conversations' role/content, ShareGPT from/value, 'messages')",
                      group="model and data", aliases=("train_file", "data_path"))

@@ -1,6 +1,6 @@
 """Read medical Q&A data into (question, answer) examples.
 
-The seed format is one record per line, ``title？ ask,answer``: a short question
+The Q&A-line format is one record per line, ``title？ ask,answer``: a short question
 up to its question mark, one space, a longer description, an ASCII comma and
 the answer. The question used for training is title + ask. Scraped data bends
 every part of that, so the separators are found by cues measured on real rows
@@ -60,7 +60,7 @@ __all__ = [
     "ParsedLine",
     "Skipped",
     "clean_text",
-    "format_seed_line",
+    "format_qa_line",
     "join_question",
     "parse_line",
     "parse_record",
@@ -68,7 +68,7 @@ __all__ = [
     "read_dataset",
     "read_prompt_digests",
     "write_prompt_digests",
-    "write_seed_format",
+    "write_qa_lines",
 ]
 
 PLACEHOLDER_ASKS = frozenset({"无", "无。", "暂无", "略"})
@@ -113,7 +113,7 @@ class Example:
     line_no: int  # 1-based line where the record starts
     history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns of a conversation
     system: str | None = None  # a conversation's system prompt
-    department: str | None = None  # where the data names one (CSV column, JSON field, seed sidecar)
+    department: str | None = None  # where the data names one (CSV column, JSON field, the departments file beside Q&A lines)
 
     @property
     def conversational(self) -> bool:
@@ -141,7 +141,7 @@ class Skipped:
 @dataclass
 class Dataset:
     path: Path
-    format: str  # "seed", "csv", "jsonl" or "json"
+    format: str  # "qa-lines", "csv", "jsonl" or "json"
     encoding: str = "UTF-8"  # or the legacy encoding the file was recognised in
     examples: list[Example] = field(default_factory=list)
     lines_read: int = 0
@@ -241,7 +241,7 @@ def join_question(title: str, ask: str) -> str:
     return title + ask
 
 
-# --- seed-format lines ------------------------------------------------------------
+# --- Q&A lines ------------------------------------------------------------
 
 
 def _separator_score(rest: str, i: int) -> int:
@@ -285,7 +285,7 @@ def _find_separator(text: str) -> int:
 
 
 def parse_record(line: str) -> ParsedLine:
-    """Split one seed-format line into title, ask, question and answer.
+    """Split one Q&A line into title, ask, question and answer.
 
     ``repairs`` names what had to be fixed. Raises ValueError with a readable
     reason when the line holds no usable pair.
@@ -312,7 +312,7 @@ def parse_record(line: str) -> ParsedLine:
 
 
 def parse_line(line: str) -> tuple[str, str]:
-    """(question, answer) of one seed-format line; ValueError with a reason if unusable."""
+    """(question, answer) of one Q&A line; ValueError with a reason if unusable."""
     parsed = parse_record(line)
     return parsed.question, parsed.answer
 
@@ -324,8 +324,8 @@ def _escape(text: str, chars: str) -> str:
     return "".join(f"&#{ord(ch)};" if ch in chars else ch for ch in text)
 
 
-def format_seed_line(question: str, answer: str) -> str:
-    """One seed-format line that parse_line reads back as exactly (question, answer).
+def format_qa_line(question: str, answer: str) -> str:
+    """One Q&A line that parse_line reads back as exactly (question, answer).
 
     Supported: non-empty text with no outer whitespace and no characters that
     clean_text maps (tabs, CR, odd spaces, controls) -- i.e. anything clean_text
@@ -348,18 +348,18 @@ def format_seed_line(question: str, answer: str) -> str:
     return f"{_escape(question, _QUESTION_ESCAPES)} ,{_escape(answer, _ANSWER_ESCAPES)}"
 
 
-def write_seed_format(examples: Iterable[Example], path: str | Path) -> None:
-    """Write examples as UTF-8 seed lines (see format_seed_line).
+def write_qa_lines(examples: Iterable[Example], path: str | Path) -> None:
+    """Write examples as UTF-8 Q&A lines (see format_qa_line).
 
     read_dataset gives back the same examples, in order, as long as they are
     distinct; ValueError if one holds text that clean_text would change.
     """
-    write_atomic(Path(path), "".join(format_seed_line(ex.question, ex.answer) + "\n" for ex in examples))
+    write_atomic(Path(path), "".join(format_qa_line(ex.question, ex.answer) + "\n" for ex in examples))
 
 
 def write_examples(examples: list[Example], folder: Path) -> Path:
-    """Write an eval split where the comparison finds it: `eval.txt` in the seed format, or
-    `eval.jsonl` when any example is a conversation or names a department (the seed format has
+    """Write an eval split where the comparison finds it: `eval.txt` as Q&A lines, or
+    `eval.jsonl` when any example is a conversation or names a department (Q&A lines have
     neither turns nor departments)."""
     if any(ex.conversational or ex.department for ex in examples):
         def record(ex: Example) -> dict:
@@ -370,7 +370,7 @@ def write_examples(examples: list[Example], folder: Path) -> Path:
         write_atomic(path, "".join(json.dumps(record(ex), ensure_ascii=False) + "\n" for ex in examples))
         return path
     path = folder / "eval.txt"
-    write_seed_format(examples, path)
+    write_qa_lines(examples, path)
     return path
 
 
@@ -540,13 +540,13 @@ def _decode(path: Path) -> tuple[str, str]:
                     f"UTF-8 {path} > {path}.utf8, and train on the .utf8 file")
 
 
-def _seed_records(text: str, path: Path) -> _Records:
+def _qa_line_records(text: str, path: Path) -> _Records:
     for line_no, line in enumerate(_lines(text), 1):
         if line.strip():
             yield line_no, line, line
 
 
-def _seed_pair(line: str) -> _Pair:
+def _qa_line_pair(line: str) -> _Pair:
     parsed = parse_record(line)
     return _Pair(parsed.question, parsed.answer, set(parsed.repairs))
 
@@ -731,7 +731,7 @@ _FORMATS = {
     ".json": _Format("json", _json_records, _json_pair,
                      'an array of {"question", "answer"}, alpaca or conversation objects'),
 }
-_SEED = _Format("seed", _seed_records, _seed_pair, "one 'title？ ask,answer' record per line")
+_QA_LINES = _Format("qa-lines", _qa_line_records, _qa_line_pair, "one 'title？ ask,answer' record per line")
 
 
 def _lines(text: str) -> list[str]:
@@ -747,8 +747,8 @@ def _count_lines(text: str) -> int:
 
 
 def departments_file(path: Path) -> Path:
-    """The optional file beside seed-format data that names each line's department, line by line
-    (the seed format has no field for it): `financial_data.txt` -> `financial_data.departments.txt`."""
+    """The optional file beside Q&A-line data that names each line's department, line by line
+    (Q&A lines have no field for it): `financial_data.txt` -> `financial_data.departments.txt`."""
     return path.with_name(f"{path.stem}.departments.txt")
 
 
@@ -764,17 +764,17 @@ def _sidecar_departments(path: Path, lines: int) -> list[str | None] | None:
 
 
 def read_dataset(path: str | Path) -> Dataset:
-    """Read a data file, chosen by extension: .csv, .jsonl, .json, else seed lines.
+    """Read a data file, chosen by extension: .csv, .jsonl, .json, else Q&A lines.
 
     Unusable records are skipped with a reason; exact duplicate pairs are
     dropped (first kept). Raises DataError if the file cannot be read or
     yields no usable example.
     """
     path = Path(path)
-    fmt = _FORMATS.get(path.suffix.lower(), _SEED)
+    fmt = _FORMATS.get(path.suffix.lower(), _QA_LINES)
     text, encoding = _decode(path)
     data = Dataset(path=path, format=fmt.name, encoding=encoding, lines_read=_count_lines(text))
-    departments = _sidecar_departments(path, data.lines_read) if fmt is _SEED else None
+    departments = _sidecar_departments(path, data.lines_read) if fmt is _QA_LINES else None
     seen: dict[tuple, int] = {}
     for line_no, raw, record in fmt.records(text, path):
         try:
@@ -795,6 +795,6 @@ def read_dataset(path: str | Path) -> Dataset:
         why = "; ".join(f"{reason}: {count}" for reason, count in reasons) or "no records"
         raise DataError(
             f"{path}: no usable examples in {data.lines_read} lines read ({why}); "
-            f"a {path.suffix or 'seed'} file should hold {fmt.expected}"
+            f"a {path.suffix or 'Q&A-line'} file should hold {fmt.expected}"
         )
     return data
