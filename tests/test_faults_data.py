@@ -189,7 +189,7 @@ def test_big5_reads_back_as_the_text_it_was_saved_from(tmp_path, lines):
     (tmp_path / "big5.txt").write_bytes(text.encode("big5"))
     data = read_dataset(tmp_path / "big5.txt")
     assert pairs(data) == pairs(read_dataset(tmp_path / "utf8.txt")) and not data.skipped
-    assert data.encoding == "Big5" and "(seed, Big5)" in data.report_lines()[0]
+    assert data.encoding == "Big5" and "(qa-lines, Big5)" in data.report_lines()[0]
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gbk", "gb18030"])
