@@ -53,11 +53,8 @@ class Claim:
     def __del__(self) -> None:  # a job dropped without being left (a library caller's) lets go too
         self.release()
 
-    def release(self, tidy: bool = False) -> None:
-        """Let other processes at the folder; `tidy` also removes the lock file (a finished export
-        is copied and uploaded as a whole, and a stray hidden file has no business there)."""
-        if tidy:
-            (self.folder / LOCK).unlink(missing_ok=True)
+    def release(self) -> None:
+        """Let other processes at the folder."""
         if self.fd is not None:
             os.close(self.fd)  # closing the file drops the lock
             self.fd = None
