@@ -20,7 +20,8 @@ from glmtune.core import cli; from glmtune.core import files
 from glmtune.model.loading import read_config
 from glmtune.core.config import ExportConfig
 from glmtune.core.errors import ConfigError, ModelLoadError, RunDirError
-from glmtune.export.job import MANIFEST, SCRATCH, deployment_tokenizer, export, main
+from glmtune.core.folders import LOCK, scratch_for
+from glmtune.export.job import MANIFEST, deployment_tokenizer, export, main
 from glmtune.model.lora import load_adapter
 from glmtune.training.runs import RunRecord
 from glmtune.model.tokenizer import build_tokenizer
@@ -222,21 +223,25 @@ def test_low_disk_space_is_refused_before_loading(exports, monkeypatch, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("moment", ["while writing", "while moving files into place"])
+@pytest.mark.parametrize("moment", ["while writing", "while moving files into an empty folder"])
 def test_a_killed_export_never_looks_complete(exports, monkeypatch, tmp_path, moment):
     import glmtune.export.job as exporting
 
     run, _, _ = exports
     out = tmp_path / "out"
-    (out / SCRATCH).mkdir(parents=True)
-    (out / SCRATCH / "model.safetensors").write_bytes(b"left by a kill -9")  # scratch alone: the folder is empty
+    scratch = scratch_for(out)  # the shared protocol's scratch, beside the folder
+    scratch.mkdir()
+    (scratch / "model.safetensors").write_bytes(b"left by a kill -9")  # no live holder: cleared and reused
     if moment == "while writing":
         def killed(model, tokenizer, folder):
+            assert folder == scratch and list(folder.iterdir()) == [folder / LOCK]
             (folder / "model.safetensors").write_bytes(b"half")
             raise KeyboardInterrupt
 
         monkeypatch.setattr(exporting, "write_native", killed)
     else:
+        out.mkdir()  # where the user's shell stands: it stays the same folder, filled file by file
+
         def replace(source, target, real=os.replace):
             if Path(target) == out / "config.json":  # the last file: everything else is in place
                 assert (out / "model.safetensors").is_file() and (out / MANIFEST).is_file()
@@ -246,7 +251,47 @@ def test_a_killed_export_never_looks_complete(exports, monkeypatch, tmp_path, mo
         monkeypatch.setattr(exporting.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         export(ExportConfig(adapter=run, output=out, dtype="fp32"))
-    assert list(out.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if out.exists() else [])
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_export_publishes_whole_into_a_missing_or_empty_folder_and_leaves_no_lock(exports, tmp_path):
+    run, native, _ = exports
+    assert sorted(p.name for p in native.output.parent.iterdir()) == ["chatglm", "native"]  # no scratch beside
+    assert LOCK not in native.files and not (native.output / LOCK).exists()
+    here = tmp_path / "here"
+    here.mkdir()
+    inode = here.stat().st_ino
+    result = export(ExportConfig(adapter=run, output=here, dtype="fp32"))
+    assert here.stat().st_ino == inode and sorted(p.name for p in here.iterdir()) == sorted(result.files)
+    assert json.loads((here / MANIFEST).read_text())["files"] == sorted(set(result.files) - {MANIFEST})
+
+
+def test_a_second_export_into_the_same_folder_is_turned_away(exports, tmp_path):
+    from glmtune.core import folders
+
+    run, _, _ = exports
+    out = tmp_path / "out"
+    _, held = folders.reserve(out, "exporting")  # another export, writing now
+    with pytest.raises(RunDirError, match=f"another process is exporting to {out}; wait for it to finish"):
+        export(ExportConfig(adapter=run, output=out, dtype="fp32"))
+    assert scratch_for(out).is_dir()  # the other export's scratch is left to it
+    held.release()
+
+
+def test_overwrite_with_no_room_for_both_deletes_the_earlier_export_first(exports, monkeypatch, tmp_path, capsys):
+    run, native, _ = exports
+    target = shutil.copytree(native.output, tmp_path / "target")
+    before = sorted(p.name for p in target.iterdir())
+    monkeypatch.setattr(files, "free_bytes", lambda path: 1)  # no room even once the earlier export is gone
+    with pytest.raises(RunDirError, match="the export needs"):
+        export(ExportConfig(adapter=run, output=target, dtype="fp32", overwrite=True))
+    assert sorted(p.name for p in target.iterdir()) == before  # refused before anything was deleted
+    monkeypatch.setattr(files, "free_bytes", lambda path: 64 * 2**20)  # room once it is gone
+    result = export(ExportConfig(adapter=run, output=target, dtype="fp32", overwrite=True))
+    assert f"deleting the earlier export in {target} first" in capsys.readouterr().out
+    assert sorted(p.name for p in target.iterdir()) == sorted(result.files)  # no .replacing-* left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
 
 
 def test_a_failed_overwrite_keeps_the_earlier_export(exports, monkeypatch, tmp_path):

@@ -123,7 +123,7 @@ def printed_command(lines: list[str], label: str) -> list[str]:
 
 
 def test_printed_commands_paste_back_to_the_same_words():
-    from glmtune.export.job import Export, ExportResult
+    from glmtune.export.job import ExportResult, summary
     from glmtune.training.job import FineTune
 
     job = SimpleNamespace(
@@ -135,12 +135,10 @@ def test_printed_commands_paste_back_to_the_same_words():
     logs = next(line for line in lines if line.startswith("logs"))
     assert shlex.split(logs[logs.index("(") + 1:-1]) == ["tensorboard", "--logdir", str(AWKWARD / "runs")]
 
-    export = SimpleNamespace(config=SimpleNamespace(adapter=AWKWARD), template_layout=lambda: "chat",
-                             run=SimpleNamespace(resolved=SimpleNamespace(prompt_format="chat")),
-                             result=ExportResult(output=AWKWARD, format="native", dtype="fp32", device="cpu",
-                                                 base="tiny", parameters=10**6, files=["model.safetensors"],
-                                                 seconds={"total": 1.0, "load": 0.1, "merge": 0.1, "write": 0.1}))
-    lines = Export.summary(export)
+    lines = summary(ExportResult(adapter=AWKWARD, output=AWKWARD, format="native", dtype="fp32", device="cpu",
+                                 base="tiny", parameters=10**6, trained="chat", template="chat",
+                                 files=["model.safetensors"],
+                                 seconds={"total": 1.0, "load": 0.1, "merge": 0.1, "write": 0.1}))
     assert printed_command(lines, "serve it") == ["vllm", "serve", str(AWKWARD)]
 
 
@@ -230,39 +228,39 @@ def test_a_console_whose_reader_has_gone_swallows_the_rest(tmp_path):
 @pytest.fixture(scope="module")
 def trained_template_export(trained, tmp_path_factory):
     from glmtune.core.config import ExportConfig
-    from glmtune.export.job import Export
+    from glmtune.export.job import export
 
     run, _ = trained
-    job = Export(ExportConfig(adapter=run, output=tmp_path_factory.mktemp("export") / "native", dtype="fp32",
-                              chat_template="trained"))
-    job.plan()
-    job.merge()
-    job.write()
-    return run, job
+    return run, export(ExportConfig(adapter=run, output=tmp_path_factory.mktemp("export") / "native", dtype="fp32",
+                                    chat_template="trained"))
 
 
 def test_the_trained_template_builds_the_prompts_training_used(trained_template_export):
     from transformers import AutoTokenizer
 
+    from glmtune.export.job import summary
     from glmtune.model.prompts import prompt_ids
     from glmtune.model.tokenizer import load_tokenizer
 
-    run, job = trained_template_export
-    exported, training = AutoTokenizer.from_pretrained(job.output), load_tokenizer(run)
+    run, result = trained_template_export
+    exported, training = AutoTokenizer.from_pretrained(result.output), load_tokenizer(run)
     for question in ("高血压能喝咖啡吗？ 男，50岁。", " leading space,  two spaces\nand a line"):
         assert exported.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                             return_dict=False) == prompt_ids(training, question, "glm3")
     with pytest.raises(Exception, match="trained on the \\[Round 1\\] layout, which holds one user question"):
         exported.apply_chat_template([{"role": "system", "content": "你是医生"}, {"role": "user", "content": "q"}])
-    assert [line for line in job.summary() if line.startswith("template")] == [
+    assert [line for line in summary(result) if line.startswith("template")] == [
         "template   the glm3 layout this adapter was trained on ('[Round 1] 问：... 答：'), one question per "
         "conversation (--chat-template trained)"]
 
 
 def test_a_glm3_adapter_exported_with_the_chat_template_says_so(trained_template_export):
-    run, job = trained_template_export
-    job.config.chat_template = "chat"
-    template = next(line for line in job.summary() if line.startswith("template"))
+    from dataclasses import replace
+
+    from glmtune.export.job import summary
+
+    run, result = trained_template_export
+    template = next(line for line in summary(replace(result, template="chat")) if line.startswith("template"))
     assert template == ("template   ChatGLM3's chat layout (<|user|> ... <|assistant|>); this adapter was trained on "
                         "the glm3 layout ('[Round 1] 问：... 答：'), which it does not reproduce: --chat-template "
                         "trained installs that one")

@@ -118,7 +118,7 @@ def test_overwrite_that_cannot_remove_a_file_deletes_nothing(data_file, trained,
             raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
         rename(src, dst)
 
-    monkeypatch.setattr("glmtune.training.runs.os.rename", immutable)
+    monkeypatch.setattr("glmtune.core.folders.os.rename", immutable)
     with pytest.raises(RunDirError, match=r"cannot remove .*train_prompts.sha256 \(Operation not permitted\); nothing "
                                           "was deleted"):
         train(quick(data_file, run, "--overwrite"))
@@ -299,7 +299,7 @@ def test_publish_swaps_the_folders_and_a_kill_between_two_renames_brings_the_old
     scratch, held = folders.reserve(target, "comparing")
     assert folders.reserve(target, "comparing") is None  # a second writer is turned away
     (scratch / "chatglm_comparison.log").write_text("new")
-    folders.publish(scratch, target)
+    folders.publish(scratch, target, last="chatglm_comparison.json")
     held.release()
     assert [p.name for p in tmp_path.iterdir()] == ["comparison"]
     assert (target / "chatglm_comparison.log").read_text() == "new"
@@ -341,7 +341,7 @@ def test_an_empty_folder_stays_the_same_folder_and_a_link_stays_a_link(trained, 
     inode = here.stat().st_ino
     scratch, held = folders.reserve(here, "comparing")
     (scratch / "chatglm_comparison.log").write_text("new")
-    folders.publish(scratch, here)  # `--output .` from a shell standing in an empty folder
+    folders.publish(scratch, here, last="chatglm_comparison.json")  # `--output .` from a shell standing in an empty folder
     held.release()
     assert here.stat().st_ino == inode and [p.name for p in here.iterdir()] == ["chatglm_comparison.log"]
 

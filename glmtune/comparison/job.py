@@ -15,7 +15,7 @@ from ..core.config import CompareConfig
 from ..data.reading import TRAIN_PROMPTS, Example, prompt_digest, read_dataset, read_prompt_digests
 from ..core.errors import ConfigError, DataError, RunDirError
 from ..model.sources import needs_gpu
-from ..core.folders import claim, publish, remove, reserve, scratch_for
+from ..core.folders import claim, foreign, free, numbered, place, publish, remove, replaceable, reserve, scratch_for
 from ..model.lora import check_adapter_files
 from ..training.runs import REPORT_STEM as STEM, RunRecord, is_report_file
 
@@ -219,13 +219,6 @@ class Comparison:
         self.outputs = [self.output / f"{STEM}.{ext}" for ext in ("log", "json", "png", "html")]
         distributed.on_main(self._write)
 
-    def _publishable(self) -> bool:
-        """Whether the reserved folder is still what it was (missing, empty, or with --overwrite a
-        report alone): a file a user put there while the models ran must not be swapped away."""
-        target = self.output
-        return free(target) or (self.config.overwrite and target.is_dir() and not target.is_symlink()
-                                and all(map(is_report_file, target.iterdir())))
-
     def _reserve_output(self) -> Path:
         self.output, self.scratch, held = output_dir(self.config)
         self.claims.append(held)
@@ -244,13 +237,14 @@ class Comparison:
         write_report(report, self.settings, self.aggregate, self.timing, self.rows)
         plot_aggregate(chart, self.aggregate)
         write_html(html, self.settings, self.aggregate, self.timing, self.rows, chart)
-        if not self._publishable():  # the next free name instead: nothing of the user's is touched
+        # A file a user put there while the models ran: the next free name instead, nothing of theirs touched.
+        if not replaceable(self.output, is_report_file, c.overwrite):
             changed = self.output
             self.output = next(f for f in numbered(report_folder(self.config))
                                if free(f) and not scratch_for(f).exists())
             self.outputs = [self.output / p.name for p in self.outputs]
             print(f"{changed} gained files while the comparison ran; the report goes to {self.output} instead")
-        publish(self.scratch, self.output)
+        publish(self.scratch, self.output, last=report.name)
 
     def closing_lines(self) -> list[str]:
         t = self.timing
@@ -303,11 +297,11 @@ def output_dir(config: CompareConfig):
             and not chosen.is_dir():
         raise ConfigError("output", f"{chosen} is a file; choose a folder")
     if config.overwrite:
-        foreign = [p.name for p in chosen.glob("*") if not is_report_file(p)] if chosen.is_dir() else []
-        if foreign:
+        theirs = foreign(chosen, is_report_file) if chosen.is_dir() else []
+        if theirs:
             raise ConfigError("output", f"{chosen} holds files that are not a comparison report "
-                                        f"({', '.join(foreign[:3])}); --overwrite replaces only reports. "
-                                        "Choose another --output")
+                                        f"({', '.join(p.name for p in theirs[:3])}); --overwrite replaces only "
+                                        "reports. Choose another --output")
         reserved = reserve(chosen, "comparing")
         if reserved is None:
             raise RunDirError(f"another comparison is writing {chosen} now; let it finish, or drop --overwrite")
@@ -319,28 +313,7 @@ def output_dir(config: CompareConfig):
 
 def report_folder(config: CompareConfig) -> Path:
     """--output (through a link, where it points), or ADAPTER/comparison."""
-    if config.output is None:
-        return config.adapter / "comparison"
-    if config.output.name in ("", ".", "..") or config.output.is_symlink():  # "--output ." names the folder it is in
-        return config.output.resolve()
-    return config.output
-
-
-def numbered(chosen: Path):
-    """NAME, NAME-2, NAME-3, ..."""
-    yield chosen
-    number = 2
-    while True:
-        yield chosen.with_name(f"{chosen.name}-{number}")
-        number += 1
-
-
-def free(folder: Path) -> bool:
-    """Missing, or an empty folder. A link is never free: reports go into the run folder, not
-    wherever a link in it leads."""
-    if folder.is_symlink():
-        return False
-    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    return config.adapter / "comparison" if config.output is None else place(config.output)
 
 
 def compare(config: CompareConfig) -> Comparison:

@@ -1,11 +1,21 @@
-"""Output folders that one process at a time writes, and that a kill leaves recognisable.
+"""Tool-owned output folders: one protocol for a training run, a comparison report and an export.
 
-Every job holds an OS lock (flock) on a hidden `.glmtune.lock` file in the folder it works in: the
-kernel drops it when its holder ends, however it ends, so a killed job never blocks the next one and
-a live one is never mistaken for an interrupted one. Writers (training, a report, an export) hold it
-exclusively; readers (a comparison or an export of a run) share it, so that no training starts over
-a run while it is read. Folders of reports are written whole into a hidden scratch folder beside
-their place and published by one rename: a kill leaves either the old report or the new one.
+Claim: every job holds an OS lock (flock) on a hidden `.glmtune.lock` file in the folder it works in:
+the kernel drops it when its holder ends, however it ends, so a killed job never blocks the next one
+and a live one is never mistaken for an interrupted one. Writers hold it exclusively; readers (a
+comparison or an export of a run) share it, so that no training starts over a run while it is read.
+
+Scratch and publish: a folder written in one go (a report, an export) is written whole into a hidden
+scratch folder beside its place, `.NAME.partial`, which the writer reserves and locks, and published
+by one rename (a swap with an earlier one): a kill leaves the old folder or the new one, never a mix,
+and a scratch left by a killed job is cleared by the next. A training run, written over hours, works
+in its folder and writes each file atomically instead (files.write_atomic).
+
+Overwrite: a folder's own record says what the tool wrote there (a run's run_config.json, an export's
+glmtune_export.json, a report's fixed file names), and --overwrite deletes that and nothing else. A
+published folder is swapped whole, so one holding anything else is refused; a run's folder keeps the
+rest. What is deleted is first moved into a hidden `.replacing-*` folder (`delete`), so that a file
+that cannot be removed leaves everything in place.
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ import ctypes.util
 import errno
 import os
 import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +38,7 @@ except ImportError:  # Windows: no flock; jobs there are not guarded against eac
     fcntl = None
 
 LOCK = ".glmtune.lock"
+ASIDE = ".replacing-"  # delete's scratch inside a folder: what --overwrite deletes, on its way out
 
 
 @dataclass
@@ -40,11 +53,8 @@ class Claim:
     def __del__(self) -> None:  # a job dropped without being left (a library caller's) lets go too
         self.release()
 
-    def release(self, tidy: bool = False) -> None:
-        """Let other processes at the folder; `tidy` also removes the lock file (a finished export
-        is copied and uploaded as a whole, and a stray hidden file has no business there)."""
-        if tidy:
-            (self.folder / LOCK).unlink(missing_ok=True)
+    def release(self) -> None:
+        """Let other processes at the folder."""
         if self.fd is not None:
             os.close(self.fd)  # closing the file drops the lock
             self.fd = None
@@ -131,7 +141,78 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-# --- report folders: written into scratch beside their place, published by one rename -----------
+# --- overwrite: delete what the folder's record says the tool wrote, nothing else -------------------
+
+def is_own_scratch(name: str) -> bool:
+    """Whether an entry of an output folder is this protocol's own (its lock, a deletion killed
+    half-way), which is the tool's to clear whatever the folder's record says."""
+    return name == LOCK or name.startswith(ASIDE)
+
+
+def foreign(folder: Path, ours: Callable[[Path], bool]) -> list[Path]:
+    """The entries of `folder` that the tool did not write (`ours` says which it did, from the
+    folder's record), by name: what --overwrite must not delete."""
+    return sorted(p for p in folder.iterdir() if not is_own_scratch(p.name) and not ours(p))
+
+
+def delete(folder: Path, entries: list[Path], flag: str) -> list[str]:
+    """--overwrite: delete `entries` of `folder` (checked by the caller to be what the tool wrote).
+    They are first moved into a hidden scratch folder, so that one that cannot be moved (no
+    permission) leaves everything in place: RunDirError naming it and `flag` (the output's), nothing
+    deleted. A kill meanwhile leaves that scratch, which is the next overwrite's to clear. Returns
+    what could not be deleted after the move, for the user."""
+    aside = Path(tempfile.mkdtemp(prefix=ASIDE, dir=folder))
+    moved: list[Path] = []
+    try:
+        for item in entries:
+            os.rename(item, aside / item.name)
+            moved.append(item)
+    except OSError as err:
+        for item in reversed(moved):
+            os.rename(aside / item.name, item)
+        aside.rmdir()
+        raise RunDirError(f"--overwrite cannot remove {err.filename} ({err.strerror}); nothing was deleted. Make it "
+                          f"writable, or choose another {flag}") from None
+    try:
+        remove(aside)
+    except OSError as err:  # a file in a moved folder that cannot go: the job goes on beside it
+        return [f"could not delete {err.filename}; remove {aside} by hand"]
+    return []
+
+
+# --- published folders: written into scratch beside their place, published by one rename ---------
+
+def place(chosen: Path) -> Path:
+    """Where a folder the user names is published: the path itself, or where a link (or '.', '..')
+    points; publishing replaces the folder, and must not replace the link or the name '.'."""
+    if chosen.name in ("", ".", "..") or chosen.is_symlink():
+        return chosen.resolve()
+    return chosen
+
+
+def numbered(chosen: Path) -> Iterator[Path]:
+    """NAME, NAME-2, NAME-3, ..."""
+    yield chosen
+    number = 2
+    while True:
+        yield chosen.with_name(f"{chosen.name}-{number}")
+        number += 1
+
+
+def free(folder: Path) -> bool:
+    """Missing, or a folder holding nothing (but this protocol's own scratch). A link is never
+    free: outputs go where they are asked, not wherever a link there leads."""
+    if folder.is_symlink():
+        return False
+    return not folder.exists() or (folder.is_dir() and all(is_own_scratch(p.name) for p in folder.iterdir()))
+
+
+def replaceable(target: Path, ours: Callable[[Path], bool], overwrite: bool) -> bool:
+    """Whether publishing may put a folder at `target`: it is free, or with --overwrite a folder of
+    nothing but what the tool wrote (checked again just before publishing, as a user may have put a
+    file there while the job ran, which must not be swapped away)."""
+    return free(target) or (overwrite and target.is_dir() and not target.is_symlink() and not foreign(target, ours))
+
 
 def scratch_for(target: Path) -> Path:
     return target.with_name(f".{target.name}.partial")
@@ -140,7 +221,8 @@ def scratch_for(target: Path) -> Path:
 def reserve(target: Path, doing: str) -> tuple[Path, Claim] | None:
     """Reserve `target` (which must not hold another process's work in progress) by making its
     scratch folder and locking it; None when a live process is writing that scratch. A scratch
-    left by a killed job is removed first."""
+    left by a killed job is removed first. The claim's `abandon` also removes the folders made
+    above the scratch, for a job refused before it published."""
     scratch = scratch_for(target)
     aside = target.with_name(f".{target.name}.replaced")
     if aside.exists() and not target.exists():  # killed between publish's two renames: the old one is back
@@ -149,30 +231,41 @@ def reserve(target: Path, doing: str) -> tuple[Path, Claim] | None:
         if held(scratch):
             return None
         remove(scratch)
+    made = [p for p in reversed(target.parents) if not p.exists()]
     try:
         scratch.mkdir(parents=True)
     except FileExistsError:  # another process reserved it between our look and our mkdir
         return None
-    return scratch, claim(scratch, doing)
+    lock = claim(scratch, doing)
+    lock.made[:0] = [*made, scratch]
+    return scratch, lock
 
 
-def publish(scratch: Path, target: Path) -> None:
+def publish(scratch: Path, target: Path, last: str, record: str | None = None) -> None:
     """Move the finished `scratch` folder to `target` in one step. An existing `target` (an
-    overwrite, checked for foreign files before) is swapped with it atomically where the system can
+    overwrite, checked with `replaceable` before) is swapped with it atomically where the system can
     (Linux's renameat2), else renamed aside first; either way it is deleted only afterwards. An
-    existing empty `target` is kept (it may be where the user's shell stands) and filled."""
+    existing empty `target` is kept (it may be where the user's shell stands) and filled: the
+    folder's `record` of what the tool wrote first (a kill part-way leaves files --overwrite
+    recognises), the file named `last` (whose presence says the folder is whole) last; a failure
+    meanwhile takes back out what was moved in."""
     (scratch / LOCK).unlink(missing_ok=True)  # the lock stays held through its open file
     if not target.exists():
         os.replace(scratch, target)
         return
     if target.is_dir() and not any(target.iterdir()):
-        # An empty folder the user made (or stands in): it stays, and the files move in, the
-        # JSON report last; there is no earlier report to mix with.
-        for item in sorted(scratch.iterdir(), key=lambda p: p.suffix == ".json"):
-            os.replace(item, target / item.name)
+        moved: list[Path] = []
+        try:
+            for item in sorted(scratch.iterdir(), key=lambda p: (p.name != record, p.name == last)):
+                os.replace(item, target / item.name)
+                moved.append(target / item.name)
+        except BaseException:
+            for path in moved:  # the folder was empty: all of it is this job's
+                remove(path)
+            raise
         scratch.rmdir()
         return
-    if _exchange(scratch, target):  # scratch now holds the old report
+    if _exchange(scratch, target):  # scratch now holds the old folder
         remove(scratch)
         return
     aside = target.with_name(f".{target.name}.replaced")  # reserve puts it back after a kill here

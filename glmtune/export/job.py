@@ -23,8 +23,9 @@ comparison script's default path (16-bit weights, adapter merged) measures this 
 memory, else on the CPU (about the model's size in RAM). From Python: `export(ExportConfig(...))`.
 
 Both layouts also hold glmtune_export.json: the adapter, base and run settings the model came from,
-and the files the export wrote, which are all that --overwrite ever deletes. Files are written into
-DIR/.exporting and moved into place with config.json last, so a killed export never looks complete.
+and the files the export wrote, which are all that --overwrite ever deletes. The folder is written
+whole into a hidden scratch folder beside it (.DIR.partial) and published by one rename, as a
+comparison report is (glmtune.core.folders), so a killed export never looks complete.
 
 Chat template: ChatGLM3's control tokens enter the prompt as text written by the template, so the
 exported tokenizer matches control tokens in text (split_special_tokens false; training's tokenizer
@@ -46,16 +47,17 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..core import files
 from ..core.config import ExportConfig
 from ..core.errors import ConfigError, ModelLoadError, RunDirError, few
-from ..core.folders import LOCK, claim
+from ..core.folders import LOCK, Claim, claim, delete, foreign, is_own_scratch, place, publish, remove, \
+    replaceable, reserve
 from ..model.lora import check_adapter_files
 from ..training.runs import FINISHED, RunRecord, library_versions
 from ..core.terminal import command
 
-SCRATCH = ".exporting"  # inside the output folder while an export writes; never looks like a model
 # What was exported from what, and which files the export wrote: --overwrite deletes those and nothing
 # else (an export's file names are any model's, so names alone cannot tell ours from another model's).
 MANIFEST = "glmtune_export.json"
@@ -114,16 +116,48 @@ def chat_template(layout: str) -> str:
     return ONE_QUESTION + GLM3_TEMPLATE.replace("{question}", "{{ messages[0]['content'] }}")
 
 
-@dataclass
+@dataclass(frozen=True)
+class Plan:
+    """What `Export.plan` decided: the run, its base, the target folder and how to fill it."""
+
+    run: RunRecord
+    base: str  # as the run (or --base-model) names it
+    base_dir: Path
+    glm_config: Any  # the base's shape, as transformers' GlmConfig
+    base_config: dict | None  # --format chatglm: the base's own config.json, which the export starts from
+    tokenizer: Any  # --format native: the run's tokenizer, which the export deploys
+    dtype: Any  # the torch dtype the base is merged in
+    parameters: int
+    device: str  # where the merge runs: cuda or cpu
+    output: Path
+    scratch: Path  # beside the output: where the export is written before it is published
+    replaced: tuple[Path, ...]  # the earlier export that --overwrite deletes
+    delete_first: bool  # no room for both: the earlier export goes before the new one is written
+    template: str  # native: the prompt layout its chat template builds (prompts.py)
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What `Export.merge` made: the merged model and, for the native layout, its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    seconds: dict[str, float]  # load, merge
+
+
+@dataclass(frozen=True)
 class ExportResult:
     """What an export wrote and what it cost (for the summary and for benchmarks)."""
 
+    adapter: Path
     output: Path
     format: str
     dtype: str
     device: str
     base: str
     parameters: int
+    trained: str  # the prompt layout the adapter was trained on
+    template: str  # native: the layout its chat template builds
     files: list[str] = field(default_factory=list)
     bytes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # load, merge, write, total
@@ -131,23 +165,29 @@ class ExportResult:
 
 
 class Export:
-    """One export. Each stage leaves its results as attributes for the next."""
+    """One export, in stages that each return a frozen result for the next (`export` runs them).
+    Used as a context manager: on leaving, the run folder is free again, and an export not
+    published whole leaves nothing behind."""
 
     def __init__(self, config: ExportConfig):
         self.config = config
         self.began = time.perf_counter()
-        self.run_claim = self.output_claim = None  # the run folder (shared with other readers), the output
+        self.run_claim: Claim | None = None  # the run folder, shared with other readers
+        self.scratch: Path | None = None  # the output's, reserved and locked by `scratch_claim`
+        self.scratch_claim: Claim | None = None
 
     def __enter__(self) -> Export:
         return self
 
     def __exit__(self, failed, *exc) -> None:
-        if self.output_claim is not None:  # a failed export leaves no folder or lock file of its own behind
-            self.output_claim.abandon() if failed else self.output_claim.release(tidy=True)
+        if self.scratch_claim is not None:  # a refused or failed export leaves no folder of its own behind
+            if failed:
+                remove(self.scratch)
+            self.scratch_claim.abandon() if failed else self.scratch_claim.release()
         if self.run_claim is not None:
             self.run_claim.release()
 
-    def plan(self) -> None:
+    def plan(self) -> Plan:
         """The run, its base, the target folder and the disk: everything that can refuse the export is
         checked before the base loads (minutes for the 6B model) and before anything is deleted."""
         import torch
@@ -161,38 +201,43 @@ class Export:
         c.validate()  # a config built in Python has not been through the command line's checks
         self.run_claim = claim(c.adapter, "exporting", shared=True)  # no training starts over it meanwhile
         check_adapter_files(c.adapter)
-        self.run = RunRecord.load(c.adapter)
-        if self.run.state != FINISHED:
-            raise RunDirError(f"the run in {c.adapter} has not finished (its record says {self.run.state}); finish "
+        run = RunRecord.load(c.adapter)
+        if run.state != FINISHED:
+            raise RunDirError(f"the run in {c.adapter} has not finished (its record says {run.state}); finish "
                               "it with --resume, then export it")
-        if c.format == "native":
-            self.tokenizer = load_tokenizer(c.adapter)  # a damaged tokenizer file is named before the base loads
-        self.base = c.base_model or self.run.config.model
-        self.base_dir = resolve_model_dir(self.base)
-        self.glm_config = read_config(self.base_dir)
-        if c.format == "chatglm":
-            self.base_config = chatglm_base_config(self.base_dir)
-        self.dtype = getattr(torch, DTYPE_NAMES[c.dtype])
+        tokenizer = load_tokenizer(c.adapter) if c.format == "native" else None  # a damaged one is named now
+        base = c.base_model or run.config.model
+        base_dir = resolve_model_dir(base)
+        glm_config = read_config(base_dir)
+        base_config = chatglm_base_config(base_dir) if c.format == "chatglm" else None
+        dtype = getattr(torch, DTYPE_NAMES[c.dtype])
         with torch.device("meta"):
-            self.parameters = sum(p.numel() for p in GlmForCausalLM(self.glm_config).parameters())
-        model_bytes = self.parameters * self.dtype.itemsize
-        self.device = merge_device(c.device, model_bytes)
-        self.output = c.target()
-        if self.output.resolve() == self.base_dir.resolve():
-            raise ConfigError("output", f"{self.output} is the base model's folder; choose another folder")
-        self.output_claim = claim(self.output, "exporting")  # one export at a time into a folder
-        self.replaced = export_files_to_replace(self.output, c.overwrite)  # a refusal is abandoned on leaving
+            parameters = sum(p.numel() for p in GlmForCausalLM(glm_config).parameters())
+        model_bytes = parameters * dtype.itemsize
+        merge_on = merge_device(c.device, model_bytes)
+        output = place(c.target())
+        if output.resolve() == base_dir.resolve():
+            raise ConfigError("output", f"{output} is the base model's folder; choose another folder")
+        replaced = earlier_export(output, c.overwrite)
+        reserved = reserve(output, "exporting")  # one export at a time into a folder
+        if reserved is None:
+            raise RunDirError(f"another process is exporting to {output}; wait for it to finish (or stop it), then "
+                              "run this again")
+        self.scratch, self.scratch_claim = reserved
         needed = model_bytes + 64 * 2**20  # tokenizer and configs
-        free = files.free_bytes(self.output)
-        # With room for both, the earlier export stays whole until the new one is written; without, it
-        # must go first, and a failure then leaves neither.
-        self.delete_first = free < needed
-        free += sum(p.stat().st_size for p in self.replaced)
+        free = files.free_bytes(self.scratch)
+        # With room for both, the earlier export stays whole until the new one is published; without,
+        # it must go first, and a failure then leaves neither.
+        delete_first = free < needed
+        free += sum(p.stat().st_size for p in replaced)
         if free < needed:
-            raise RunDirError(f"{self.output}: the export needs {size(needed)} and the disk has {size(free)} free; "
+            raise RunDirError(f"{output}: the export needs {size(needed)} and the disk has {size(free)} free; "
                               "free some space or choose another --output")
+        template = run.resolved.prompt_format if c.chat_template == "trained" else "chat"
+        return Plan(run, base, base_dir, glm_config, base_config, tokenizer, dtype, parameters, merge_on, output,
+                    self.scratch, tuple(replaced), delete_first, template)
 
-    def merge(self) -> None:
+    def merge(self, plan: Plan) -> Merged:
         """The base in 16 bits (or fp32) with the adapter merged into its weights; for the native
         layout, the tokenizer as deployed, with the chosen chat template."""
         import torch
@@ -205,118 +250,95 @@ class Export:
         device.reset_peak()
         started = time.perf_counter()
         try:
-            model = load_model(self.base, quantization=None, dtype=self.dtype,
-                               device_map={"": device.gpu()} if self.device == "cuda" else None)
+            model = load_model(plan.base, quantization=None, dtype=plan.dtype,
+                               device_map={"": device.gpu()} if plan.device == "cuda" else None)
         except torch.OutOfMemoryError:
             raise ModelLoadError(f"the {c.dtype} model does not fit in the GPU's free memory; export with --device cpu "
                                  "(it needs about the model's size in RAM)") from None
         loaded = time.perf_counter()
-        model = load_adapter(model, c.adapter, self.base)  # names an adapter that does not fit the base
-        self.model = model.merge_and_unload(progressbar=True).eval()
-        self.seconds = {"load": loaded - started, "merge": time.perf_counter() - loaded}
-        if c.format == "native":
-            self.tokenizer = deployment_tokenizer(self.tokenizer, chat_template(self.template_layout()))
+        model = load_adapter(model, c.adapter, plan.base)  # names an adapter that does not fit the base
+        model = model.merge_and_unload(progressbar=True).eval()
+        tokenizer = deployment_tokenizer(plan.tokenizer, chat_template(plan.template)) if c.format == "native" else None
+        return Merged(model, tokenizer, {"load": loaded - started, "merge": time.perf_counter() - loaded})
 
-    def template_layout(self) -> str:
-        """The prompt layout the native export's chat template builds: ChatGLM3's chat layout, or
-        with --chat-template trained the one the adapter was trained on."""
-        return self.run.resolved.prompt_format if self.config.chat_template == "trained" else "chat"
-
-    def write(self) -> None:
-        """The chosen layout, written into a scratch folder inside the output, then the manifest, then
-        the files moved into place with config.json last: a folder without it loads nowhere, so a
-        killed export never looks complete. A failed or interrupted export removes what it wrote."""
+    def write(self, plan: Plan, merged: Merged) -> ExportResult:
+        """The chosen layout and the manifest, written into the scratch folder and published by one
+        rename (into an empty folder: the manifest first, config.json last, since a folder without it
+        loads nowhere): a killed export never looks complete."""
         from ..core import device
 
         started = time.perf_counter()
-        c, out = self.config, self.output
-        if self.delete_first:
+        c, out, scratch = self.config, plan.output, plan.scratch
+        if plan.delete_first:
             print(f"deleting the earlier export in {out} first: the disk has no room for both")
-            for stale in sorted(self.replaced, key=lambda p: p.name == MANIFEST):  # the manifest last
-                stale.unlink()
-        scratch = out / SCRATCH
-        shutil.rmtree(scratch, ignore_errors=True)  # what a killed export left
-        scratch.mkdir(parents=True)
-        moved: list[Path] = []
-        try:
-            if c.format == "native":
-                write_native(self.model, self.tokenizer, scratch)
-            else:
-                write_chatglm(self.model, self.base_config, self.base_dir, c.dtype, scratch)
-            written = sorted(p.name for p in scratch.iterdir())
-            stale = [p for p in self.replaced if p.exists() and p.name not in (*written, MANIFEST)]
-            # Until the stale files are gone the manifest lists them too, so that a kill in between
-            # leaves a folder --overwrite still recognises as ours.
-            moved.append(out / MANIFEST)
-            self.write_manifest(sorted({*written, *(p.name for p in stale)}))
-            for name in sorted(written, key=lambda n: n == "config.json"):
-                os.chmod(scratch / name, 0o666 & ~files.umask())  # some writers create files only their owner reads
-                os.replace(scratch / name, out / name)
-                moved.append(out / name)
-            scratch.rmdir()
-            for path in stale:
-                path.unlink()
-            if stale:
-                self.write_manifest(written)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            for path in moved:
-                path.unlink(missing_ok=True)
-            raise
-        self.seconds |= {"write": time.perf_counter() - started, "total": time.perf_counter() - self.began}
-        self.result = ExportResult(
-            output=out, format=c.format, dtype=c.dtype, device=self.device, base=self.base,
-            parameters=self.parameters, files=[*written, MANIFEST],
-            bytes=sum((out / n).stat().st_size for n in [*written, MANIFEST]), seconds=self.seconds,
+            for line in delete(out, list(plan.replaced), "--output"):
+                print(line)
+        if c.format == "native":
+            write_native(merged.model, merged.tokenizer, scratch)
+        else:
+            write_chatglm(merged.model, plan.base_config, plan.base_dir, c.dtype, scratch)
+        written = sorted(p.name for p in scratch.iterdir() if p.name != LOCK)
+        files.write_atomic(scratch / MANIFEST, json.dumps(manifest(c, plan, written), indent=2,
+                                                          ensure_ascii=False) + "\n")
+        for name in written:
+            os.chmod(scratch / name, 0o666 & ~files.umask())  # some writers create files only their owner reads
+        if not replaceable(out, earlier_export_file, c.overwrite):
+            raise RunDirError(f"{out} gained files while the export ran, which it must not replace; nothing there was "
+                              "changed. Move them out, or choose another --output, and export again")
+        publish(scratch, out, last="config.json", record=MANIFEST)
+        seconds = {**merged.seconds, "write": time.perf_counter() - started, "total": time.perf_counter() - self.began}
+        names = [*written, MANIFEST]
+        return ExportResult(
+            adapter=c.adapter, output=out, format=c.format, dtype=c.dtype, device=plan.device, base=plan.base,
+            parameters=plan.parameters, trained=plan.run.resolved.prompt_format, template=plan.template,
+            files=names, bytes=sum((out / n).stat().st_size for n in names), seconds=seconds,
             peak_gpu_gib=device.peak_gib())
 
-    def write_manifest(self, listed: list[str]) -> None:
-        text = json.dumps(self.manifest(listed), indent=2, ensure_ascii=False)
-        files.write_atomic(self.output / MANIFEST, text + "\n")
 
-    def manifest(self, written: list[str]) -> dict:
-        c = self.config
-        return {"adapter": str(c.adapter.resolve()), "base_model": self.base, "format": c.format, "dtype": c.dtype,
-                "parameters": self.parameters, "files": written,
-                "run": {"data_sha256": self.run.data_sha256, "settings": self.run.config.to_dict()},
-                "versions": library_versions()}
+def manifest(c: ExportConfig, plan: Plan, written: list[str]) -> dict:
+    """The export's record: what it was made from, and the files it wrote (which --overwrite deletes)."""
+    return {"adapter": str(c.adapter.resolve()), "base_model": plan.base, "format": c.format, "dtype": c.dtype,
+            "parameters": plan.parameters, "files": written,
+            "run": {"data_sha256": plan.run.data_sha256, "settings": plan.run.config.to_dict()},
+            "versions": library_versions()}
 
-    def summary(self) -> list[str]:
-        r, c = self.result, self.config
-        shards = sum(1 for n in r.files if n.endswith(".safetensors"))
-        t = r.seconds
-        lines = [
-            f"exported   {c.adapter} merged into {r.base} ({count(r.parameters)} parameters, {r.dtype}, on "
-            f"{r.device}) -> {r.output}",
-            f"layout     {r.format}: {shards} safetensors shard{'s' if shards > 1 else ''}, "
-            + ("config.json (glm), tokenizer.json with the chat template, generation_config.json (stop tokens)"
-               if r.format == "native" else "config.json (chatglm), tokenizer.model, tokenizer_config.json"),
-            f"size       {size(r.bytes)} on disk; {t['total']:.1f} s (loading {t['load']:.1f} s, merging "
-            f"{t['merge']:.1f} s, writing {t['write']:.1f} s)"
-            + (f"; peak GPU memory {r.peak_gpu_gib:.1f} GiB" if r.device == "cuda" else ""),
-        ]
-        if r.format == "native":
-            trained, glm3 = self.run.resolved.prompt_format, "'[Round 1] 问：... 答：'"
-            if self.template_layout() == "chat":
-                lines.append("template   ChatGLM3's chat layout (<|user|> ... <|assistant|>)" + (
-                    f"; this adapter was trained on the {trained} layout ({glm3}), which it does not reproduce: "
-                    "--chat-template trained installs that one" if trained != "chat" else ""))
-            else:
-                lines.append(f"template   the {trained} layout this adapter was trained on ({glm3}), one question per "
-                             "conversation (--chat-template trained)")
-            lines += ["load it    from transformers import AutoModelForCausalLM, AutoTokenizer",
-                      f"           model, tok = AutoModelForCausalLM.from_pretrained({str(r.output)!r}), "
-                      f"AutoTokenizer.from_pretrained({str(r.output)!r})",
-                      f"serve it   {command('vllm', 'serve', r.output)}"]
+
+def summary(r: ExportResult) -> list[str]:
+    """What was exported, its layout and size, and how to load it."""
+    shards = sum(1 for n in r.files if n.endswith(".safetensors"))
+    t = r.seconds
+    lines = [
+        f"exported   {r.adapter} merged into {r.base} ({count(r.parameters)} parameters, {r.dtype}, on "
+        f"{r.device}) -> {r.output}",
+        f"layout     {r.format}: {shards} safetensors shard{'s' if shards > 1 else ''}, "
+        + ("config.json (glm), tokenizer.json with the chat template, generation_config.json (stop tokens)"
+           if r.format == "native" else "config.json (chatglm), tokenizer.model, tokenizer_config.json"),
+        f"size       {size(r.bytes)} on disk; {t['total']:.1f} s (loading {t['load']:.1f} s, merging "
+        f"{t['merge']:.1f} s, writing {t['write']:.1f} s)"
+        + (f"; peak GPU memory {r.peak_gpu_gib:.1f} GiB" if r.device == "cuda" else ""),
+    ]
+    if r.format == "native":
+        glm3 = "'[Round 1] 问：... 答：'"
+        if r.template == "chat":
+            lines.append("template   ChatGLM3's chat layout (<|user|> ... <|assistant|>)" + (
+                f"; this adapter was trained on the {r.trained} layout ({glm3}), which it does not reproduce: "
+                "--chat-template trained installs that one" if r.trained != "chat" else ""))
         else:
-            lines += ["load it    import glmtune",
-                      f"           model, tok = glmtune.load_model({str(r.output)!r}, quantization=None), "
-                      f"glmtune.load_tokenizer({str(r.output)!r})"]
-            absent = [n for n in REMOTE_CODE if n not in r.files]
-            if absent:
-                lines.append(f"official   ChatGLM3's demos and chatglm.cpp load this layout with its remote code "
-                             f"(transformers 4.x): copy {', '.join(absent)} from THUDM/chatglm3-6b into {r.output}")
-        return lines
+            lines.append(f"template   the {r.trained} layout this adapter was trained on ({glm3}), one question per "
+                         "conversation (--chat-template trained)")
+        lines += ["load it    from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  f"           model, tok = AutoModelForCausalLM.from_pretrained({str(r.output)!r}), "
+                  f"AutoTokenizer.from_pretrained({str(r.output)!r})",
+                  f"serve it   {command('vllm', 'serve', r.output)}"]
+    else:
+        lines += ["load it    import glmtune",
+                  f"           model, tok = glmtune.load_model({str(r.output)!r}, quantization=None), "
+                  f"glmtune.load_tokenizer({str(r.output)!r})"]
+        absent = [n for n in REMOTE_CODE if n not in r.files]
+        if absent:
+            lines.append(f"official   ChatGLM3's demos and chatglm.cpp load this layout with its remote code "
+                         f"(transformers 4.x): copy {', '.join(absent)} from THUDM/chatglm3-6b into {r.output}")
+    return lines
 
 
 def count(n: int) -> str:
@@ -350,23 +372,29 @@ def merge_device(choice: str, model_bytes: int) -> str:
     return choice
 
 
-def export_files_to_replace(output: Path, overwrite: bool) -> list[Path]:
-    """The files of an earlier export in `output` that --overwrite replaces; RunDirError when the
-    folder holds anything without --overwrite, or anything its manifest does not list."""
+def earlier_export(output: Path, overwrite: bool) -> list[Path]:
+    """The earlier export in `output`, which --overwrite deletes; RunDirError when the folder holds anything without --overwrite, or anything its manifest does
+    not list (a user's file: an export folder is replaced whole)."""
+    if output.exists() and not output.is_dir():
+        raise RunDirError(f"{output} is a file; choose a folder")
     if not output.is_dir():
         return []
-    entries = sorted((p for p in output.iterdir() if p.name not in (SCRATCH, LOCK)), key=lambda p: p.name)
+    entries = [p for p in sorted(output.iterdir()) if not is_own_scratch(p.name)]
     if not entries:
         return []
     if not overwrite:
         raise RunDirError(f"{output} is not empty ({few(entries)}); choose another --output, or pass --overwrite to "
                           "replace the export in it")
-    ours = {MANIFEST, *manifest_files(output)}
-    foreign = [p for p in entries if p.name not in ours or not p.is_file()]
-    if foreign:
-        raise RunDirError(f"{output} holds files no export wrote ({few(foreign)}); --overwrite replaces "
+    theirs = foreign(output, earlier_export_file)
+    if theirs:
+        raise RunDirError(f"{output} holds files no export wrote ({few(theirs)}); --overwrite replaces "
                           f"only an earlier export, the files its {MANIFEST} lists. Choose another --output")
     return entries
+
+
+def earlier_export_file(path: Path) -> bool:
+    """Whether `path` is a file the export in its folder wrote: its manifest, or a file it lists."""
+    return path.is_file() and not path.is_symlink() and path.name in {MANIFEST, *manifest_files(path.parent)}
 
 
 def manifest_files(folder: Path) -> list[str]:
@@ -519,17 +547,11 @@ def write_chatglm(model, base_config: dict, base_dir: Path, dtype: str, folder: 
 
 def export(config: ExportConfig) -> ExportResult:
     """Run every stage of an export; returns what was written, its size and the time each stage took."""
-    with Export(config) as job:
-        job.plan()
-        job.merge()
-        job.write()
-    return job.result
+    with Export(config) as job:  # holds the run and the output's scratch until it is left
+        plan = job.plan()  # the run, its base, the target folder and disk space: refusals before any loading
+        merged = job.merge(plan)  # the 16-bit base with the adapter merged into its weights
+        return job.write(plan, merged)  # the chosen layout, into scratch, published by one rename
 
 
 def main(config: ExportConfig) -> None:
-    with Export(config) as job:  # holds the output folder until it is left
-        job.plan()   # the run, its base, the target folder and disk space: refusals come before any loading
-        job.merge()  # the 16-bit base with the adapter merged into its weights
-        job.write()  # the chosen layout, into a scratch folder, moved into place with config.json last
-    print("\n".join(job.summary()))
-
+    print("\n".join(summary(export(config))))

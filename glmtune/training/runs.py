@@ -13,9 +13,7 @@ import dataclasses
 import hashlib
 import json
 import platform
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -25,14 +23,15 @@ from ..core.config import PROMPT_FORMATS, TrainConfig
 from ..model.lora import resolve_lora_targets
 from ..core.errors import RunDirError, few
 from ..core.files import write_atomic
+from ..core.folders import ASIDE, LOCK, delete, remove
 from ..core.terminal import command
 
 RUN_CONFIG = "run_config.json"
 RUNNING, FINISHED = "running", "finished"
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-# files.write_atomic's, FineTune.save's and --overwrite's scratch names
-SCRATCH = re.compile(r"^\.(.+\.tmp|saving-.*|replacing-.*)$")
+# files.write_atomic's, FineTune.save's and --overwrite's (folders.delete's) scratch names
+SCRATCH = re.compile(rf"^(\..+\.tmp|\.saving-.*|{re.escape(ASIDE)}.*)$")
 # What the Trainer, peft and this tool write into a checkpoint: a folder of that name holding anything
 # else is a user's.
 CHECKPOINT_FILES = re.compile(r"^(adapter_model\.safetensors|adapter_config\.json|README\.md|optimizer\.pt|"
@@ -188,8 +187,6 @@ def clear_leftovers(folder: Path) -> list[str]:
     """Before a run continues in `folder`: remove what kills and full disks left behind (scratch
     files; checkpoints cut short, which the Trainer would also write into) and set aside, not
     delete, a checkpoint that was written whole and damaged since. Says what it did, for the user."""
-    from ..core.folders import remove
-
     done = []
     for item in sorted(folder.iterdir()):
         if SCRATCH.match(item.name):
@@ -237,8 +234,6 @@ def owned_entries(folder: Path, old: RunRecord | None) -> tuple[list[Path], list
     its record lists, unless changed since (its digest differs), its checkpoints (unless stamped by
     another run, or holding a file no checkpoint holds), its scratch, and its comparison report
     folders holding nothing but report files. With no readable record: the names this tool writes."""
-    from ..core.folders import LOCK
-
     listed = set(old.files) if old is not None else OUR_FILES
     digests = old.digests if old is not None else {}
     ours, foreign = [], []
@@ -284,11 +279,7 @@ def _stamped_by(checkpoint: Path, old: RunRecord | None) -> bool:
 def _replace(record: RunRecord, old: RunRecord | None) -> list[str]:
     """--overwrite: delete what the earlier run wrote, nothing else; says what it deleted and kept.
     Refused, before anything is deleted, where that would take the data file being trained on, or
-    where a file the tool did not write (or one changed since) stands where the new run writes. The
-    doomed entries are first moved into a scratch folder, so that one that cannot be moved (no
-    permission) leaves everything in place."""
-    from ..core.folders import remove
-
+    where a file the tool did not write (or one changed since) stands where the new run writes."""
     out, data = record.config.output_dir, record.config.data.resolve()
     ours, foreign = owned_entries(out, old)
     # A link is unlinked, not followed: the data behind one is safe.
@@ -300,25 +291,10 @@ def _replace(record: RunRecord, old: RunRecord | None) -> list[str]:
     if in_the_way:
         raise RunDirError(f"{out} holds {few(in_the_way)}, which this tool did not write (or which changed since) "
                           "and the new run would write over. Move them out, or choose another --output-dir")
-    aside = Path(tempfile.mkdtemp(prefix=".replacing-", dir=out))
-    moved: list[Path] = []
-    try:
-        # The record stays until the new run's replaces it: a kill meanwhile leaves a folder that
-        # is still a run's, which --overwrite can finish replacing (its scratch included).
-        for item in (p for p in ours if p.name != RUN_CONFIG):
-            os.rename(item, aside / item.name)
-            moved.append(item)
-    except OSError as err:
-        for item in reversed(moved):
-            os.rename(aside / item.name, item)
-        aside.rmdir()
-        raise RunDirError(f"--overwrite cannot remove {err.filename} ({err.strerror}); nothing was deleted. Make it "
-                          "writable, or choose another --output-dir") from None
-    done = [f"deleted the earlier run's {few(ours)}"] if ours else []
-    try:
-        remove(aside)
-    except OSError as err:  # a file in a moved folder that cannot go: the run goes on beside it
-        done.append(f"could not delete {err.filename}; remove {aside} by hand")
+    # The record stays until the new run's replaces it: a kill meanwhile leaves a folder that is
+    # still a run's, which --overwrite can finish replacing (its scratch included).
+    left = delete(out, [p for p in ours if p.name != RUN_CONFIG], "--output-dir")
+    done = [f"deleted the earlier run's {few(ours)}", *left] if ours else []
     return done + ([f"kept {few(foreign)} (not written by this tool)"] if foreign else [])
 
 
@@ -326,8 +302,6 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     """Make the output folder (claimed by this process) ready for `record`'s run. Returns the
     checkpoint to resume from (None: start at step 0) and what was done to the folder, for the
     user. Refuses, with what to do, anything that would mix or lose runs or a user's files."""
-    from ..core.folders import LOCK
-
     config = record.config
     out = config.output_dir
     # A kill during an atomic write leaves its scratch file; alone, it does not make a folder a run's.
