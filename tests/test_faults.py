@@ -316,12 +316,11 @@ def test_a_damaged_last_checkpoint_is_skipped_and_named(data_file, tmp_path, dam
         train(tiny_config(data_file, out, *flags), callbacks=[KillAtStep(3)])
     damage(out / "checkpoint-2")
     (out / ".saving-x1y2").mkdir()  # a kill during the final save leaves this
-    job = FineTune(tiny_config(data_file, out, *flags, "--resume"))
-    job.prepare()
-    assert job.resume_from == out / "checkpoint-1"
-    assert "removed .saving-x1y2 (scratch)" in job.removed
+    prepared = FineTune(tiny_config(data_file, out, *flags, "--resume")).prepare()
+    assert prepared.resume_from == out / "checkpoint-1"
+    assert "removed .saving-x1y2 (scratch)" in prepared.removed
     assert any(note.endswith("checkpoint-2 (cut short)") or "set checkpoint-2 aside as .damaged-checkpoint-2" in note
-               for note in job.removed), job.removed
+               for note in prepared.removed), prepared.removed
     assert not (out / "checkpoint-2").exists() and not (out / ".saving-x1y2").exists()
     if (out / ".damaged-checkpoint-2").exists():  # written whole, damaged since: kept for the user, not deleted
         assert (out / ".damaged-checkpoint-2" / "trainer_state.json").is_file()

@@ -124,13 +124,14 @@ def printed_command(lines: list[str], label: str) -> list[str]:
 
 def test_printed_commands_paste_back_to_the_same_words():
     from glmtune.export.job import ExportResult, summary
-    from glmtune.training.job import FineTune
+    from glmtune.training.job import TrainingResult
 
     job = SimpleNamespace(
-        config=TrainConfig(output_dir=AWKWARD, report_to="tensorboard"), out=AWKWARD, metrics={}, eval_ds=[],
+        config=TrainConfig(output_dir=AWKWARD, report_to="tensorboard"),
+        metrics={"train_seconds": 1.0, "train_tokens_per_s": 1.0},
         trainer=SimpleNamespace(state=SimpleNamespace(log_history=[{"loss": 1.0}], global_step=2), memory_events=[]),
-        train_seconds=1.0, tokens_per_s=1.0, record=SimpleNamespace(resolved=SimpleNamespace(eval_file="eval.jsonl")))
-    lines = FineTune.final_summary(job).splitlines()
+        record=SimpleNamespace(resolved=SimpleNamespace(eval_file="eval.jsonl")))
+    lines = TrainingResult.final_summary(job).splitlines()
     assert printed_command(lines, "next") == ["python", "chatglm_finetuning_tst.py", "--adapter", str(AWKWARD)]
     logs = next(line for line in lines if line.startswith("logs"))
     assert shlex.split(logs[logs.index("(") + 1:-1]) == ["tensorboard", "--logdir", str(AWKWARD / "runs")]

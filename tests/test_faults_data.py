@@ -75,15 +75,14 @@ def conversations(path, systems):
 def test_a_system_prompt_past_max_length_is_refused_before_the_model_naming_rows_and_fix(tmp_path):
     data = conversations(tmp_path / "chats.jsonl", [LONG_SYSTEM] * 6)
     job = FineTune(tiny_config(data, tmp_path / "out", "--max-length", "64"))
-    job.prepare()
-    job.load_data()
+    splits = job.split(job.prepare().dataset)
     with pytest.raises(DataError) as caught:
-        job.load_tokenizer()
+        job.tokenize(splits)
     message = str(caught.value)
     assert str(data) in message and "no training row keeps an answer token within --max-length 64" in message
     needed = int(message.split("raise --max-length to ")[1].split(",")[0])
     lines = [int(n) for n in message.split("(lines ")[1].split(":")[0].split(", ")]
-    assert lines == [ex.line_no for ex in job.train_examples] and "shorten the system prompt" in message
+    assert lines == [ex.line_no for ex in splits.train] and "shorten the system prompt" in message
     tok = load_tokenizer("tiny")
     examples = read_dataset(data).examples
     kept, stats = tokenize_examples(examples, tok, "chat", needed)  # the length it names keeps every row

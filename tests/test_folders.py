@@ -55,7 +55,7 @@ def test_overwrite_keeps_what_the_tool_did_not_write(data_file, trained, tmp_pat
     assert sorted(p.name for p in (run / "comparison").iterdir()) == sorted([*REPORT, "reading.txt"])  # annotated
     record = RunRecord.load(run)
     assert record.state == "finished" and record.data_sha256 and job.trainer.state.global_step == 1
-    assert "kept NOTES.md, comparison, merged and 1 more (not written by this tool)" in job.plan_summary()
+    assert "kept NOTES.md, comparison, merged and 1 more (not written by this tool)" in job.plan_summary
 
 
 def test_overwrite_refuses_to_delete_the_data_file_it_trains_on(data_file, trained, tmp_path):
@@ -105,7 +105,7 @@ def test_a_report_folder_holding_a_users_file_is_kept_whole(data_file, trained, 
     (run / user_file).write_text("mine", encoding="utf-8")
     job = train(quick(data_file, run, "--overwrite"))
     assert (run / user_file).read_text(encoding="utf-8") == "mine" and (run / "comparison" / REPORT[0]).is_file()
-    assert "kept comparison (not written by this tool)" in job.plan_summary()
+    assert "kept comparison (not written by this tool)" in job.plan_summary
 
 
 def test_overwrite_that_cannot_remove_a_file_deletes_nothing(data_file, trained, tmp_path, monkeypatch):
@@ -175,7 +175,7 @@ def test_a_run_stopped_before_its_first_checkpoint_gives_way_to_other_settings(d
         train(quick(data_file, run, "--max-steps", "2"), callbacks=[KillAtStep(1)])
     (run / "NOTES.md").write_text("mine", encoding="utf-8")
     job = train(quick(data_file, run, "--lora-r", "4"))  # e.g. the --max-length a refusal asked for
-    assert "replaced a run that stopped before its first checkpoint (lora_r 16 -> 4" in job.plan_summary()
+    assert "replaced a run that stopped before its first checkpoint (lora_r 16 -> 4" in job.plan_summary
     assert RunRecord.load(run).state == "finished" and (run / "NOTES.md").read_text(encoding="utf-8") == "mine"
 
 
