@@ -1,5 +1,5 @@
 """The QLoRA training job, in named stages: prepare the output folder → data → tokenizer → model →
-train → save. `chatglm_finetuning.py` runs the stages one by one; `train(config)` runs them all.
+train → save. `glmtune train` (`chatglm_finetuning.py`) runs the stages one by one; `train(config)` runs them all.
 """
 
 from __future__ import annotations
