@@ -141,9 +141,11 @@ def flag_reference() -> str:
              "`glmtune/core/config.py` (a test fails when this page is stale); `--help` shows the same. Every flag is",
              "also accepted with underscores (`--output_dir`), and every setting as a key of a `--config` YAML file.",
              "The original commands take the same flags: `python chatglm_finetuning.py` as `train`,",
-             "`python chatglm_finetuning_tst.py` as `compare` (and `--chat` as `chat`), `python -m glmtune.export` as `export`."]
+             "`python chatglm_finetuning_tst.py` as `compare` (and `--chat` as `chat`), `python -m glmtune.export`",
+             "as `export`."]
     for name, command in COMMANDS.items():
-        lines += ["", f"## glmtune {name}", "", command.help.splitlines()[0], *cli.reference(command.config, command.only)]
+        lines += ["", f"## glmtune {name}", "", command.help.splitlines()[0],
+                  *cli.reference(command.config, command.only)]
     return "\n".join(lines) + "\n"
 
 
