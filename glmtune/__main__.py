@@ -65,6 +65,7 @@ EXPORT = """Export a training run for deployment: its adapter merged into a 16-b
     glmtune export --adapter chatglm3-medical-lora --output chatglm3-medical-chatglm --format chatglm
     glmtune export --adapter out --output out-merged --dtype fp32      # the CPU demo's tiny run
     glmtune export --adapter RUN --output DIR --base-model /data/models/chatglm3-6b --overwrite
+    glmtune export --adapter out --chat-template trained   # a glm3 run's own '问：…答：' prompt as chat template
 native (default): transformers' GlmForCausalLM with ChatGLM3's chat template and stop tokens;
 AutoModelForCausalLM and AutoTokenizer load it with no remote code, `vllm serve DIR` serves it.
 chatglm: ChatGLM3's original layout, for its official demos and chatglm.cpp.
