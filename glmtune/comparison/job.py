@@ -1,6 +1,7 @@
 """The comparison job, in named stages: the training run → prompts → tokenizer and model (one copy
 of the weights serving both sides, base first: `inference.Sides`) → both sides' answers → scores and
-reports. `chatglm_finetuning_tst.py` runs the stages; `compare(config)` runs them all.
+reports. `glmtune compare` and `glmtune chat` (`chatglm_finetuning_tst.py`) run the stages;
+`compare(config)` runs them all.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _names(f: dataclasses.Field) -> list[str]:
+def names(f: dataclasses.Field) -> list[str]:
     spellings = [f.name, *f.metadata["aliases"]]
     return list(dict.fromkeys(option for s in spellings for option in (flag(s), "--" + s)))
 
@@ -45,20 +45,38 @@ class OneLineParser(argparse.ArgumentParser):
                   else None)
 
 
-def build_parser(cls, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+def settings(cls, only=None) -> list[dataclasses.Field]:
+    """The config's fields a command takes: all, or those named in only (`glmtune chat` takes the
+    comparison's decoding settings, none of its prompt or report settings)."""
+    return [f for f in dataclasses.fields(cls) if only is None or f.name in only]
+
+
+def default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+# Every command's own options, beside its config's fields: (flag, metavar, help).
+RUN_OPTIONS = (
+    ("--config", "FILE.yaml", "read settings from a YAML file (keys as the flags, either spelling); flags override it"),
+    ("--debug", None, "show the full traceback of an error"),
+)
+
+
+def build_parser(cls, description: str, epilog: str | None = None, prog: str | None = None,
+                 only=None) -> argparse.ArgumentParser:
     """One option per field (defaults shown, values left unset unless given: SUPPRESS lets a YAML
     file fill what the command line does not)."""
-    parser = OneLineParser(description=description, epilog=epilog, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(cls):
+    for f in settings(cls, only):
         meta = f.metadata
         if meta["group"] not in groups:
             groups[meta["group"]] = parser.add_argument_group(meta["group"])
         group = groups[meta["group"]]
         kind, optional = base_type(cls, f)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        shown = "" if default in (None, False, []) else f" (default: {default})"
+        value = default(f)
+        shown = "" if value in (None, False, []) else f" (default: {value})"
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + shown)
         if kind is bool:
             kwargs["action"] = "store_true"
@@ -71,15 +89,51 @@ def build_parser(cls, description: str, epilog: str | None = None) -> argparse.A
             choices = meta["choices"]
             kwargs |= dict(type=typed, choices=choices, nargs=meta["nargs"], const=meta["const"],
                            metavar="{" + ",".join(choices) + "}" if choices else meta["metavar"])
-        group.add_argument(*_names(f), **kwargs)
-        for option, value in meta["consts"].items():
-            group.add_argument("--" + option, dest=f.name, action="store_const", const=value, default=argparse.SUPPRESS,
-                               help=f"same as {flag(f.name)} {value}")
+        group.add_argument(*names(f), **kwargs)
+        for option, const in meta["consts"].items():
+            group.add_argument("--" + option, dest=f.name, action="store_const", const=const, default=argparse.SUPPRESS,
+                               help=f"same as {flag(f.name)} {const}")
     extra = parser.add_argument_group("run")
-    extra.add_argument("--config", type=Path, metavar="FILE.yaml",
-                       help="read settings from a YAML file (keys as the flags, either spelling); flags override it")
-    extra.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    for option, metavar, text in RUN_OPTIONS:
+        if metavar:
+            extra.add_argument(option, type=Path, metavar=metavar, help=text)
+        else:
+            extra.add_argument(option, action="store_true", help=text)
     return parser
+
+
+def reference(cls, only=None) -> list[str]:
+    """The flags build_parser makes, as Markdown tables by group: every spelling, the value it takes
+    (type or choices), the default and the help, from the same field declarations."""
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines, group = [], None
+    for f in settings(cls, only):
+        meta = f.metadata
+        if meta["group"] != group:
+            group = meta["group"]
+            lines += ["", f"**{group}**", "", "| flag | value | default | what it sets |", "| --- | --- | --- | --- |"]
+        kind, optional = base_type(cls, f)
+        if kind is bool:
+            value = "switch"
+        elif typing.get_origin(kind) is list:
+            value = f"{meta['metavar']}, repeatable"
+        else:
+            value = " | ".join(meta["choices"]) if meta["choices"] else meta["metavar"] or kind.__name__.lower()
+            if meta["nargs"] == "?":
+                value = f"[{value}]"
+            elif optional:
+                value += " or none"
+        # The underscore spelling of every flag goes without saying (the page says it once).
+        spellings = [f"`{option}`" for option in dict.fromkeys([flag(f.name), *("--" + a for a in meta["aliases"])])]
+        spellings += [f"`--{option}` (= {flag(f.name)} {const})" for option, const in meta["consts"].items()]
+        shown = default(f)
+        shown = "" if shown in (None, False, []) else f"`{shown}`"
+        lines.append(f"| {'<br>'.join(spellings)} | {cell(value)} | {shown} | {cell(meta['help'])} |")
+    lines += ["", "**run**", "", "| flag | value | default | what it sets |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{option}` | {metavar or 'switch'} | | {cell(text)} |" for option, metavar, text in RUN_OPTIONS]
+    return lines
 
 
 # A settings file is a few dozen lines; anything far larger is not one (and would be slow to parse).
@@ -112,7 +166,7 @@ class SettingsLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(cls, path: Path) -> dict:
+def read_yaml(cls, path: Path, only=None) -> dict:
     """Settings from a YAML file, typed; ConfigError naming the file and key for anything wrong."""
     try:
         with path.open("rb") as stream:
@@ -137,7 +191,7 @@ def read_yaml(cls, path: Path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError("config", f"{path}: expected 'key: value' lines, found a {type(raw).__name__}")
     spelling, consts = {}, {}
-    for f in dataclasses.fields(cls):
+    for f in settings(cls, only):
         for name in (f.name, *f.metadata["aliases"]):
             spelling[name] = spelling[name.replace("_", "-")] = f
         consts |= {option: (f.name, value) for option, value in f.metadata["consts"].items()}
@@ -206,20 +260,22 @@ def use_console() -> None:
                                        line_buffering=stream.line_buffering, write_through=stream.write_through))
 
 
-def parse_args(cls, description: str, argv: list[str] | None = None, epilog: str | None = None):
+def parse_args(cls, description: str, argv: list[str] | None = None, epilog: str | None = None, *,
+               prog: str | None = None, only=None, fixed: dict | None = None):
     """Flags (and --config) -> a validated config, plus the run options (--config path, --debug).
     Exits with status 2 and a one-line message, as argparse does, for any bad setting. Parsing the
     process's own command line (argv None) makes its console safe first (`use_console`): --help
-    already prints Chinese examples."""
+    already prints Chinese examples. prog names the command in its usage line (default: the script's
+    file name); only limits the flags to those fields; fixed sets what the command itself implies."""
     if argv is None:
         use_console()
-    parser = build_parser(cls, description, epilog)
+    parser = build_parser(cls, description, epilog, prog, only)
     namespace = vars(parser.parse_args(argv))
     config_file, debug = namespace.pop("config"), namespace.pop("debug")
     try:
-        values = read_yaml(cls, config_file) if config_file else {}
+        values = read_yaml(cls, config_file, only) if config_file else {}
         values |= namespace
-        config = cls(**values)
+        config = cls(**values | (fixed or {}))
         config.validate()
     except ConfigError as err:
         parser.error(message(err))

@@ -1,9 +1,6 @@
-"""`python -m glmtune.export`: the export command, as `glmtune export`."""
+"""`python -m glmtune.export`: `glmtune export` under its original name."""
 
-from ..core import cli
-from ..core.config import ExportConfig
-from .job import __doc__ as doc, main
+from ..__main__ import run_command
 
 if __name__ == "__main__":
-    config, options = cli.parse_args(ExportConfig, doc.splitlines()[0], epilog=doc)
-    cli.run(main, config, debug=options.debug)
+    run_command("export", prog="python -m glmtune.export")

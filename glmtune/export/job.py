@@ -1,11 +1,7 @@
 """Export a training run for deployment: its adapter merged into a 16-bit copy of the base model.
 
-The result is a whole model that loads without glmtune, in either of two layouts:
-
-    python -m glmtune.export --adapter chatglm3-medical-lora --output chatglm3-medical-merged
-    python -m glmtune.export --adapter chatglm3-medical-lora --output chatglm3-medical-chatglm --format chatglm
-    python -m glmtune.export --adapter out --output out-merged --dtype fp32      # the CPU demo's tiny run
-    python -m glmtune.export --adapter RUN --output DIR --base-model /data/models/chatglm3-6b --overwrite
+The result is a whole model that loads without glmtune, in either of two layouts. `glmtune export`
+runs it (`python -m glmtune.export`, its original name, too); `glmtune export --help` shows examples.
 
 native (default): transformers' GlmForCausalLM — config.json with model_type glm, native tensor names
 in safetensors shards, tokenizer.json with ChatGLM3's chat template (or, with --chat-template trained,

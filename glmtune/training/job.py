@@ -1,6 +1,7 @@
 """The QLoRA training job, in named stages: prepare the output folder → split the data → tokenize →
 build the model → train → save. Each stage returns what the next ones need; `train` runs them in
-order, for `glmtune.train` and for the command (`main`).
+order, for `glmtune.train` and for the command (`main`: `glmtune train`,
+`chatglm_finetuning.py`).
 """
 
 from __future__ import annotations

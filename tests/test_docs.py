@@ -1,0 +1,126 @@
+"""The README and docs/ stay true to the command: the flag reference is generated, and every command
+line they show is one the command accepts."""
+
+import contextlib
+import io
+import re
+import shlex
+
+import glmtune.__main__ as command
+from glmtune.core import cli
+
+from conftest import REPO
+
+README = REPO / "README_chatglm_finetuning.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
+SCRIPTS = {"chatglm_finetuning.py": "train", "chatglm_finetuning_tst.py": "compare"}
+MENTIONS = re.compile(r"\bglmtune(\.export)?(?![\w./])|chatglm_finetuning(_tst)?\.py")
+
+
+def test_the_flag_reference_is_up_to_date():
+    written = (REPO / "docs" / "flags.md").read_text(encoding="utf-8")
+    assert written == command.flag_reference(), "stale: run python -m glmtune --flag-reference > docs/flags.md"
+
+
+def test_the_readme_is_one_screen_of_reading():
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 150
+
+
+def shown_commands(text: str, page: str) -> list[tuple[str, str]]:
+    """(where, text) of every shell line of a page: the lines of its code blocks (but Python and
+    YAML), with continuations joined, and its inline code."""
+    found = []
+    for language, block in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S):
+        if language not in ("python", "yaml"):
+            found += [(page, line) for line in block.replace("\\\n", " ").splitlines()]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    return found + [(page, span.replace("\n", " ")) for span in re.findall(r"`([^`]+)`", prose)]
+
+
+def simple_commands(line: str) -> list[list[str]]:
+    """A shell line's simple commands (split at |, &&, ;), as argv lists, comments dropped."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands, current = [], []
+    for token in lexer:
+        if token in ("|", "&&", ";", "||", ">", ">>"):
+            commands.append(current)
+            current = [] if token != ">" else ["<redirect>"]  # what follows > is a file, not a command
+        else:
+            current.append(token)
+    return [c for c in [*commands, current] if c and c[0] != "<redirect>"]
+
+
+def ours(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(subcommand, its arguments) when argv runs glmtune, one of the scripts or python -m
+    glmtune.export, directly or under torchrun / accelerate launch; None for any other program."""
+    while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # CUDA_VISIBLE_DEVICES=1 ...
+        argv = argv[1:]
+    if argv[:1] in (["torchrun"], ["accelerate"]):  # the launcher's own options, up to the program
+        start = next((i for i, token in enumerate(argv) if token == "-m" or token.endswith(".py")), None)
+        argv = argv[start:] if start is not None else []
+    elif argv[:1] == ["python"]:
+        argv = argv[1:]
+    if argv[:2] == ["-m", "glmtune.export"]:
+        return "export", argv[2:]
+    if argv[:2] == ["-m", "glmtune"]:
+        argv = argv[1:]
+    if argv[:1] == ["glmtune"] and len(argv) > 1 and not argv[1].isupper():  # `glmtune COMMAND --help`: a pattern
+        return argv[1], argv[2:]
+    if argv and argv[0] in SCRIPTS:
+        return SCRIPTS[argv[0]], argv[1:]
+    return None
+
+
+def refusal(name: str, args: list[str]) -> str | None:
+    """Why the command would refuse these arguments at parsing (types, choices, unknown flags), or None."""
+    args = [a for a in args if a != "..."]  # `glmtune train ...`: the flags left out
+    if name.startswith("-"):
+        return None if name in ("-h", "--help", "--flag-reference") and not args else f"{name} {args}"
+    if name not in command.COMMANDS:
+        return f"no subcommand {name!r}"
+    if {"-h", "--help"} & set(args):
+        return None
+    entry = command.COMMANDS[name]
+    parser = cli.build_parser(entry.config, name, prog=f"glmtune {name}", only=entry.only)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            return err.getvalue().strip()
+    return None
+
+
+def test_every_command_line_in_the_readme_docs_and_help_is_accepted():
+    lines = [item for page in PAGES for item in shown_commands(page.read_text(encoding="utf-8"), page.name)]
+    lines += [(f"glmtune {name} --help", line) for name, entry in command.COMMANDS.items()
+              for line in entry.help.splitlines() if line.startswith("    ")]
+    checked, refused = [], []
+    for where, line in lines:
+        if not MENTIONS.search(line):  # prose in a plain block (the comparison log's excerpt) is no shell
+            continue
+        for argv in simple_commands(line):
+            found = ours(argv)
+            if found:
+                checked.append((where, *found))
+                reason = refusal(*found)
+                if reason:
+                    refused.append(f"{where}: {line}\n    {reason}")
+    assert not refused, "\n".join(refused)
+    readme = {name for where, name, _ in checked if where == README.name}
+    assert readme >= set(command.COMMANDS), readme  # the README shows every subcommand
+    assert len(checked) > 60  # the extraction finds the pages' commands (76 today)
+
+
+def test_the_command_line_check_can_fail():
+    """A wrong flag, value or subcommand in a page is caught, under a launcher and after a pipe too."""
+    page = ("```bash\nprintf 'x\\n' | glmtune chat --adapter out --num-samples 5\n"
+            "torchrun --nproc_per_node 2 -m glmtune train --lr-scheduler sawtooth\n```\n"
+            "Run `python chatglm_finetuning_tst.py --adapterr out` or `glmtune tune`.\n")
+    found = [ours(argv) for _, line in shown_commands(page, "page") if MENTIONS.search(line)
+             for argv in simple_commands(line)]
+    assert [f for f in found if f] == [("chat", ["--adapter", "out", "--num-samples", "5"]),
+                                       ("train", ["--lr-scheduler", "sawtooth"]),
+                                       ("compare", ["--adapterr", "out"]), ("tune", [])]
+    assert all(refusal(*f) for f in found if f)
