@@ -14,7 +14,7 @@ from glmtune.core.errors import ConfigError, DataError, ModelLoadError
 from glmtune.comparison.generation import Decoding, generate_answers, reference_perplexity
 from glmtune.model.prompts import encode, prompt_ids
 from glmtune.training.runs import RunRecord
-from glmtune.comparison.scoring import display_width
+from glmtune.comparison.scoring import display_width, side_by_side
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
 
@@ -89,7 +89,7 @@ def test_compare_writes_log_json_chart_and_html_into_a_folder(trained, tmp_path)
                    "=== example 1 "]:
         assert family in log, family
     report = json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
-    eval_examples = glmtune.read_dataset(out / job.run.resolved.eval_file).examples
+    eval_examples = glmtune.read_dataset(out / job.run.record.resolved.eval_file).examples
     assert report["settings"]["prompts"] == len(eval_examples) == len(report["samples"])
     sample = report["samples"][0]
     for side in ("base", "tuned"):
@@ -129,7 +129,7 @@ def test_ad_hoc_prompts_have_no_reference_metrics_and_print_side_by_side(trained
     assert report["settings"]["prompts"] == 2
     assert report["samples"][0]["tuned"]["rouge1"] is None and report["samples"][0]["tuned"]["ppl"] is None
     assert report["aggregate"]["verdict"]["headline"].startswith("CANNOT TELL")
-    lines = job.answers_side_by_side(100)
+    lines = side_by_side(job.report.rows, 100)
     assert "[2] 失眠怎么办？" in lines and all(display_width(line) <= 100 for line in lines)
     assert any(line.startswith("base: ") and "│ fine-tuned: " in line for line in lines)
 

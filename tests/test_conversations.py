@@ -108,7 +108,7 @@ def test_conversation_data_trains_in_the_chat_layout_and_compares(tmp_path):
     held_out = read_dataset(out / "eval.jsonl").examples
     assert len(held_out) == 2 and all(ex.history and ex.system == "你是医生。" for ex in held_out)
     config = CompareConfig(adapter=out, max_new_tokens=4, output=tmp_path / "c")
-    assert compare(config).prompt_format == "chat"
+    assert compare(config).run.prompt_format == "chat"
     with pytest.raises(ConfigError, match="use chat"):
         train(tiny_config(data, tmp_path / "glm3", "--max-steps", "1", "--prompt-format", "glm3"))
 

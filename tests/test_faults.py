@@ -199,15 +199,16 @@ def test_item_9_write_failures_of_any_library_are_one_line(capsys, error, line):
 
 def test_item_9_comparison_scores_before_it_writes_and_writes_whole(trained, tmp_path, monkeypatch):
     from glmtune.comparison.job import Comparison
+    from glmtune.comparison.scoring import summary_lines
 
     run = copy_run(trained, tmp_path)
     folder = tmp_path / "cmp"
     job = Comparison(compare_config(run, "--output", str(folder)))
-    job.load_run()
-    job.load_prompts()
-    job.load_model()
-    job.generate()
-    summary = job.score()
+    trained_run = job.load_run()
+    prompts = job.load_prompts(trained_run)
+    loaded = job.load_model(trained_run, prompts)
+    report = job.score(trained_run, prompts, loaded, job.generate(loaded))
+    summary = summary_lines(report.aggregate, report.timing, prompts.notes)
     assert summary[0].startswith("VERDICT") and not list(folder.glob("chatglm_comparison.*"))  # before any file
 
     def full(*args, **kwargs):
@@ -215,7 +216,7 @@ def test_item_9_comparison_scores_before_it_writes_and_writes_whole(trained, tmp
 
     monkeypatch.setattr("matplotlib.figure.Figure.savefig", full)
     with pytest.raises(OSError) as failed, job:
-        job.write()
+        job.write(report, summary)
     assert failed.value.filename.endswith("chatglm_comparison.png") and failed.value.errno == 28
     assert list(tmp_path.iterdir()) == [run]  # no report, half a report or scratch left behind
 

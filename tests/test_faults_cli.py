@@ -58,10 +58,10 @@ def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
     out, _ = trained
     context = load_tokenizer(out).model_max_length
     job = Comparison(CompareConfig(adapter=out, max_new_tokens=context + 100, output=tmp_path / "report"))
-    job.load_run()
-    job.load_prompts()
+    run = job.load_run()
+    prompts = job.load_prompts(run)
     with pytest.raises(ConfigError) as refused:
-        job.load_model()
+        job.load_model(run, prompts)
     assert refused.value.field == "max_new_tokens"
     assert cli.message(refused.value).startswith(f"--max-new-tokens {context + 100} leaves no room for a prompt: "
                                                  f"this model's context holds {context} tokens")

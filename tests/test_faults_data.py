@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from glmtune.model.loading import read_config
-from glmtune.comparison.job import Comparison, compare
+from glmtune.comparison.job import Comparison, Prompts, compare
 from glmtune.core.config import CompareConfig
 from glmtune.data.reading import Example, prompt_digest, read_dataset, read_prompt_digests
 from glmtune.core.errors import ConfigError, DataError, RunDirError
@@ -99,14 +99,12 @@ def test_rows_without_an_answer_token_are_left_out_and_reported(tmp_path):
     assert "left out, no answer token within --max-length: 2 rows (lines 2, 4:" in "\n".join(stats.lines())
 
 
-def comparison(adapter, tmp_path, **settings) -> Comparison:
-    """A comparison of `adapter` with its prompts chosen (no model loaded yet)."""
+def comparison(adapter, tmp_path, **settings) -> Prompts:
+    """The prompts a comparison of `adapter` chooses (no model loaded yet)."""
     config = CompareConfig(adapter=adapter, output=tmp_path / "comparison", **settings)
     config.validate()
     job = Comparison(config)
-    job.load_run()
-    job.load_prompts()
-    return job
+    return job.load_prompts(job.load_run())
 
 
 def held_out(run) -> list[str]:
@@ -124,7 +122,7 @@ def test_comparing_on_the_training_data_leaves_out_what_the_adapter_saw(trained,
     config.validate()
     job = compare(config)
     said = "22 of 24 prompts were seen in training and are left out"
-    assert [ex.question for ex, _ in job.items] == held_out(run)
+    assert [ex.question for ex, _ in job.prompts.items] == held_out(run)
     assert job.summary[0].startswith("VERDICT (2 prompts)") and f"  - {said}" in job.summary
     report = json.loads((job.output / "chatglm_comparison.json").read_text(encoding="utf-8"))
     assert report["settings"]["seen_in_training"] == said

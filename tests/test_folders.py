@@ -279,7 +279,7 @@ def test_a_failed_comparison_leaves_no_numbered_folder(trained, tmp_path, monkey
     run = copy_run(trained, tmp_path)
     earlier_report(run)
 
-    def out_of_memory(self):
+    def out_of_memory(*args):
         raise MemoryError
 
     monkeypatch.setattr(Comparison, "generate", out_of_memory)

@@ -157,14 +157,15 @@ def test_compile_auto_weighs_the_work_against_the_compile_cost(monkeypatch, tmp_
 def test_short_memory_falls_back_to_nf4_with_the_adapter_unmerged(trained, tmp_path, monkeypatch):
     out, _ = trained
     plentiful = CompareConfig(adapter=out, output=tmp_path / "a", max_new_tokens=6, num_samples=4)
-    assert compare(plentiful).settings["weights"].startswith("fp32, adapter merged")
+    assert compare(plentiful).report.settings.weights.startswith("fp32, adapter merged")
     # free memory read as just the 16-bit weights of the tiny model: too little for a batch beside them
     shape = Shape.of(glmtune.load_model("tiny", quantization=None).config)
     monkeypatch.setattr(device, "free_memory", lambda: shape.weight_bytes(False, 4) + GiB)
     job = compare(CompareConfig(adapter=out, output=tmp_path / "b", max_new_tokens=6, num_samples=4))
-    assert job.settings["weights"].startswith("NF4, adapter unmerged") and "only" in job.settings["weights"]
-    assert not job.sides.merged and isinstance(job.sides.model, PeftModel)
-    assert all(a.new_tokens > 0 for a in job.tuned[0])
+    weights = job.report.settings.weights
+    assert weights.startswith("NF4, adapter unmerged") and "only" in weights
+    assert not job.loaded.sides.merged and isinstance(job.loaded.sides.model, PeftModel)
+    assert all(a.new_tokens > 0 for a in job.answers.tuned.answers)
     log = (job.output / "chatglm_comparison.log").read_text(encoding="utf-8")
     assert "weights: NF4, adapter unmerged" in log
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from glmtune.comparison.generation import Generated
 from glmtune.comparison.html_report import render
 from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon, answer_flags, char_bleu4, rouge_zh
+from glmtune.comparison.report import Both, Report, Settings, SideTiming, Timing
 from glmtune.comparison.scoring import Sample, metric_table, score, summary_lines
 from glmtune.comparison.verdict import paired_interval, wins_ties_losses
 
@@ -78,31 +79,32 @@ def answered(text: str, stopped: bool = True) -> Generated:
     return Generated(text, max(1, len(text)), 1.0, 0.1, stopped)
 
 
-def samples(pairs, reference=REFERENCE):
-    return [Sample(f"问题{i}？", reference, {"base": answered(b), "tuned": answered(t)}) for i, (b, t) in enumerate(pairs)]
+def samples(pairs, reference=REFERENCE, departments=(None,)):
+    return [Sample(f"问题{i}？", reference, {"base": answered(b), "tuned": answered(t)},
+                   department=departments[i % len(departments)]) for i, (b, t) in enumerate(pairs)]
 
 
 def test_verdict_clear_win(lexicon):
     _, aggregate = score(samples([(POOR, GOOD)] * 25 + [(GOOD, GOOD)] * 5), lexicon)
-    verdict = aggregate["verdict"]
-    assert verdict["headline"].startswith("HELPED")
-    assert verdict["sentences"][0].startswith("fine-tuned is closer to the reference answers: ROUGE-L +")
-    assert "wins 25 of 30" in verdict["sentences"][0]
+    verdict = aggregate.verdict
+    assert verdict.headline.startswith("HELPED")
+    assert verdict.sentences[0].startswith("fine-tuned is closer to the reference answers: ROUGE-L +")
+    assert "wins 25 of 30" in verdict.sentences[0]
 
 
 def test_verdict_clear_loss(lexicon):
     _, aggregate = score(samples([(GOOD, POOR)] * 30), lexicon)
-    assert aggregate["verdict"]["headline"].startswith("HURT")
-    assert "loses 30 of 30" in aggregate["verdict"]["sentences"][0]
+    assert aggregate.verdict.headline.startswith("HURT")
+    assert "loses 30 of 30" in aggregate.verdict.sentences[0]
 
 
 def test_verdict_no_difference(lexicon):
     pairs = [(GOOD, POOR), (POOR, GOOD)] * 15
     random.Random(0).shuffle(pairs)
     _, aggregate = score(samples(pairs), lexicon)
-    assert aggregate["verdict"]["headline"].startswith("NO RELIABLE DIFFERENCE")
-    assert aggregate["verdict"]["sentences"][0].startswith("no reliable difference in closeness to the reference")
-    assert "wins 15, ties 0, losses 15 of 30" in aggregate["verdict"]["sentences"][0]
+    assert aggregate.verdict.headline.startswith("NO RELIABLE DIFFERENCE")
+    assert aggregate.verdict.sentences[0].startswith("no reliable difference in closeness to the reference")
+    assert "wins 15, ties 0, losses 15 of 30" in aggregate.verdict.sentences[0]
 
 
 def test_degenerate_side_never_reads_as_an_improvement(lexicon):
@@ -111,12 +113,12 @@ def test_degenerate_side_never_reads_as_an_improvement(lexicon):
     for s in data:
         s.ppl = {"base": 12.0, "tuned": 8.0}
     _, aggregate = score(data, lexicon)
-    verdict = aggregate["verdict"]
-    assert verdict["headline"].startswith("NOT HELPED")
-    assert verdict["sentences"][0].startswith("fine-tuned answers degenerate: 27 of 27 punctuation-only")
-    ppl = next(s for s in verdict["sentences"] if "perplexity" in s)
+    verdict = aggregate.verdict
+    assert verdict.headline.startswith("NOT HELPED")
+    assert verdict.sentences[0].startswith("fine-tuned answers degenerate: 27 of 27 punctuation-only")
+    ppl = next(s for s in verdict.sentences if "perplexity" in s)
     assert "more likely" in ppl and ppl.endswith("(not an improvement: the fine-tuned answers degenerate)")
-    assert aggregate["flags"]["tuned"]["punctuation-only"] == 27 and aggregate["degenerate"] == {"base": 0, "tuned": 27}
+    assert aggregate.flags.tuned["punctuation-only"] == 27 and aggregate.degenerate == Both(0, 27)
 
 
 def test_table_states_directions_and_the_log_is_one_screen(lexicon):
@@ -129,9 +131,9 @@ def test_table_states_directions_and_the_log_is_one_screen(lexicon):
     assert summary_lines(aggregate, TIMING)[0].startswith("VERDICT (25 prompts): HELPED")
 
 
-TIMING = {**{side: {"wall_s": 1.0, "new_tokens": 10, "tok_per_s": 10.0, "peak_gpu_gib": None} for side in ("base", "tuned")},
-          "weights": "fp32, adapter merged after the base side; 2 prompts per batch (test)", "compiled": False,
-          "decoding": "eager (test)", "warm_up_s": 0.1}
+TIMING = Timing(SideTiming(1.0, 10, 10.0, None), SideTiming(1.0, 10, 10.0, None), load_s=0.5, warm_up_s=0.1,
+                compiled=False, merge_s=0.1, weights="fp32, adapter merged after the base side; 2 prompts per batch (test)",
+                decoding="eager (test)", score_s=0.2)
 
 
 class Cells(HTMLParser):
@@ -165,10 +167,10 @@ class Cells(HTMLParser):
 
 def test_html_report_parses_and_holds_every_prompt(lexicon):
     pairs = [(POOR, GOOD), (GOOD, "<script>alert(1)</script> & 头痛\x1b[31m"), ("", "，。")] * 67  # 201 prompts
-    rows, aggregate = score(samples(pairs), lexicon)
-    for row, department in zip(rows, ["心血管内科", "儿科", None] * 67):
-        row["department"] = department
-    page = render({"adapter": "run", "prompt_source": "eval.txt"}, aggregate, TIMING, rows, b"\x89PNG fake")
+    rows, aggregate = score(samples(pairs, departments=("心血管内科", "儿科", None)), lexicon)
+    settings = Settings("run", "tiny", "fp32", "eager", "glm3", 201, "eval.txt", "greedy", 8, 4, 42, "terms.txt", "cpu",
+                        1, "0 of 201 prompts were seen in training")
+    page = render(Report(settings, aggregate, TIMING, rows), b"\x89PNG fake")
     parser = Cells()
     parser.feed(page)
     parser.close()
@@ -184,15 +186,15 @@ def test_html_report_parses_and_holds_every_prompt(lexicon):
 
 def test_few_prompts_never_read_as_a_difference(lexicon):
     _, aggregate = score(samples([(POOR, GOOD)] * 5), lexicon)  # a clear win, but on 5 prompts
-    verdict = aggregate["verdict"]
-    assert verdict["headline"].startswith("CANNOT TELL: 5 prompts are too few")
-    assert verdict["sentences"][0].startswith("no reliable difference")
-    assert any(s.startswith("only 5 prompts: too few") for s in verdict["sentences"])
+    verdict = aggregate.verdict
+    assert verdict.headline.startswith("CANNOT TELL: 5 prompts are too few")
+    assert verdict.sentences[0].startswith("no reliable difference")
+    assert any(s.startswith("only 5 prompts: too few") for s in verdict.sentences)
 
 
 def test_a_degenerate_tuned_side_is_not_helped_even_beside_a_worse_base(lexicon):
     # base: 24 of 30 punctuation; tuned: 18 of 30, and closer to the references on the rest
     pairs = [("，。", "，。")] * 18 + [("，。", GOOD)] * 6 + [(POOR, GOOD)] * 6
     _, aggregate = score(samples(pairs), lexicon)
-    assert aggregate["verdict"]["headline"].startswith("NOT HELPED")
-    assert "18 of 30 punctuation-only (base: 24 of 30)" in aggregate["verdict"]["sentences"][0]
+    assert aggregate.verdict.headline.startswith("NOT HELPED")
+    assert "18 of 30 punctuation-only (base: 24 of 30)" in aggregate.verdict.sentences[0]

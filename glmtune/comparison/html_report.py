@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import asdict
 from html import escape
 from pathlib import Path
 
 from ..core.files import write_atomic
 from ..core.terminal import printable
-from .scoring import (DEPARTMENT_COLUMNS, METRIC_COLUMNS, SCORING_NOTE, SIDES, department_rows, distinct_line,
-                      flag_line, metric_rows, timing_lines)
-from .verdict import Verdict
+from .report import SCORING_NOTE, SIDES, Answer, Report, Row
+from .scoring import (DEPARTMENT_COLUMNS, METRIC_COLUMNS, department_rows, distinct_line, flag_line, metric_rows,
+                      timing_lines)
 
 STYLE = """
 body{font:14px/1.5 system-ui,"PingFang SC","Microsoft YaHei","Noto Sans CJK SC",sans-serif;margin:24px;color:#1f2933}
@@ -81,10 +82,11 @@ def _score(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _answer_cell(side: dict) -> str:
-    rouge = "" if side["rougeL"] is None else f"ROUGE-L {side['rougeL']:.3f} · "
-    return (f'<td>{_flags(side["flags"])}<div class="text">{_text(side["answer"]) or "<i>(empty)</i>"}</div>'
-            f'<div class="score">{rouge}{side["chars"]} chars · {side["tokens"]} tokens</div></td>')
+def _answer_cell(answer: Answer) -> str:
+    scores = answer.scores
+    rouge = "" if scores["rougeL"] is None else f"ROUGE-L {scores['rougeL']:.3f} · "
+    return (f'<td>{_flags(answer.flags)}<div class="text">{_text(answer.text) or "<i>(empty)</i>"}</div>'
+            f'<div class="score">{rouge}{scores["chars"]} chars · {scores["tokens"]} tokens</div></td>')
 
 
 def _delta(value, percent: bool = False, directed: bool = True) -> str:
@@ -96,21 +98,22 @@ def _delta(value, percent: bool = False, directed: bool = True) -> str:
     return f'<td class="{tone}">{text}</td>'
 
 
-def _row(r: dict) -> str:
-    flagged = any(r[side]["flags"] for side in SIDES)
-    data = {"index": r["index"] + 1, "department": r["department"] or "",
-            "rouge": _score(r["change"]["rougeL"], 6), "chars": _score(r["change"]["chars"], 6),
-            **{f"flags{side}": len(r[side]["flags"]) for side in SIDES}}
+def _row(r: Row) -> str:
+    flagged = any(r.answers[side].flags for side in SIDES)
+    data = {"index": r.index + 1, "department": r.department or "",
+            "rouge": _score(r.change.rougeL, 6), "chars": _score(r.change.chars, 6),
+            **{f"flags{side}": len(r.answers[side].flags) for side in SIDES}}
     attrs = " ".join(f'data-{k}="{escape(str(v))}"' for k, v in data.items())
-    reference = "" if r["reference"] is None else _text(r["reference"])
-    return (f'<tr {attrs}{" class=flagged" if flagged else ""}><td>{r["index"] + 1}</td>'
-            f'<td>{escape(r["department"] or "")}</td><td><div class="text">{_text(r["prompt"])}</div></td>'
-            f'<td><div class="text">{reference}</div></td>{_answer_cell(r["base"])}{_answer_cell(r["tuned"])}'
-            f'{_delta(r["change"]["rougeL"])}{_delta(r["change"]["chars"], percent=True, directed=False)}</tr>')
+    reference = "" if r.reference is None else _text(r.reference)
+    return (f'<tr {attrs}{" class=flagged" if flagged else ""}><td>{r.index + 1}</td>'
+            f'<td>{escape(r.department or "")}</td><td><div class="text">{_text(r.prompt)}</div></td>'
+            f'<td><div class="text">{reference}</div></td>{_answer_cell(r.answers.base)}{_answer_cell(r.answers.tuned)}'
+            f'{_delta(r.change.rougeL)}{_delta(r.change.chars, percent=True, directed=False)}</tr>')
 
 
-def render(settings: dict, aggregate: dict, timing: dict, rows: list[dict], chart_png: bytes | None) -> str:
-    verdict = Verdict(**aggregate["verdict"])
+def render(report: Report, chart_png: bytes | None) -> str:
+    settings, aggregate, rows = report.settings, report.aggregate, report.rows
+    verdict = aggregate.verdict
     tone = "good" if verdict.headline.startswith("HELPED") else \
         "bad" if verdict.headline.startswith(("HURT", "NOT HELPED")) else "none"
     sentences = "".join(f"<li>{escape(s)}</li>" for s in verdict.sentences)
@@ -123,15 +126,15 @@ def render(settings: dict, aggregate: dict, timing: dict, rows: list[dict], char
                ("rouge", "Δ ROUGE-L", "6%", "desc"), ("chars", "Δ length", "6%", "desc")]
     head = "".join(f'<th style="width:{w}"' + (f' data-key="{k}" data-first="{first}"' if k else "") + f">{escape(t)}</th>"
                    for k, t, w, first in columns)
-    settings_json = escape(json.dumps(settings, ensure_ascii=False, indent=1))
+    settings_json = escape(json.dumps(asdict(settings), ensure_ascii=False, indent=1))
     return f"""<!DOCTYPE html>
 <html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>ChatGLM3 fine-tune comparison: {escape(str(settings.get("adapter", "")))}</title><style>{STYLE}</style></head>
+<title>ChatGLM3 fine-tune comparison: {escape(settings.adapter)}</title><style>{STYLE}</style></head>
 <body>
 <h1>Did the fine-tune help?</h1>
-<div class="meta">adapter {escape(str(settings.get("adapter")))} · base {escape(str(settings.get("base_model")))} ·
-{aggregate["prompts"]} prompts from {escape(str(settings.get("prompt_source")))} · {escape(str(settings.get("decoding")))}
-decoding, at most {settings.get("max_new_tokens")} new tokens · {escape(str(settings.get("device")))}</div>
+<div class="meta">adapter {escape(settings.adapter)} · base {escape(settings.base_model)} ·
+{aggregate.prompts} prompts from {escape(settings.prompt_source)} · {escape(settings.decoding)}
+decoding, at most {settings.max_new_tokens} new tokens · {escape(settings.device)}</div>
 <div class="verdict {tone}"><b>{escape(verdict.headline)}</b><ul>{sentences}</ul></div>
 <h2>Metrics</h2>{_table(METRIC_COLUMNS, metric_rows(aggregate))}
 <p>{escape(flag_line(aggregate))}<br>{escape(distinct_line(aggregate))}</p>
@@ -146,13 +149,13 @@ decoding, at most {settings.get("max_new_tokens")} new tokens · {escape(str(set
 <table class="answers"><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(_row(r) for r in rows)}
 </tbody></table>
-<h2>Timing</h2><pre>{escape(chr(10).join(timing_lines(timing)))}</pre>
+<h2>Timing</h2><pre>{escape(chr(10).join(timing_lines(report.timing)))}</pre>
 <h2>Settings</h2><pre>{settings_json}</pre>
 <script>{SCRIPT}</script>
 </body></html>
 """
 
 
-def write_html(path: Path, settings: dict, aggregate: dict, timing: dict, rows: list[dict], chart: Path | None) -> None:
+def write_html(path: Path, report: Report, chart: Path | None) -> None:
     png = chart.read_bytes() if chart is not None and chart.is_file() else None
-    write_atomic(path, render(settings, aggregate, timing, rows, png))
+    write_atomic(path, render(report, png))

@@ -1,7 +1,8 @@
 """The comparison job, in named stages: the training run → prompts → tokenizer and model (one copy
 of the weights serving both sides, base first: `inference.Sides`) → both sides' answers → scores and
-reports. `glmtune compare` and `glmtune chat` (`chatglm_finetuning_tst.py`) run the stages;
-`compare(config)` runs them all.
+reports. Each stage returns what it found as a frozen record that the next stages take;
+`comparison()` runs them in order, for the command (`main`: `glmtune compare`, `glmtune chat`,
+`chatglm_finetuning_tst.py`) and the library (`compare`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from ..core import device, distributed
 from ..core.config import CompareConfig
@@ -19,18 +22,102 @@ from ..model.sources import needs_gpu
 from ..core.folders import claim, foreign, free, numbered, place, publish, remove, replaceable, reserve, scratch_for
 from ..model.lora import check_adapter_files
 from ..training.runs import REPORT_STEM as STEM, RunRecord, is_report_file
+from .report import Report, Settings, SideTiming, Timing
+
+if TYPE_CHECKING:  # these load torch; the job imports them when a stage needs them
+    from transformers import PreTrainedTokenizerBase
+
+    from .generation import Decoding, Generated
+    from .inference import CompilePlan, Sides, WeightsPlan
+    from .metrics import Lexicon
+    from ..model.prompts import Encoded
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """The training run's record and what it settles for the comparison (`load_run`)."""
+    record: RunRecord
+    base: str  # --base-model, or the model the run trained
+    prompt_format: str
+    terms_file: Path
+    lexicon: Lexicon | None  # None for --chat, which scores nothing
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """What both sides answer (`load_prompts`)."""
+    items: list[tuple[Example, str | None]]  # (example, reference answer or None)
+    source: str  # --prompt, --data's file or the eval split's
+    overlap: str  # how many were seen in training, and what became of them
+    flagged: list[str]  # one line per --prompt seen in training
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the verdict stands on, said under it."""
+        return (self.overlap, *self.flagged)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The tokenizer, the prompts' ids, how the weights are held and decoding runs, and the model
+    (`load_model`)."""
+    tokenizer: PreTrainedTokenizerBase
+    ids: list[list[int]]  # each prompt's, in item order
+    scored: dict[int, Encoded]  # item -> prompt + reference + eos, which reference perplexity reads
+    mine: range  # this process's items; all of them with one process
+    weights: WeightsPlan
+    compiling: CompilePlan
+    decoding: Decoding
+    sides: Sides
+
+    def lines(self) -> list[str]:
+        """Which weights and decoding run, and why."""
+        return [f"weights:  {self.weights.describe()}", f"decoding: static KV cache, {self.compiling.reason}"]
+
+
+@dataclass(frozen=True)
+class SideAnswers:
+    answers: list[Generated]  # in item order
+    ppl: list[float | None]  # reference perplexity, in item order; None without a reference
+    timing: SideTiming
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Both sides' answers (`generate`), and the time it took to get there."""
+    base: SideAnswers
+    tuned: SideAnswers
+    load_s: float  # from the job's start until the base side could answer
+    warm_up_s: float
+    merge_s: float
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A finished comparison: every stage's record, and where the report went."""
+    run: TrainedRun
+    prompts: Prompts
+    loaded: Loaded
+    answers: Answers
+    report: Report
+    summary: list[str]  # what the console shows: verdict, tables, timing
+    output: Path
+    outputs: list[Path]  # the log, JSON, chart and HTML report
 
 
 class Comparison:
-    """Base vs fine-tuned on the same prompts. Each stage leaves its results as attributes. Used as
-    a context manager: on leaving, the run folder is free again, and a report not written whole
-    leaves nothing behind."""
+    """Base vs fine-tuned on the same prompts; the stages are its methods, each handed what the
+    earlier ones returned. It holds what lives as long as the job: the settings, the start time and
+    the folders. Used as a context manager: on leaving, the run folder is free again, and a report
+    not written whole leaves nothing behind."""
 
     def __init__(self, config: CompareConfig):
         self.config = config
         self.began = time.perf_counter()
         self.claims: list = []  # the run folder (shared with other readers), the report's scratch
         self.scratch: Path | None = None  # the report's files until they are published whole
+        self.output: Path | None = None  # the report's folder, reserved before any model loads
+        self.outputs: list[Path] = []
 
     def __enter__(self) -> Comparison:
         return self
@@ -41,7 +128,7 @@ class Comparison:
         for held in self.claims:
             held.release()
 
-    def load_run(self) -> None:
+    def load_run(self) -> TrainedRun:
         """The training run's record (which base, quantization and prompt layout to use) and the
         term lexicon: everything a bad file could stop, checked before any model loads."""
         from .metrics import DEFAULT_LEXICON_PATH
@@ -52,194 +139,150 @@ class Comparison:
         # and one still training here is named, not taken for an unfinished run.
         self.claims.append(claim(c.adapter, "comparing", shared=True))
         check_adapter_files(c.adapter)
-        self.run = RunRecord.load(c.adapter)
-        self.base = c.base_model or self.run.config.model
-        self.prompt_format = self.run.resolved.prompt_format
-        self.terms_file = c.terms_file or DEFAULT_LEXICON_PATH
-        if not c.chat:  # before any model: a bad --terms-file must not waste a run
-            self.lexicon = load_lexicon(self.terms_file)
-        if not device.cuda() and needs_gpu(self.base):
-            raise ConfigError("base_model", f"{self.base} (this adapter's base) is a 6B model that needs a CUDA GPU, "
+        record = RunRecord.load(c.adapter)
+        base = c.base_model or record.config.model
+        terms_file = c.terms_file or DEFAULT_LEXICON_PATH
+        # before any model: a bad --terms-file must not waste a run
+        lexicon = None if c.chat else load_lexicon(terms_file)
+        if not device.cuda() and needs_gpu(base):
+            raise ConfigError("base_model", f"{base} (this adapter's base) is a 6B model that needs a CUDA GPU, "
                                             "and none was found. For a CPU demo, train with --model tiny and compare "
                                             "that adapter.")
+        return TrainedRun(record, base, record.resolved.prompt_format, terms_file, lexicon)
 
-    def load_prompts(self) -> None:
+    def load_prompts(self, run: TrainedRun) -> Prompts:
         """(example, reference answer or None) pairs: ad-hoc questions, --data, or the eval split.
         Prompts the adapter was trained on are left out (ad-hoc ones flagged): a verdict on them
         measures recall, not what the fine-tune does for new questions."""
         c = self.config
         seen = read_prompt_digests(c.adapter)  # None: a run trained before it recorded them
         if c.prompt:
-            self.items = [(Example(q, "", 0), None) for q in c.prompt]
-            self.source = "--prompt"
-            flagged = [i for i, (ex, _) in enumerate(self.items, 1) if seen is not None and prompt_digest(ex) in seen]
-            self.flagged = [f"--prompt {i} ({c.prompt[i - 1][:30]}) was seen in training: its answers are not "
-                            "held-out" for i in flagged]
-            self.overlap = overlap_fact(c.adapter, seen, len(flagged), len(c.prompt), "kept but flagged")
-        else:
-            path = c.data or c.adapter / self.run.resolved.eval_file
-            self.source = str(path)
-            if c.data is None and path.is_file() and path.stat().st_size == 0:
-                raise DataError(f"{path}: no prompts to compare, the eval split is empty. Train with --eval-ratio > "
-                                "0, or pass --data FILE or --prompt QUESTION")
-            examples = read_dataset(path).examples  # DataError for a file with no usable example
-            held_out = [ex for ex in examples if seen is None or prompt_digest(ex) not in seen]
-            if not held_out:
-                raise DataError(f"{path}: all {len(examples)} prompts were seen in training, so a verdict on them "
-                                "says nothing about new questions; compare on held-out prompts: the run's eval "
-                                "split (drop --data) or a file of questions it was not trained on")
-            self.items = [(ex, ex.answer) for ex in held_out][: c.num_samples or None]
-            self.overlap = overlap_fact(c.adapter, seen, len(examples) - len(held_out), len(examples), "left out")
-            self.flagged = []
-            if self.prompt_format == "glm3" and any(ex.conversational for ex, _ in self.items):
-                raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, "
-                                "which has none; compare it on question/answer data")
+            items = [(Example(q, "", 0), None) for q in c.prompt]
+            flagged = [i for i, (ex, _) in enumerate(items, 1) if seen is not None and prompt_digest(ex) in seen]
+            return Prompts(items, "--prompt",
+                           overlap_fact(c.adapter, seen, len(flagged), len(c.prompt), "kept but flagged"),
+                           [f"--prompt {i} ({c.prompt[i - 1][:30]}) was seen in training: its answers are not "
+                            "held-out" for i in flagged])
+        path = c.data or c.adapter / run.record.resolved.eval_file
+        if c.data is None and path.is_file() and path.stat().st_size == 0:
+            raise DataError(f"{path}: no prompts to compare, the eval split is empty. Train with --eval-ratio > "
+                            "0, or pass --data FILE or --prompt QUESTION")
+        examples = read_dataset(path).examples  # DataError for a file with no usable example
+        held_out = [ex for ex in examples if seen is None or prompt_digest(ex) not in seen]
+        if not held_out:
+            raise DataError(f"{path}: all {len(examples)} prompts were seen in training, so a verdict on them "
+                            "says nothing about new questions; compare on held-out prompts: the run's eval "
+                            "split (drop --data) or a file of questions it was not trained on")
+        items = [(ex, ex.answer) for ex in held_out][: c.num_samples or None]
+        if run.prompt_format == "glm3" and any(ex.conversational for ex, _ in items):
+            raise DataError(f"{path} holds conversations, and this adapter was trained on the glm3 layout, "
+                            "which has none; compare it on question/answer data")
+        return Prompts(items, str(path),
+                       overlap_fact(c.adapter, seen, len(examples) - len(held_out), len(examples), "left out"), [])
 
-    def load_model(self) -> list[str]:
+    def load_model(self, run: TrainedRun, prompts: Prompts) -> Loaded:
         """The tokenizer saved with the adapter; how to hold the weights and decode (from the free
-        memory and the work); the model. Returns the lines that say which path runs and why."""
+        memory and the work); the report's folder, reserved; the model."""
         from .generation import Decoding
         from .inference import Shape, Sides, cache_length, plan_compile, plan_weights
         from ..model.prompts import encode, example_prompt_ids
         from ..model.tokenizer import load_tokenizer
 
-        c = self.config
-        self.tokenizer = load_tokenizer(c.adapter)
-        self.prompts = [example_prompt_ids(self.tokenizer, ex, self.prompt_format) for ex, _ in self.items]
-        width = max(map(len, self.prompts))
-        room = room_for_prompts(self.tokenizer.model_max_length, c.max_new_tokens, min(map(len, self.prompts)))
+        c, items = self.config, prompts.items
+        tokenizer = load_tokenizer(c.adapter)
+        ids = [example_prompt_ids(tokenizer, ex, run.prompt_format) for ex, _ in items]
+        width = max(map(len, ids))
+        room = room_for_prompts(tokenizer.model_max_length, c.max_new_tokens, min(map(len, ids)))
         if width > room:
-            longest = max(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
-            raise DataError(f"prompt {longest + 1} ({self.items[longest][0].question[:30]}...) is {width} tokens; with "
-                            f"--max-new-tokens {c.max_new_tokens} the context ({self.tokenizer.model_max_length}) has "
+            longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+            raise DataError(f"prompt {longest + 1} ({items[longest][0].question[:30]}...) is {width} tokens; with "
+                            f"--max-new-tokens {c.max_new_tokens} the context ({tokenizer.model_max_length}) has "
                             f"room for {room}. Shorten it, or lower --max-new-tokens")
         cache_len = cache_length(width, c.max_new_tokens)
-        # what perplexity reads: prompt + reference + eos, encoded as training encoded them (by item)
-        self.scored = {} if c.no_perplexity else {
-            i: encode(self.tokenizer, ex, self.prompt_format, self.run.config.max_length)
-            for i, (ex, reference) in enumerate(self.items) if reference is not None}
-        scored_len = max((len(row.input_ids) for row in self.scored.values()), default=0)
-        self.mine = distributed.share(len(self.prompts))  # this process's prompts; all of them with one
+        scored = {} if c.no_perplexity else {
+            i: encode(tokenizer, ex, run.prompt_format, run.record.config.max_length)
+            for i, (ex, reference) in enumerate(items) if reference is not None}
+        scored_len = max((len(row.input_ids) for row in scored.values()), default=0)
+        mine = distributed.share(len(ids))
         free = min(distributed.gather(device.free_memory()))  # the fullest GPU's
 
         def plan():  # rank 0 decides for all, so that every process holds the weights and decodes alike
-            weights = plan_weights(c.quantization, self.run.config.quantization, Shape.of_model(self.base),
-                                   free, len(self.mine), width, cache_len, c.batch_size, device.cuda(), scored_len)
-            compiling = plan_compile(c.compile, weights, len(self.mine), c.max_new_tokens, cache_len, self.base,
+            weights = plan_weights(c.quantization, run.record.config.quantization, Shape.of_model(run.base),
+                                   free, len(mine), width, cache_len, c.batch_size, device.cuda(), scored_len)
+            compiling = plan_compile(c.compile, weights, len(mine), c.max_new_tokens, cache_len, run.base,
                                      device.cuda())
             return weights, compiling, self._reserve_output()  # after every check, before any model
 
-        self.weights, self.compiling, self.output = distributed.on_main(plan)
-        self.decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed, cache_len,
-                                 self.compiling.on)
-        self.sides = Sides.load(self.base, c.adapter, self.weights)
-        return [f"weights:  {self.weights.describe()}", f"decoding: static KV cache, {self.compiling.reason}"]
+        weights, compiling, self.output = distributed.on_main(plan)
+        decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed, cache_len, compiling.on)
+        return Loaded(tokenizer, ids, scored, mine, weights, compiling, decoding,
+                      Sides.load(run.base, c.adapter, weights))
 
-    def generate(self) -> None:
+    def generate(self, loaded: Loaded) -> Answers:
         """Both sides' answers (and reference perplexities), each timed on its own; the base side
         first, then the fine-tuned side (merging the adapter, where the weights are 16-bit)."""
         from .generation import warm_up
         from ..training.compiling import record_compile_cost
 
-        with self.sides.base_side() as model:
-            self.loaded = time.perf_counter()
-            mine = [self.prompts[i] for i in self.mine]
-            self.warm_up_s = max(distributed.gather(warm_up(model, self.tokenizer, mine, self.decoding,
-                                                            self.weights.batch_size)))
-            if self.compiling.on and distributed.is_main():
-                record_compile_cost(self.compiling.key, self.warm_up_s)
-            self.plain = self._side(model, "base")
+        with loaded.sides.base_side() as model:
+            load_s = time.perf_counter() - self.began
+            mine = [loaded.ids[i] for i in loaded.mine]
+            warm_up_s = max(distributed.gather(warm_up(model, loaded.tokenizer, mine, loaded.decoding,
+                                                       loaded.weights.batch_size)))
+            if loaded.compiling.on and distributed.is_main():
+                record_compile_cost(loaded.compiling.key, warm_up_s)
+            base = answer_side(model, "base", loaded)
         began = time.perf_counter()
-        model = self.sides.tuned_side()
-        self.merge_s = time.perf_counter() - began
-        self.tuned = self._side(model, "tuned")
+        model = loaded.sides.tuned_side()
+        merge_s = time.perf_counter() - began
+        return Answers(base, answer_side(model, "tuned", loaded), load_s, warm_up_s, merge_s)
 
-    def _side(self, model, side: str) -> tuple[list, list, dict]:
-        """One side's answers and perplexities, in item order. With several processes each runs its
-        own share of the prompts, and every process ends with all of them."""
-        from .generation import generate_answers, reference_perplexity
-
-        device.reset_peak()
-        began = time.perf_counter()
-        answers = generate_answers(model, self.tokenizer, [self.prompts[i] for i in self.mine], self.decoding,
-                                   self.weights.batch_size, desc=side)
-        wall = time.perf_counter() - began
-        scored = [i for i in self.mine if i in self.scored]
-        values = reference_perplexity(model, [self.scored[i] for i in scored], self.tokenizer.pad_token_id,
-                                      self.weights.perplexity_batch)
-        shares = distributed.gather((list(self.mine), answers, dict(zip(scored, values)), wall, device.peak_gib()))
-        every: list = [None] * len(self.items)
-        ppl: list = [None] * len(self.items)
-        for indices, part, perplexities, _, _ in shares:
-            for i, answer in zip(indices, part):
-                every[i] = answer
-            for i, value in perplexities.items():
-                ppl[i] = value
-        wall = max(share[3] for share in shares)  # the processes decode at the same time
-        new_tokens = sum(a.new_tokens for a in every)
-        timing = {"wall_s": wall, "new_tokens": new_tokens, "tok_per_s": new_tokens / wall if wall else 0.0,
-                  "peak_gpu_gib": max(share[4] for share in shares) if device.cuda() else None}
-        return every, ppl, timing
-
-    def score(self) -> list[str]:
-        """Score both sides; return the summary (verdict, tables, timing), which the script prints
-        before any file is written, so a full disk cannot take the results with it."""
-        from .scoring import Sample, score, summary_lines
+    def score(self, run: TrainedRun, prompts: Prompts, loaded: Loaded, answers: Answers) -> Report:
+        """Both sides scored, with the timing and settings: the whole report, not yet written."""
+        from .scoring import Sample, score
 
         c = self.config
         scoring = time.perf_counter()
-        (tuned, tuned_ppl, tuned_timing), (plain, base_ppl, base_timing) = self.tuned, self.plain
-        samples = [Sample(ex.question, reference, {"base": plain[i], "tuned": tuned[i]},
-                          {"base": base_ppl[i], "tuned": tuned_ppl[i]}, ex.department)
-                   for i, (ex, reference) in enumerate(self.items)]
-        self.rows, self.aggregate = score(samples, self.lexicon)
-        self.timing = {"base": base_timing, "tuned": tuned_timing, "load_s": self.loaded - self.began,
-                       "warm_up_s": self.warm_up_s, "compiled": self.compiling.on, "merge_s": self.merge_s,
-                       "weights": self.weights.describe(), "decoding": self.compiling.reason,
-                       "score_s": time.perf_counter() - scoring}
-        self.settings = {
-            "adapter": str(c.adapter), "base_model": self.base, "weights": self.weights.describe(),
-            "compile": self.compiling.reason,
-            "prompt_format": self.prompt_format, "prompts": len(self.items), "prompt_source": self.source,
-            "decoding": "sampling" if c.do_sample else "greedy", "max_new_tokens": c.max_new_tokens,
-            "batch_size": c.batch_size, "seed": c.seed, "terms_file": str(self.terms_file), "device": device.name(),
-            "processes": distributed.world_size(), "seen_in_training": self.overlap}
-        self.summary = summary_lines(self.aggregate, self.timing, (self.overlap, *self.flagged))
-        return self.summary
+        samples = [Sample(ex.question, reference, {"base": answers.base.answers[i], "tuned": answers.tuned.answers[i]},
+                          {"base": answers.base.ppl[i], "tuned": answers.tuned.ppl[i]}, ex.department)
+                   for i, (ex, reference) in enumerate(prompts.items)]
+        rows, aggregate = score(samples, run.lexicon)
+        timing = Timing(answers.base.timing, answers.tuned.timing, answers.load_s, answers.warm_up_s,
+                        loaded.compiling.on, answers.merge_s, loaded.weights.describe(), loaded.compiling.reason,
+                        time.perf_counter() - scoring)
+        settings = Settings(
+            adapter=str(c.adapter), base_model=run.base, weights=loaded.weights.describe(),
+            compile=loaded.compiling.reason, prompt_format=run.prompt_format, prompts=len(prompts.items),
+            prompt_source=prompts.source, decoding="sampling" if c.do_sample else "greedy",
+            max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=c.seed, terms_file=str(run.terms_file),
+            device=device.name(), processes=distributed.world_size(), seen_in_training=prompts.overlap)
+        return Report(settings, aggregate, timing, rows)
 
-    def answers_side_by_side(self, width: int) -> list[str]:
-        """Each prompt with both answers in two columns, for --prompt (where there is no reference
-        to score against, the answers are the result)."""
-        from .scoring import side_by_side
-
-        return side_by_side(self.rows, width)
-
-    def write(self) -> None:
-        """The log, the JSON report, the chart and the HTML report, each written whole or not at all
-        (by rank 0, which speaks for all processes)."""
+    def write(self, report: Report, summary: list[str]) -> None:
+        """The log (opening with `summary`), the JSON report, the chart and the HTML report, each
+        written whole or not at all (by rank 0, which speaks for all processes)."""
         self.outputs = [self.output / f"{STEM}.{ext}" for ext in ("log", "json", "png", "html")]
-        distributed.on_main(self._write)
+        distributed.on_main(lambda: self._write(report, summary))
 
     def _reserve_output(self) -> Path:
         self.output, self.scratch, held = output_dir(self.config)
         self.claims.append(held)
         return self.output
 
-    def _write(self) -> None:
+    def _write(self, report: Report, summary: list[str]) -> None:
         """Into the scratch folder, then published in one rename: a report folder never holds one
         comparison's log beside another's chart."""
         from .html_report import write_html
         from .plots import plot_aggregate
         from .scoring import write_log, write_report
 
-        c = self.config
-        log, report, chart, html = (self.scratch / p.name for p in self.outputs)
-        write_log(log, self.settings, self.summary, self.rows, c.examples)
-        write_report(report, self.settings, self.aggregate, self.timing, self.rows)
-        plot_aggregate(chart, self.aggregate)
-        write_html(html, self.settings, self.aggregate, self.timing, self.rows, chart)
+        log, json_report, chart, html = (self.scratch / p.name for p in self.outputs)
+        write_log(log, report, summary, self.config.examples)
+        write_report(json_report, report)
+        plot_aggregate(chart, report.aggregate)
+        write_html(html, report, chart)
         # A file a user put there while the models ran: the next free name instead, nothing of theirs touched.
-        if not replaceable(self.output, is_report_file, c.overwrite):
+        if not replaceable(self.output, is_report_file, self.config.overwrite):
             changed = self.output
             self.output = next(f for f in numbered(report_folder(self.config))
                                if free(f) and not scratch_for(f).exists())
@@ -247,13 +290,39 @@ class Comparison:
             print(f"{changed} gained files while the comparison ran; the report goes to {self.output} instead")
         publish(self.scratch, self.output, last=report.name)
 
-    def closing_lines(self) -> list[str]:
-        t = self.timing
-        warm = "compile and warm-up" if t["compiled"] else "warm-up"
-        return [f"total {time.perf_counter() - self.began:.1f} s: loading {t['load_s']:.1f} s, {warm} "
-                f"{t['warm_up_s']:.1f} s, scoring {t['score_s']:.1f} s",
+    def closing_lines(self, timing: Timing) -> list[str]:
+        warm = "compile and warm-up" if timing.compiled else "warm-up"
+        return [f"total {time.perf_counter() - self.began:.1f} s: loading {timing.load_s:.1f} s, {warm} "
+                f"{timing.warm_up_s:.1f} s, scoring {timing.score_s:.1f} s",
                 f"wrote {self.output}/: {', '.join(p.name for p in self.outputs)}",
                 f"open   {self.outputs[-1]} in a browser for every answer side by side"]
+
+
+def answer_side(model, side: str, loaded: Loaded) -> SideAnswers:
+    """One side's answers and perplexities, in item order. With several processes each runs its
+    own share of the prompts, and every process ends with all of them."""
+    from .generation import generate_answers, reference_perplexity
+
+    device.reset_peak()
+    began = time.perf_counter()
+    answers = generate_answers(model, loaded.tokenizer, [loaded.ids[i] for i in loaded.mine], loaded.decoding,
+                               loaded.weights.batch_size, desc=side)
+    wall = time.perf_counter() - began
+    scored = [i for i in loaded.mine if i in loaded.scored]
+    values = reference_perplexity(model, [loaded.scored[i] for i in scored], loaded.tokenizer.pad_token_id,
+                                  loaded.weights.perplexity_batch)
+    shares = distributed.gather((list(loaded.mine), answers, dict(zip(scored, values)), wall, device.peak_gib()))
+    every: list = [None] * len(loaded.ids)
+    ppl: list = [None] * len(loaded.ids)
+    for indices, part, perplexities, _, _ in shares:
+        for i, answer in zip(indices, part):
+            every[i] = answer
+        for i, value in perplexities.items():
+            ppl[i] = value
+    wall = max(share[3] for share in shares)  # the processes decode at the same time
+    new_tokens = sum(a.new_tokens for a in every)
+    return SideAnswers(every, ppl, SideTiming(wall, new_tokens, new_tokens / wall if wall else 0.0,
+                                              max(share[4] for share in shares) if device.cuda() else None))
 
 
 def overlap_fact(adapter: Path, seen: set[str] | None, count: int, total: int, done: str) -> str:
@@ -317,35 +386,40 @@ def report_folder(config: CompareConfig) -> Path:
     return config.adapter / "comparison" if config.output is None else place(config.output)
 
 
-def compare(config: CompareConfig) -> Comparison:
-    """Run every stage of a comparison; returns the finished job (its `timing`, `outputs`, ...)."""
-    with Comparison(config) as job:
-        job.load_run()
-        job.load_prompts()
-        job.load_model()
-        job.generate()
-        job.score()
-        job.write()
-    return job
+def comparison(config: CompareConfig, show: Callable[[list[str]], None]) -> Compared | None:
+    """Every stage of a comparison, in order; `show` gets what the command prints, as it is known.
+    With --chat, a conversation after the first stage instead (None)."""
+    from .scoring import side_by_side, summary_lines
+
+    with Comparison(config) as job:  # on leaving: the run folder free again, no half-written report
+        run = job.load_run()  # the training run: base model, quantization, prompt layout
+        if config.chat:
+            from .chat import start, talk
+
+            talk(start(config, run.record, run.base, sys.stdout), sys.stdin)
+            return None
+        prompts = job.load_prompts(run)  # --prompt, --data, or the eval split held out at training time
+        loaded = job.load_model(run, prompts)
+        show(loaded.lines())
+        answers = job.generate(loaded)  # base side, then the fine-tuned side; answers and reference perplexities
+        report = job.score(run, prompts, loaded, answers)
+        summary = summary_lines(report.aggregate, report.timing, prompts.notes)
+        try:
+            job.write(report, summary)  # published whole, before printing can fail
+        finally:  # then on screen, also when the write failed (a full disk), before its error
+            if config.prompt:  # ad-hoc questions have no reference: their answers are the result
+                show(side_by_side(report.rows, shutil.get_terminal_size().columns))
+            show(summary)
+    show(job.closing_lines(report.timing))
+    return Compared(run, prompts, loaded, answers, report, summary, job.output, job.outputs)
+
+
+def compare(config: CompareConfig) -> Compared | None:
+    """A comparison from Python (`glmtune.compare`): what `main` does, without printing, save the
+    note that a file put in the reserved folder sent the report to the next free one."""
+    return comparison(config, lambda lines: None)
 
 
 def main(config: CompareConfig) -> None:
-    """The comparison command's stages, in order (`chatglm_finetuning_tst.py`, `glmtune compare`, `glmtune chat`)."""
-    with Comparison(config) as job:  # on leaving: the run folder free again, no half-written report
-        job.load_run()      # the training run: base model, quantization, prompt layout
-        if config.chat:     # a conversation instead of a comparison
-            from .chat import start, talk
-
-            talk(start(config, job.run, job.base, sys.stdout), sys.stdin)
-            return
-        job.load_prompts()  # --prompt, --data, or the eval split held out at training time
-        print("\n".join(job.load_model()), flush=True)  # which weights and decoding, and why
-        job.generate()      # base side, then the fine-tuned side; answers and reference perplexities
-        summary = job.score()
-        try:
-            job.write()     # the log, JSON, chart and HTML report, published whole, before printing can fail
-        finally:            # then on screen, also when the write failed (a full disk), before its error
-            if config.prompt:  # ad-hoc questions have no reference: their answers are the result
-                print("\n".join(job.answers_side_by_side(shutil.get_terminal_size().columns)))
-            print("\n".join(summary), flush=True)
-    print("\n".join(job.closing_lines()))
+    """The comparison command (`chatglm_finetuning_tst.py`, `glmtune compare`, `glmtune chat`)."""
+    comparison(config, lambda lines: print("\n".join(lines), flush=True))

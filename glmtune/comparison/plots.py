@@ -5,32 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.charts import pyplot, save_png
-from .scoring import difference_text
+from .report import Aggregate
 
 
-def plot_aggregate(path: Path, aggregate: dict) -> None:
+def plot_aggregate(path: Path, aggregate: Aggregate) -> None:
     """One panel per metric: both sides' means, the better direction, and the paired difference
     with its 95% interval; a last panel counts the flagged answers per side."""
     plt = pyplot()
-    shown = [(key, m) for key, m in aggregate["metrics"].items() if m["base"]["n"]]
+    shown = [m for m in aggregate.metrics.values() if m.base.n]
     cols = 4
     rows = -(-(len(shown) + 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.7 * rows), squeeze=False)
     colours = ["#9aa5b1", "#2f7ed8"]
-    for ax, (key, m) in zip(axes.flat, shown):
-        ax.bar(["base", "tuned"], [m["base"]["mean"] or 0, m["tuned"]["mean"] or 0], color=colours)
-        direction = f" ({m['better']} is better)" if m["better"] else ""
-        interval = "" if m["difference"] is None else f"\nΔ {difference_text(m)}"  # as the tables write it
-        ax.set_title(f"{m['label']}{direction}{interval}", fontsize=8)
+    for ax, m in zip(axes.flat, shown):
+        ax.bar(["base", "tuned"], [m.base.mean or 0, m.tuned.mean or 0], color=colours)
+        direction = f" ({m.better} is better)" if m.better else ""
+        interval = "" if m.difference is None else f"\nΔ {m.difference_text()}"  # as the tables write it
+        ax.set_title(f"{m.label}{direction}{interval}", fontsize=8)
         ax.tick_params(labelsize=8)
     ax = axes.flat[len(shown)]
-    flags = aggregate["flags"]
-    names = list(flags["base"])
+    flags = aggregate.flags
+    names = list(flags.base)
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [flags["base"][f] for f in names], width=0.4, color=colours[0], label="base")
-    ax.bar([i + 0.2 for i in x], [flags["tuned"][f] for f in names], width=0.4, color=colours[1], label="tuned")
+    ax.bar([i - 0.2 for i in x], [flags.base[f] for f in names], width=0.4, color=colours[0], label="base")
+    ax.bar([i + 0.2 for i in x], [flags.tuned[f] for f in names], width=0.4, color=colours[1], label="tuned")
     ax.set_xticks(list(x), [f.replace("-", "-\n") for f in names], fontsize=7)
-    ax.set_title(f"flagged answers (of {aggregate['prompts']})", fontsize=8)
+    ax.set_title(f"flagged answers (of {aggregate.prompts})", fontsize=8)
     ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(shown) + 1:]:
         ax.axis("off")

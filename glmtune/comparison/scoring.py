@@ -14,29 +14,9 @@ from ..core.files import write_atomic
 from ..core.terminal import printable
 from .metrics import (FLAGS, Lexicon, answer_flags, change_rate, char_bleu4, char_len, distinct_n, is_degenerate,
                       prompt_overlap, rouge_zh, summarize)
-from .verdict import Interval, Verdict, decide, number, paired_interval, wins_ties_losses
-
-SIDES = ("base", "tuned")
-HIGHER, LOWER = "higher", "lower"
-# (key, label, which direction is better; None where neither is: longer is not better, nor shorter)
-METRICS = [
-    ("rougeL", "ROUGE-L F vs reference", HIGHER),
-    ("rouge1", "ROUGE-1 F vs reference", HIGHER),
-    ("rouge2", "ROUGE-2 F vs reference", HIGHER),
-    ("bleu4", "char BLEU-4 vs reference", HIGHER),
-    ("ppl", "reference perplexity", LOWER),
-    ("term_per_100", "medical terms / 100 chars", HIGHER),
-    ("term_distinct", "distinct medical terms", HIGHER),
-    ("chars", "output length (chars)", None),
-    ("tokens", "output length (tokens)", None),
-    ("overlap_word", "prompt overlap (jieba words)", None),
-    ("overlap_bigram", "prompt overlap (char bigrams)", None),
-    ("latency_s", "latency per answer (s)", LOWER),
-    ("ttft_s", "time to first token (s)", LOWER),
-    ("decode_tok_s", "decode speed per answer (tok/s)", HIGHER),
-]
-SCORING_NOTE = ("ROUGE on jieba words and BLEU-4 on characters, both with punctuation and symbols removed; "
-                "intervals: 95% percentile bootstrap over prompts of the paired difference tuned - base")
+from .report import (METRICS, SCORING_NOTE, SIDES, Aggregate, Answer, Both, Change, DepartmentResult, Distinct,
+                     MetricResult, Report, Row, Stats, Timing)
+from .verdict import decide, number, paired_interval, wins_ties_losses
 
 if TYPE_CHECKING:  # generation loads torch; scoring runs without it
     from .generation import Generated
@@ -51,13 +31,13 @@ class Sample:
     department: str | None = None
 
 
-def score_answer(sample: Sample, side: str, lexicon: Lexicon) -> dict:
+def score_answer(sample: Sample, side: str, lexicon: Lexicon) -> Answer:
+    """One side's answer with its flags and its value of every metric in METRICS."""
     answer = sample.answers[side]
     density = lexicon.term_density(answer.text)
     overlap = prompt_overlap(sample.prompt, answer.text, lexicon.segment)
     decode_s = answer.latency_s - answer.ttft_s
-    row = {
-        "answer": answer.text, "flags": answer_flags(answer.text, answer.stopped),
+    scores = {
         "chars": char_len(answer.text), "tokens": answer.new_tokens,
         "term_per_100": density.per_100_chars, "term_distinct": density.distinct,
         "overlap_word": overlap.word, "overlap_bigram": overlap.bigram,
@@ -67,118 +47,96 @@ def score_answer(sample: Sample, side: str, lexicon: Lexicon) -> dict:
     }
     if sample.reference is not None:
         rouge = rouge_zh(answer.text, sample.reference, lexicon.segment)
-        row |= {"rouge1": rouge["rouge-1"], "rouge2": rouge["rouge-2"], "rougeL": rouge["rouge-l"],
-                "bleu4": char_bleu4(answer.text, sample.reference)}
-    return row
+        scores |= {"rouge1": rouge["rouge-1"], "rouge2": rouge["rouge-2"], "rougeL": rouge["rouge-l"],
+                   "bleu4": char_bleu4(answer.text, sample.reference)}
+    return Answer(answer.text, answer_flags(answer.text, answer.stopped), scores)
 
 
-def score(samples: list[Sample], lexicon: Lexicon) -> tuple[list[dict], dict]:
+def score(samples: list[Sample], lexicon: Lexicon) -> tuple[list[Row], Aggregate]:
     """Per-prompt rows and the aggregate: per metric both sides' summaries and the paired
     difference with its interval; flags, distinct-n, per-department results and the verdict."""
     rows = []
     for i, sample in enumerate(samples):
-        per_side = {side: score_answer(sample, side, lexicon) for side in SIDES}
-        b, t = per_side["base"], per_side["tuned"]
-        rows.append({
-            "index": i, "prompt": sample.prompt, "reference": sample.reference, "department": sample.department,
-            **per_side,
-            "change": {"chars": change_rate(b["chars"], t["chars"]),
-                       "rougeL": None if b["rougeL"] is None else t["rougeL"] - b["rougeL"]},
-        })
-    metrics, intervals = {}, {}
-    for key, label, better in METRICS:
-        base, tuned = ([r[side][key] for r in rows] for side in SIDES)
-        intervals[key] = interval = paired_interval(base, tuned)
-        metrics[key] = {"label": label, "better": better, "base": summarize(base), "tuned": summarize(tuned),
-                        "difference": asdict(interval) if interval else None}
-    flags = {side: [r[side]["flags"] for r in rows] for side in SIDES}
-    degenerate = {side: sum(is_degenerate(f) for f in flags[side]) for side in SIDES}
-    has_reference = any(r["reference"] is not None for r in rows)
-    wtl = wins_ties_losses(*([r[side]["rougeL"] for r in rows] for side in SIDES)) if has_reference else None
-    verdict = decide(len(rows), intervals, {key: (m["base"]["mean"], m["tuned"]["mean"]) for key, m in metrics.items()},
-                     wtl, flags, degenerate)
-    aggregate = {
-        "prompts": len(rows), "verdict": asdict(verdict), "metrics": metrics,
-        "flags": {side: {flag: sum(flag in f for f in flags[side]) for flag in FLAGS} for side in SIDES},
-        "degenerate": degenerate, "rougeL_wins_ties_losses": wtl,
-        "distinct": {side: {"distinct1": distinct_n([r[side]["answer"] for r in rows], 1),
-                            "distinct2": distinct_n([r[side]["answer"] for r in rows], 2)} for side in SIDES},
-        "departments": by_department(rows) if has_reference else [],
-    }
+        answers = Both.of(lambda side: score_answer(sample, side, lexicon))
+        b, t = answers.base.scores, answers.tuned.scores
+        change = Change(chars=change_rate(b["chars"], t["chars"]),
+                        rougeL=None if b["rougeL"] is None else t["rougeL"] - b["rougeL"])
+        rows.append(Row(i, sample.prompt, sample.reference, sample.department, answers, change))
+    metrics = {}
+    for metric in METRICS:
+        values = Both.of(lambda side: [r.answers[side].scores[metric.key] for r in rows])
+        metrics[metric.key] = MetricResult(metric.label, metric.better, Stats(**summarize(values.base)),
+                                           Stats(**summarize(values.tuned)), paired_interval(values.base, values.tuned))
+    flags = Both.of(lambda side: [r.answers[side].flags for r in rows])
+    degenerate = Both.of(lambda side: sum(is_degenerate(f) for f in flags[side]))
+    has_reference = any(r.reference is not None for r in rows)
+    rouge = Both.of(lambda side: [r.answers[side].scores["rougeL"] for r in rows])
+    wtl = wins_ties_losses(rouge.base, rouge.tuned) if has_reference else None
+    verdict = decide(len(rows), metrics, wtl, flags, degenerate)
+    texts = Both.of(lambda side: [r.answers[side].text for r in rows])
+    aggregate = Aggregate(
+        prompts=len(rows), verdict=verdict, metrics=metrics,
+        flags=Both.of(lambda side: {flag: sum(flag in f for f in flags[side]) for flag in FLAGS}),
+        degenerate=degenerate, rougeL_wins_ties_losses=wtl,
+        distinct=Both.of(lambda side: Distinct(distinct_n(texts[side], 1), distinct_n(texts[side], 2))),
+        departments=by_department(rows) if has_reference else [],
+    )
     return rows, aggregate
 
 
-def by_department(rows: list[dict]) -> list[dict]:
+def by_department(rows: list[Row]) -> list[DepartmentResult]:
     """ROUGE-L per department (where the data names one), largest first."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[Row]] = {}
     for r in rows:
-        if r["department"]:
-            groups.setdefault(r["department"], []).append(r)
+        if r.department:
+            groups.setdefault(r.department, []).append(r)
     out = []
     for name, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        base, tuned = ([r[side]["rougeL"] for r in members] for side in SIDES)
-        interval = paired_interval(base, tuned)
-        out.append({"department": name, "n": len(members), "base": summarize(base)["mean"],
-                    "tuned": summarize(tuned)["mean"], "difference": asdict(interval) if interval else None,
-                    "wins_ties_losses": wins_ties_losses(base, tuned)})
+        base, tuned = ([r.answers[side].scores["rougeL"] for r in members] for side in SIDES)
+        out.append(DepartmentResult(name, len(members), summarize(base)["mean"], summarize(tuned)["mean"],
+                                    paired_interval(base, tuned), wins_ties_losses(base, tuned)))
     return out
 
 
-def interval_text(d: dict, scale: float) -> str:
-    """An interval as the JSON report keeps it (a dict), in Interval.text's words."""
-    return Interval(**d).text(scale)
-
-
-def verdict_lines(aggregate: dict) -> list[str]:
-    verdict = Verdict(**aggregate["verdict"])
-    return [f"VERDICT ({aggregate['prompts']} prompts): {verdict.headline}", *(f"  - {s}" for s in verdict.sentences)]
+def verdict_lines(aggregate: Aggregate) -> list[str]:
+    verdict = aggregate.verdict
+    return [f"VERDICT ({aggregate.prompts} prompts): {verdict.headline}", *(f"  - {s}" for s in verdict.sentences)]
 
 
 METRIC_COLUMNS = ("metric", "better", "base", "tuned", "tuned - base [95% CI]", "rel.")
 DEPARTMENT_COLUMNS = ("department", "n", "ROUGE-L base", "tuned", "tuned - base [95% CI]", "wins/ties/losses")
 
 
-def metric_rows(aggregate: dict) -> list[tuple[str, ...]]:
+def metric_rows(aggregate: Aggregate) -> list[tuple[str, ...]]:
     """Every measured metric as METRIC_COLUMNS cells: its direction, both means, the paired
     difference with its interval, and that difference relative to the base mean."""
     rows = []
-    for m in aggregate["metrics"].values():
-        b, t, d = m["base"]["mean"], m["tuned"]["mean"], m["difference"]
+    for m in aggregate.metrics.values():
+        b, t, d = m.base.mean, m.tuned.mean, m.difference
         if b is None and t is None:
             continue
-        rel = f"{100 * d['mean'] / b:+.0f}%" if d is not None and b else ""
-        rows.append((m["label"], m["better"] or "-", number(b, scale_of(m)), number(t, scale_of(m)),
-                     difference_text(m), rel))
+        rel = f"{100 * d.mean / b:+.0f}%" if d is not None and b else ""
+        rows.append((m.label, m.better or "-", number(b, m.scale), number(t, m.scale), m.difference_text(), rel))
     return rows
 
 
-def scale_of(metric: dict) -> float:
-    """The size of a metric's means, which sets how many decimals its figures get."""
-    return max(abs(metric["base"]["mean"] or 0), abs(metric["tuned"]["mean"] or 0))
-
-
-def difference_text(metric: dict) -> str:
-    """A metric's paired difference and interval as the tables and the chart write it."""
-    return "-" if metric["difference"] is None else interval_text(metric["difference"], scale_of(metric))
-
-
-def department_rows(aggregate: dict) -> list[tuple[str, ...]]:
+def department_rows(aggregate: Aggregate) -> list[tuple[str, ...]]:
     """ROUGE-L per department as DEPARTMENT_COLUMNS cells."""
-    return [(dep["department"], str(dep["n"]), number(dep["base"], 0.1), number(dep["tuned"], 0.1),
-             "-" if dep["difference"] is None else interval_text(dep["difference"], 0.1),
-             "/".join(map(str, dep["wins_ties_losses"]))) for dep in aggregate["departments"]]
+    return [(dep.department, str(dep.n), number(dep.base, 0.1), number(dep.tuned, 0.1),
+             "-" if dep.difference is None else dep.difference.text(0.1),
+             "/".join(map(str, dep.wins_ties_losses))) for dep in aggregate.departments]
 
 
-def flag_line(aggregate: dict) -> str:
-    flags = aggregate["flags"]
+def flag_line(aggregate: Aggregate) -> str:
+    flags = aggregate.flags
     return "answers flagged (base / tuned): " + ", ".join(
-        f"{flag} {flags['base'][flag]}/{flags['tuned'][flag]}" for flag in FLAGS)
+        f"{flag} {flags.base[flag]}/{flags.tuned[flag]}" for flag in FLAGS)
 
 
-def distinct_line(aggregate: dict) -> str:
-    d = aggregate["distinct"]
-    return (f"distinct-1 / distinct-2 (corpus): base {d['base']['distinct1']:.3f} / {d['base']['distinct2']:.3f}, "
-            f"tuned {d['tuned']['distinct1']:.3f} / {d['tuned']['distinct2']:.3f}")
+def distinct_line(aggregate: Aggregate) -> str:
+    d = aggregate.distinct
+    return (f"distinct-1 / distinct-2 (corpus): base {d.base.distinct1:.3f} / {d.base.distinct2:.3f}, "
+            f"tuned {d.tuned.distinct1:.3f} / {d.tuned.distinct2:.3f}")
 
 
 def text_table(columns: tuple[str, ...], rows: list[tuple[str, ...]], rule: bool = True) -> list[str]:
@@ -197,28 +155,27 @@ def text_table(columns: tuple[str, ...], rows: list[tuple[str, ...]], rule: bool
     return [head, *(["-" * display_width(head)] if rule else []), *(line(r) for r in rows)]
 
 
-def metric_table(aggregate: dict) -> list[str]:
+def metric_table(aggregate: Aggregate) -> list[str]:
     return [*text_table(METRIC_COLUMNS, metric_rows(aggregate)), flag_line(aggregate), distinct_line(aggregate)]
 
 
-def department_table(aggregate: dict) -> list[str]:
+def department_table(aggregate: Aggregate) -> list[str]:
     rows = department_rows(aggregate)
     return text_table(DEPARTMENT_COLUMNS, rows, rule=False) if rows else []
 
 
-def timing_lines(timing: dict) -> list[str]:
-    warm = "compile and warm-up" if timing["compiled"] else "warm-up"
-    lines = [f"weights: {timing['weights']}", f"decoding: static KV cache, {timing['decoding']}; {warm} "
-             f"{timing['warm_up_s']:.1f} s before the base side, not in the figures below"]
-    for side in SIDES:
-        s = timing[side]
-        peak = "n/a" if s["peak_gpu_gib"] is None else f"{s['peak_gpu_gib']:.2f} GiB"
-        lines.append(f"{side:5} generation: batch time {s['wall_s']:.1f} s for {s['new_tokens']} new tokens "
-                     f"({s['tok_per_s']:.1f} tok/s over all prompts), peak GPU memory {peak}")
+def timing_lines(timing: Timing) -> list[str]:
+    warm = "compile and warm-up" if timing.compiled else "warm-up"
+    lines = [f"weights: {timing.weights}", f"decoding: static KV cache, {timing.decoding}; {warm} "
+             f"{timing.warm_up_s:.1f} s before the base side, not in the figures below"]
+    for side, s in zip(SIDES, (timing.base, timing.tuned)):
+        peak = "n/a" if s.peak_gpu_gib is None else f"{s.peak_gpu_gib:.2f} GiB"
+        lines.append(f"{side:5} generation: batch time {s.wall_s:.1f} s for {s.new_tokens} new tokens "
+                     f"({s.tok_per_s:.1f} tok/s over all prompts), peak GPU memory {peak}")
     return lines
 
 
-def summary_lines(aggregate: dict, timing: dict, notes: tuple[str, ...] = ()) -> list[str]:
+def summary_lines(aggregate: Aggregate, timing: Timing, notes: tuple[str, ...] = ()) -> list[str]:
     """What the console shows and the log opens with: verdict (with `notes` on what it stands on),
     metrics, departments, timing."""
     departments = department_table(aggregate)
@@ -230,29 +187,28 @@ def display_width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
-def write_log(path: Path, settings: dict, summary: list[str], rows: list[dict], n_examples: int) -> None:
+def write_log(path: Path, report: Report, summary: list[str], n_examples: int) -> None:
     out = ["ChatGLM3 fine-tune comparison: base (adapter disabled) vs fine-tuned (adapter on)", "",
            *summary, "", f"scoring: {SCORING_NOTE}", "", "settings:"]
-    out += [f"  {k}: {v}" for k, v in settings.items()]
+    out += [f"  {k}: {v}" for k, v in asdict(report.settings).items()]
     out.append("")
-    for r in rows[:n_examples]:
-        department = f" ({r['department']})" if r["department"] else ""
-        out += [f"=== example {r['index'] + 1}{department} ===", f"[prompt] {printable(r['prompt'])}"]
-        if r["reference"] is not None:
-            out.append(f"[reference] {printable(r['reference'])}")
+    for r in report.rows[:n_examples]:
+        department = f" ({r.department})" if r.department else ""
+        out += [f"=== example {r.index + 1}{department} ===", f"[prompt] {printable(r.prompt)}"]
+        if r.reference is not None:
+            out.append(f"[reference] {printable(r.reference)}")
         for side in SIDES:
-            s = r[side]
-            scores = f"{s['chars']} chars" + ("" if s["rougeL"] is None else f", ROUGE-L {s['rougeL']:.3f}")
-            flags = f", flagged: {' '.join(s['flags'])}" if s["flags"] else ""
-            out.append(f"[{side}] ({scores}{flags}) {printable(s['answer']) or '(empty)'}")
+            a = r.answers[side]
+            rouge = a.scores["rougeL"]
+            scores = f"{a.scores['chars']} chars" + ("" if rouge is None else f", ROUGE-L {rouge:.3f}")
+            flags = f", flagged: {' '.join(a.flags)}" if a.flags else ""
+            out.append(f"[{side}] ({scores}{flags}) {printable(a.text) or '(empty)'}")
         out.append("")
     write_atomic(path, "\n".join(out) + "\n")
 
 
-def write_report(path: Path, settings: dict, aggregate: dict, timing: dict, rows: list[dict]) -> None:
-    payload = {"settings": settings, "scoring": SCORING_NOTE, "aggregate": aggregate, "timing": timing,
-               "samples": rows}
-    write_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+def write_report(path: Path, report: Report) -> None:
+    write_atomic(path, json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -270,17 +226,17 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def side_by_side(rows: list[dict], width: int) -> list[str]:
+def side_by_side(rows: list[Row], width: int) -> list[str]:
     """Every prompt, then base and fine-tuned answers in two columns of a `width`-column console."""
     column = max(20, (width - 3) // 2)
     out = []
     for r in rows:
-        out += ["", f"[{r['index'] + 1}] {printable(r['prompt'])}"]
-        left = _wrap(f"base: {r['base']['answer'] or '(empty)'}", column)
-        right = _wrap(f"fine-tuned: {r['tuned']['answer'] or '(empty)'}", column)
+        out += ["", f"[{r.index + 1}] {printable(r.prompt)}"]
+        left = _wrap(f"base: {r.answers.base.text or '(empty)'}", column)
+        right = _wrap(f"fine-tuned: {r.answers.tuned.text or '(empty)'}", column)
         for a, b in zip(left + [""] * (len(right) - len(left)), right + [""] * (len(left) - len(right))):
             out.append(a + " " * (column - display_width(a)) + " │ " + b)
-        flags = [f"{side}: {' '.join(r[side]['flags'])}" for side in SIDES if r[side]["flags"]]
+        flags = [f"{side}: {' '.join(r.answers[side].flags)}" for side in SIDES if r.answers[side].flags]
         if flags:
             out.append("flagged " + "; ".join(flags))
     return out

@@ -10,10 +10,14 @@ scores: a model that prints "，。" can still lower the reference perplexity.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .metrics import FLAGS
+
+if TYPE_CHECKING:  # for annotations only: the report's records import this module
+    from .report import Both, MetricResult
 
 CONFIDENCE = 0.95
 RESAMPLES = 4000
@@ -78,7 +82,7 @@ def wins_ties_losses(base: list, tuned: list) -> tuple[int, int, int]:
     return wins, len(pairs) - wins - losses, losses
 
 
-@dataclass
+@dataclass(frozen=True)
 class Verdict:
     headline: str  # one line: helped / hurt / no reliable difference / broken / cannot tell
     sentences: list[str]  # one per conclusion, most important first
@@ -89,24 +93,24 @@ def _flag_counts(flags: list[list[str]], n: int, names: tuple[str, ...] = DEGENE
     return ", ".join(f"{count} of {n} {name}" for name, count in counts.items() if count)
 
 
-def decide(n: int, intervals: dict[str, Interval | None], means: dict[str, tuple], rouge_wtl: tuple | None,
-           flags: dict[str, list[list[str]]], degenerate: dict[str, int]) -> Verdict:
+def decide(n: int, metrics: dict[str, MetricResult], rouge_wtl: tuple | None, flags: Both[list[list[str]]],
+           degenerate: Both[int]) -> Verdict:
     """The verdict from the comparison's numbers.
 
-    n: prompts compared. intervals: metric key -> paired interval (None when not measured).
-    means: metric key -> (base mean, tuned mean). rouge_wtl: ROUGE-L wins/ties/losses or None
-    without references. flags: side -> each answer's flags. degenerate: side -> degenerate answers.
+    n: prompts compared. metrics: by metric key, both sides' means and the paired difference (None
+    when not measured). rouge_wtl: ROUGE-L wins/ties/losses or None without references. flags:
+    each answer's flags, per side. degenerate: degenerate answers, per side.
     """
     sentences: list[str] = []
-    broken = degenerate["tuned"] >= DEGENERATE_SHARE * n  # even if the base's answers are as bad
+    broken = degenerate.tuned >= DEGENERATE_SHARE * n  # even if the base's answers are as bad
     if broken:
-        sentences.append(f"fine-tuned answers degenerate: {_flag_counts(flags['tuned'], n)} "
-                         f"(base: {degenerate['base']} of {n}); no score below counts as an improvement")
-    elif degenerate["tuned"] or degenerate["base"]:
-        sentences.append(f"degenerate answers: base {degenerate['base']} of {n}, fine-tuned {degenerate['tuned']} of {n}")
+        sentences.append(f"fine-tuned answers degenerate: {_flag_counts(flags.tuned, n)} "
+                         f"(base: {degenerate.base} of {n}); no score below counts as an improvement")
+    elif degenerate.tuned or degenerate.base:
+        sentences.append(f"degenerate answers: base {degenerate.base} of {n}, fine-tuned {degenerate.tuned} of {n}")
     caveat = " (not an improvement: the fine-tuned answers degenerate)" if broken else ""
 
-    rouge = intervals.get("rougeL")
+    rouge = metrics["rougeL"].difference
     if rouge is not None and rouge_wtl is not None:
         wins, ties, losses = rouge_wtl
         if rouge.reliable and rouge.mean > 0:
@@ -118,9 +122,9 @@ def decide(n: int, intervals: dict[str, Interval | None], means: dict[str, tuple
         else:
             sentences.append(f"no reliable difference in closeness to the reference answers: ROUGE-L {rouge.text(ROUGE_SCALE)}; "
                              f"wins {wins}, ties {ties}, losses {losses} of {rouge.n}")
-    ppl = intervals.get("ppl")
+    ppl = metrics["ppl"].difference
     if ppl is not None:
-        before, after = means["ppl"]
+        before, after = metrics["ppl"].base.mean, metrics["ppl"].tuned.mean
         shift = f"perplexity {number(before)} → {number(after)}, {ppl.text(max(before, after))}"
         if ppl.reliable and ppl.mean < 0:
             sentences.append(f"fine-tuned finds the reference answers more likely: {shift}{caveat}")
@@ -128,13 +132,13 @@ def decide(n: int, intervals: dict[str, Interval | None], means: dict[str, tuple
             sentences.append(f"fine-tuned finds the reference answers less likely: {shift}")
         else:
             sentences.append(f"no reliable difference in reference perplexity: {shift}")
-    chars = intervals.get("chars")
+    chars = metrics["chars"].difference
     if chars is not None and chars.reliable:
-        before, after = means["chars"]
+        before, after = metrics["chars"].base.mean, metrics["chars"].tuned.mean
         sentences.append(f"fine-tuned answers are {'longer' if chars.mean > 0 else 'shorter'}: "
                          f"{number(before)} → {number(after)} characters on average, "
                          f"{chars.text(max(before, after))}")
-    truncated = sum("truncated" in f for f in flags["tuned"])
+    truncated = sum("truncated" in f for f in flags.tuned)
     if truncated >= DEGENERATE_SHARE * n:
         sentences.append(f"{truncated} of {n} fine-tuned answers were cut off at the token limit; raise "
                          "--max-new-tokens to score whole answers")
