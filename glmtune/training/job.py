@@ -126,8 +126,8 @@ class TrainingResult:
             lines.append(f"logs       {', '.join(self.config.reporters())}"
                          + (f" ({command('tensorboard', '--logdir', out / 'runs')})"
                             if "tensorboard" in self.config.reporters() else ""))
-        launcher = ["torchrun", "--nproc_per_node", str(processes)] if processes > 1 else ["python"]
-        lines.append(f"next       {command(*launcher, 'chatglm_finetuning_tst.py', '--adapter', out)}")
+        launcher = ["torchrun", "--nproc_per_node", str(processes), "-m"] if processes > 1 else []
+        lines.append(f"next       {command(*launcher, 'glmtune', 'compare', '--adapter', out)}")
         return "\n".join(lines)
 
 

@@ -336,7 +336,7 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
                           f"--overwrite to replace it{lost}")
     if old.state == FINISHED:
         raise RunDirError(f"{out} holds this run, finished. Compare it: "
-                          f"{command('python', 'chatglm_finetuning_tst.py', '--adapter', out)}; "
+                          f"{command('glmtune', 'compare', '--adapter', out)}; "
                           f"or train it again with --overwrite, which replaces it{lost}")
     record.files = old.files
     if config.resume not in (None, "last"):
