@@ -288,7 +288,7 @@ class Comparison:
                                if free(f) and not scratch_for(f).exists())
             self.outputs = [self.output / p.name for p in self.outputs]
             print(f"{changed} gained files while the comparison ran; the report goes to {self.output} instead")
-        publish(self.scratch, self.output, last=report.name)
+        publish(self.scratch, self.output, last=json_report.name)
 
     def closing_lines(self, timing: Timing) -> list[str]:
         warm = "compile and warm-up" if timing.compiled else "warm-up"
