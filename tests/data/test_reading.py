@@ -20,7 +20,8 @@ from glmtune.data.reading import (
     write_seed_format,
 )
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+from conftest import REALDATA
+
 # Measured with `python bench/split_accuracy.py`: 313/321 rows exact (question and answer).
 EDGE_CASE_ACCURACY = 313 / 321
 MARGIN = 0.015
