@@ -16,16 +16,17 @@ from safetensors import safe_open
 from transformers import GlmForCausalLM
 
 import glmtune
-from glmtune.core import cli; from glmtune.core import files
-from glmtune.model.loading import read_config
+from glmtune.core import cli, files
 from glmtune.core.config import ExportConfig
 from glmtune.core.errors import ConfigError, ModelLoadError, RunDirError
 from glmtune.export.job import MANIFEST, SCRATCH, deployment_tokenizer, export, main
+from glmtune.model.loading import read_config
 from glmtune.model.lora import load_adapter
-from glmtune.training.runs import RunRecord
 from glmtune.model.tokenizer import build_tokenizer
+from glmtune.training.runs import RunRecord
 
 from conftest import REPO
+
 
 CONVERSATIONS = [
     [{"role": "user", "content": "高血压能喝咖啡吗？"}],
@@ -295,3 +296,50 @@ def test_flag_errors_come_before_heavy_imports(tmp_path):
     assert done.stdout.strip() == "[]", done.stderr
     assert done.stderr.strip().endswith("nope: no such folder; pass the --output-dir of a training run (--help lists "
                                         "the settings)")
+
+
+@pytest.fixture(scope="module")
+def trained_template_export(trained, tmp_path_factory):
+    from glmtune.core.config import ExportConfig
+    from glmtune.export.job import Export
+
+    run, _ = trained
+    job = Export(ExportConfig(adapter=run, output=tmp_path_factory.mktemp("export") / "native", dtype="fp32",
+                              chat_template="trained"))
+    job.plan()
+    job.merge()
+    job.write()
+    return run, job
+
+
+def test_the_trained_template_builds_the_prompts_training_used(trained_template_export):
+    from transformers import AutoTokenizer
+
+    from glmtune.model.prompts import prompt_ids
+    from glmtune.model.tokenizer import load_tokenizer
+
+    run, job = trained_template_export
+    exported, training = AutoTokenizer.from_pretrained(job.output), load_tokenizer(run)
+    for question in ("高血压能喝咖啡吗？ 男，50岁。", " leading space,  two spaces\nand a line"):
+        assert exported.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_dict=False) == prompt_ids(training, question, "glm3")
+    with pytest.raises(Exception, match="trained on the \\[Round 1\\] layout, which holds one user question"):
+        exported.apply_chat_template([{"role": "system", "content": "你是医生"}, {"role": "user", "content": "q"}])
+    assert [line for line in job.summary() if line.startswith("template")] == [
+        "template   the glm3 layout this adapter was trained on ('[Round 1] 问：... 答：'), one question per "
+        "conversation (--chat-template trained)"]
+
+
+def test_a_glm3_adapter_exported_with_the_chat_template_says_so(trained_template_export):
+    run, job = trained_template_export
+    job.config.chat_template = "chat"
+    template = next(line for line in job.summary() if line.startswith("template"))
+    assert template == ("template   ChatGLM3's chat layout (<|user|> ... <|assistant|>); this adapter was trained on "
+                        "the glm3 layout ('[Round 1] 问：... 答：'), which it does not reproduce: --chat-template "
+                        "trained installs that one")
+
+    from glmtune.core.config import ExportConfig
+    from glmtune.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trained is for --format native"):  # chatglm keeps the base's tokenizer
+        ExportConfig(adapter=run, format="chatglm", chat_template="trained").validate()

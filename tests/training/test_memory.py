@@ -13,14 +13,13 @@ import glmtune.training.job
 import glmtune.training.loss
 import glmtune.training.memory
 from glmtune.core import device
-from glmtune.training.compiling import plan_training_compile, record_compile_cost
 from glmtune.core.errors import TrainingError
+from glmtune.training.compiling import plan_training_compile, record_compile_cost
 from glmtune.training.job import train
 from glmtune.training.loss import chunked_loss
 from glmtune.training.memory import CheckpointPlan, GradientSnapshot, split_rows
 
 from conftest import tiny_config
-from test_training import CyclingPlan
 
 
 def lora_weights(model) -> dict:
@@ -79,6 +78,19 @@ def test_budget_is_free_memory_less_the_optimizer_state_and_a_margin(tiny_dir, m
     assert glmtune.training.memory._budget(model) == GiB - adam - 256 * 2**20  # the margin's floor
 
 
+def test_checkpoint_plan_checkpoints_the_fewest_layers_that_fit():
+    plan = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=8.0)
+    assert plan.layers_for(12) == 0  # 96 bytes fit without checkpointing
+    # 20 tokens need 160 bytes: 60 too many; each checkpointed layer saves 20 * 7 / 28 = 5 bytes
+    assert plan.layers_for(20) == 12
+    assert plan.layers_for(100) == 28 and plan.layers_for(1000) == 28  # never more than all layers
+    nothing_fits = CheckpointPlan(layers=28, budget_bytes=0.0, per_token_full=float("inf"),
+                                  per_token_none=float("inf"))
+    assert nothing_fits.layers_for(1) == 28
+    unmeasured = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=float("inf"))
+    assert unmeasured.layers_for(10) == 28  # no probe without checkpointing fitted: checkpoint all
+
+
 def test_a_plan_that_ran_out_of_memory_checkpoints_more():
     plan = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=8.0)
     assert plan.layers_for(20) == 12
@@ -112,6 +124,30 @@ def test_gradient_snapshot_puts_back_what_was_accumulated():
         p.grad += 7  # half a backward pass, then out of memory
     snapshot.restore()
     assert all(torch.equal(p.grad, torch.full(p.shape, 2.0)) for p in params)
+
+
+class CyclingPlan(CheckpointPlan):
+    """Checkpoints 0, 1, 2, 0, ... layers on successive micro-batches, whatever their size."""
+
+    def layers_for(self, tokens):
+        return sum(self.used.values()) % (self.layers + 1)
+
+
+def test_checkpointing_changes_memory_not_numbers(data_file, tmp_path, monkeypatch):
+    flags = ("--max-steps", "4", "--learning-rate", "5e-3")
+    every = train(tiny_config(data_file, tmp_path / "on", *flags, "--gradient-checkpointing", "on")).model
+    none = train(tiny_config(data_file, tmp_path / "off", *flags, "--gradient-checkpointing", "off")).model
+    plan = CyclingPlan(layers=2, budget_bytes=0.0, per_token_full=1.0, per_token_none=1.0)
+    monkeypatch.setattr(glmtune.training.job, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
+    monkeypatch.setattr(glmtune.training.memory, "plan_checkpointing", lambda *args: plan)
+    planned = train(tiny_config(data_file, tmp_path / "auto", *flags, "--gradient-checkpointing", "auto")).model
+    assert plan.used == {0: 3, 1: 3, 2: 2}  # 4 steps x 2 micro-batches, in the order the plan gave
+    weights = [{n: p for n, p in m.named_parameters() if "lora_" in n} for m in (every, none, planned)]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, msg=name)
+        torch.testing.assert_close(weights[2][name], value, msg=name)
+    run = json.loads((tmp_path / "auto" / "train_metrics.json").read_text())
+    assert run["checkpoint_plan"]["checkpointed_layers_per_micro_batch"] == {"0": 3, "1": 3, "2": 2}
 
 
 # ---------- out of memory in the middle of a run ----------

@@ -1,19 +1,26 @@
-"""The output folder across a run's life: new, interrupted (Ctrl-C or kill), resumed, finished,
-another run's, or not a run at all; and what a run logs on the way."""
+"""The output folder across a run's life: new, interrupted (Ctrl-C, SIGTERM, kill or a full disk),
+resumed, finished, damaged, or another run's; and what a run logs on the way."""
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from glmtune.core.errors import Interrupted, RunDirError
+from glmtune.comparison.job import compare
+from glmtune.core.errors import Interrupted, RunDirError, TrainingError
 from glmtune.training.job import train
-from glmtune.training.runs import RunRecord, last_checkpoint
+from glmtune.training.runs import RunRecord, checkpoints, last_checkpoint
 from glmtune.training.trainer import StopOnInterrupt, training_arguments
 
-from conftest import tiny_config
+from conftest import TORCH_FULL_DISK, KillAtStep, compare_config, copy_run, tiny_config
+
 
 FLAGS = ("--max-steps", "4", "--save-steps", "2", "--learning-rate", "5e-3")
 
@@ -119,3 +126,187 @@ def test_a_signal_repeated_at_once_is_the_same_ctrl_c_and_a_later_one_stops_at_o
     clock[0] += StopOnInterrupt.SAME_PRESS_S
     with pytest.raises(KeyboardInterrupt):
         stop.request()
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(data_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[KillAtStep(1)])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a failed run gives Ctrl-C back
+    assert checkpoints(out) == [] and RunRecord.load(out).state == "running"
+    job = train(tiny_config(data_file, out, *FLAGS, "--resume"))  # starts at step 0: nothing was saved
+    assert job.trainer.state.global_step == 4 and RunRecord.load(out).state == "finished"
+
+
+def test_a_checkpoint_cut_short_is_never_resumed_from(data_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[KillAtStep(3)])
+    # checkpoint-4 as a kill during its save leaves it: the adapter written, trainer_state.json cut short
+    partial = out / "checkpoint-4"
+    shutil.copytree(out / "checkpoint-2", partial)
+    (partial / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+    assert last_checkpoint(out) == out / "checkpoint-2"
+    job = train(tiny_config(data_file, out, *FLAGS, "--resume"))
+    assert job.trainer.state.global_step == 4 and RunRecord.load(out).state == "finished"
+    assert json.loads((partial / "trainer_state.json").read_text())["global_step"] == 4  # rewritten whole
+
+
+def test_a_kill_before_the_run_record_does_not_block_the_rerun(data_file, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run_config.json.k2j3l4.tmp").write_text('{"settings": {"mod')  # write_atomic's scratch, cut short
+    job = train(tiny_config(data_file, out, "--max-steps", "1"))
+    assert RunRecord.load(out).state == "finished" and job.trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("damage", [
+    '{"settings": {"model": "ti', "[1, 2]", '{"settings": {"lora_r": "many"}}',
+    '{"settings": {"lora_r": 8}}',  # no model: which base?
+    '{"settings": {"model": "tiny", "max_length": -5}}',
+    '{"settings": {"model": "tiny"}, "resolved": {"prompt_format": "weird"}}',
+    '{"settings": {"model": "tiny"}, "resolved": {"eval_file": 5}}',
+    '{"settings": {"model": "tiny"}, "state": "done"}',  # neither running nor finished: cannot be told
+])
+def test_a_damaged_run_record_is_one_clear_error(data_file, trained, tmp_path, damage):
+    run = copy_run(trained, tmp_path)
+    (run / "run_config.json").write_text(damage)
+    with pytest.raises(RunDirError, match=r"run_config.json is damaged.*--output-dir"):
+        train(tiny_config(data_file, run, "--max-steps", "12", "--learning-rate", "5e-3", "--resume"))
+    with pytest.raises(RunDirError, match=r"run_config.json is damaged"):
+        compare(compare_config(run))
+
+
+def fail_when_saving(monkeypatch, in_folder: str):
+    """torch.save as it behaves on a full disk (a partial file, then torch's own error) for writes
+    into `in_folder`; the Trainer saves optimizer and RNG state with it."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if in_folder in str(f):
+            Path(f).write_bytes(b"PK\x03\x04")
+            raise RuntimeError(TORCH_FULL_DISK)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_disk_full_at_a_checkpoint_drops_it_and_resume_continues(data_file, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fail_when_saving(monkeypatch, "checkpoint-4")
+    with pytest.raises(TrainingError, match=r"could not write a checkpoint in .*: the disk is full or failing "
+                                            r"\(.* GiB free\); removed checkpoint-4 \(cut short\)\. .*--resume; "
+                                            r"it continues from checkpoint-2"):
+        train(tiny_config(data_file, out, *FLAGS))
+    assert checkpoints(out) == [out / "checkpoint-2"] and not (out / "adapter_model.safetensors").exists()
+    monkeypatch.undo()  # space freed
+    job = train(tiny_config(data_file, out, *FLAGS, "--resume"))
+    assert job.trainer.state.global_step == 4 and RunRecord.load(out).state == "finished"
+
+
+@pytest.mark.parametrize("logging", [[], ["--logging-steps", "10"]])  # the second logs no loss before the end
+def test_disk_full_at_the_final_save_keeps_the_last_checkpoint(data_file, tmp_path, monkeypatch, logging):
+    from safetensors import SafetensorError
+
+    out = tmp_path / "run"
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    class FailFinalSave(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            monkeypatch.setattr(model, "save_pretrained", full)
+
+    with pytest.raises(TrainingError, match=r"could not write the adapter in .*: no space left on the device.*"
+                                            r"it continues from checkpoint-4"):
+        train(tiny_config(data_file, out, *FLAGS, *logging), callbacks=[FailFinalSave()])
+    assert not list(out.glob(".saving-*")) and not (out / "adapter_model.safetensors").exists()
+    monkeypatch.undo()
+    job = train(tiny_config(data_file, out, *FLAGS, *logging, "--resume"))
+    assert RunRecord.load(out).state == "finished" and job.trainer.state.global_step == 4  # no extra step
+    final, last = (load_file(p / "adapter_model.safetensors") for p in (out, out / "checkpoint-4"))
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+
+
+def can_mount_tmpfs(target: Path) -> bool:
+    target.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(target)], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs), where the machine lets us mount one."""
+    disk = tmp_path / "disk"
+    if not can_mount_tmpfs(disk):
+        pytest.skip("cannot mount a tmpfs here (needs root); the injected faults above still run")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+class FillDiskAfterFirstSave(TrainerCallback):
+    def __init__(self, disk):
+        self.disk = disk
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            with open(self.disk / "filler", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                except OSError:
+                    pass
+
+
+def test_a_real_full_disk_drops_the_checkpoint_it_cut_short_and_resume_continues(data_file, small_disk):
+    out = small_disk / "run"
+    with pytest.raises(TrainingError, match=r"could not write a checkpoint.*(no space left|full).*checkpoint-2"):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[FillDiskAfterFirstSave(small_disk)])
+    assert checkpoints(out) == [out / "checkpoint-2"]
+    (small_disk / "filler").unlink()
+    assert train(tiny_config(data_file, out, *FLAGS, "--resume")).trainer.state.global_step == 4
+
+
+@pytest.mark.parametrize("damage", [
+    lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:100]),
+    lambda c: (c / "adapter_model.safetensors").write_bytes(b"\0" * 8),
+    lambda c: (c / "trainer_state.json").write_text("[1]"),
+])
+def test_a_damaged_last_checkpoint_is_skipped_and_named(data_file, tmp_path, damage):
+    from glmtune.training.job import FineTune
+
+    out = tmp_path / "run"
+    flags = ("--max-steps", "4", "--save-steps", "1", "--learning-rate", "5e-3")
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_file, out, *flags), callbacks=[KillAtStep(3)])
+    damage(out / "checkpoint-2")
+    (out / ".saving-x1y2").mkdir()  # a kill during the final save leaves this
+    job = FineTune(tiny_config(data_file, out, *flags, "--resume"))
+    job.prepare()
+    assert job.resume_from == out / "checkpoint-1"
+    assert "removed .saving-x1y2 (scratch)" in job.removed
+    assert any(note.endswith("checkpoint-2 (cut short)") or "set checkpoint-2 aside as .damaged-checkpoint-2" in note
+               for note in job.removed), job.removed
+    assert not (out / "checkpoint-2").exists() and not (out / ".saving-x1y2").exists()
+    if (out / ".damaged-checkpoint-2").exists():  # written whole, damaged since: kept for the user, not deleted
+        assert (out / ".damaged-checkpoint-2" / "trainer_state.json").is_file()
+
+
+def test_a_diverging_run_shorter_than_the_logging_interval_is_not_finished(data_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="NaN/inf"):
+        train(tiny_config(data_file, out, "--max-steps", "2", "--logging-steps", "5", "--learning-rate", "1e30"))
+    assert RunRecord.load(out).state == "running" and not (out / "adapter_model.safetensors").exists()
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(data_file, tmp_path):
+    class TermAtStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="stopped at step 2; checkpoint-2 is saved"):
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[TermAtStep()])
+    assert last_checkpoint(out) == out / "checkpoint-2"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -1,81 +1,23 @@
-"""The training job on the tiny model: prompts/labels, learning, saving, resuming."""
+"""The training job on the tiny model: a run that learns, saves, reloads and resumes; the settings and
+data it refuses before a model loads; conversation data trained in the chat layout."""
 
 import json
 
 import pytest
-import sentencepiece as spm
 import torch
 from peft import PeftModel
 
 import glmtune
-import glmtune.training.job
-import glmtune.training.memory
-from glmtune.data.reading import split_eval
-from glmtune.core.errors import ConfigError
-from glmtune.training.job import train
-from glmtune.model.lora import resolve_lora_targets
-from glmtune.training.memory import CheckpointPlan
-from glmtune.model.prompts import IGNORE_INDEX, encode_example
+from glmtune.comparison.job import compare
+from glmtune.core.config import CompareConfig
+from glmtune.core.errors import ConfigError, DataError
+from glmtune.data.reading import read_dataset
+from glmtune.model.prompts import tokenize_examples
+from glmtune.model.tokenizer import load_tokenizer
+from glmtune.training.job import FineTune, train
 from glmtune.training.trainer import StopOnNonFiniteLoss
 
-from conftest import KillAtStep, tiny_config
-
-QUESTION, ANSWER = "头痛三天怎么办？ 女，30岁，太阳穴胀痛。", "多为紧张性头痛，注意休息；若剧烈头痛伴呕吐请立即就医。"
-GMASK, SOP, USER, ASSISTANT = 64790, 64792, 64795, 64796
-
-# ---------- prompts and labels ----------
-
-def test_glm3_prompt_and_labels_golden(real_tokenizer_dir):
-    tok = glmtune.load_tokenizer(real_tokenizer_dir)
-    sp = spm.SentencePieceProcessor(model_file=str(real_tokenizer_dir / "tokenizer.model"))
-    enc = encode_example(tok, QUESTION, ANSWER, "glm3", 1024)
-    prompt = [GMASK, SOP] + sp.encode(f"[Round 1]\n\n问：{QUESTION}\n\n答：")
-    answer = sp.encode(ANSWER) + [2]
-    assert enc.input_ids == prompt + answer
-    assert enc.labels == [IGNORE_INDEX] * len(prompt) + answer
-    assert not enc.truncated
-    with_prompt = encode_example(tok, QUESTION, ANSWER, "glm3", 1024, train_on_prompt=True)
-    assert with_prompt.labels == with_prompt.input_ids
-
-
-def test_chat_prompt_and_labels_golden(real_tokenizer_dir):
-    tok = glmtune.load_tokenizer(real_tokenizer_dir)
-    sp = spm.SentencePieceProcessor(model_file=str(real_tokenizer_dir / "tokenizer.model"))
-    enc = encode_example(tok, QUESTION, ANSWER, "chat", 1024)
-    prompt = [GMASK, SOP, USER] + sp.encode("\n") + sp.encode(QUESTION) + [ASSISTANT]
-    answer = sp.encode("\n") + sp.encode(ANSWER) + [2]
-    assert enc.input_ids == prompt + answer
-    assert enc.labels == [IGNORE_INDEX] * len(prompt) + answer
-
-
-@pytest.mark.parametrize("fmt", ["glm3", "chat"])
-def test_truncation_keeps_template_and_half_the_answer(tiny_dir, fmt):
-    tok = glmtune.load_tokenizer(tiny_dir)
-    long_q, long_a = "头痛" * 400, "建议休息" * 400
-    enc = encode_example(tok, long_q, long_a, fmt, 128)
-    assert len(enc.input_ids) == 128 and enc.truncated
-    assert enc.prompt_len <= 64
-    assert enc.input_ids[-1] != tok.eos_token_id  # a cut answer is not taught to stop
-    assert sum(label != IGNORE_INDEX for label in enc.labels) >= 64
-    tail = "\n\n答：" if fmt == "glm3" else "<|assistant|>"
-    assert tok.decode(enc.input_ids[:enc.prompt_len]).endswith(tail)
-
-
-def test_lora_targets_accept_chatglm_names():
-    assert resolve_lora_targets("query_key_value,dense,dense_h_to_4h,dense_4h_to_h") == \
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
-    assert resolve_lora_targets("q_proj, v_proj") == ["q_proj", "v_proj"]
-    with pytest.raises(ConfigError, match="unknown module 'mlp'") as err:
-        resolve_lora_targets("mlp")
-    assert err.value.field == "lora_target"
-
-
-def test_eval_split_is_deterministic_and_disjoint():
-    items = list(range(100))
-    train, held = split_eval(items, 0.1, seed=7)
-    assert len(held) == 10 and sorted(train + held) == items
-    assert split_eval(items, 0.1, seed=7) == (train, held)
-    assert split_eval(items, 0.1, seed=8)[1] != held
+from conftest import LONG_SYSTEM, KillAtStep, conversations, tiny_config, write_jsonl
 
 
 def test_nan_guard_stops_training():
@@ -87,41 +29,32 @@ def test_nan_guard_stops_training():
     assert control.should_training_stop and guard.bad_step == 7
 
 
-def test_checkpoint_plan_checkpoints_the_fewest_layers_that_fit():
-    plan = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=8.0)
-    assert plan.layers_for(12) == 0  # 96 bytes fit without checkpointing
-    # 20 tokens need 160 bytes: 60 too many; each checkpointed layer saves 20 * 7 / 28 = 5 bytes
-    assert plan.layers_for(20) == 12
-    assert plan.layers_for(100) == 28 and plan.layers_for(1000) == 28  # never more than all layers
-    nothing_fits = CheckpointPlan(layers=28, budget_bytes=0.0, per_token_full=float("inf"),
-                                  per_token_none=float("inf"))
-    assert nothing_fits.layers_for(1) == 28
-    unmeasured = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=float("inf"))
-    assert unmeasured.layers_for(10) == 28  # no probe without checkpointing fitted: checkpoint all
+def test_a_lora_rank_above_the_smallest_targeted_layer_is_refused_before_the_folder(data_file, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as caught:
+        FineTune(tiny_config(data_file, out, "--lora-r", "100000")).prepare()
+    assert caught.value.field == "lora_r"
+    assert "at most 64" in str(caught.value) and "k_proj" in str(caught.value)
+    assert not out.exists()  # refused before the output folder was claimed, let alone a model loaded
+    FineTune(tiny_config(data_file, tmp_path / "default")).prepare()  # the default rank passes
 
 
-class CyclingPlan(CheckpointPlan):
-    """Checkpoints 0, 1, 2, 0, ... layers on successive micro-batches, whatever their size."""
-
-    def layers_for(self, tokens):
-        return sum(self.used.values()) % (self.layers + 1)
-
-
-def test_checkpointing_changes_memory_not_numbers(data_file, tmp_path, monkeypatch):
-    flags = ("--max-steps", "4", "--learning-rate", "5e-3")
-    every = train(tiny_config(data_file, tmp_path / "on", *flags, "--gradient-checkpointing", "on")).model
-    none = train(tiny_config(data_file, tmp_path / "off", *flags, "--gradient-checkpointing", "off")).model
-    plan = CyclingPlan(layers=2, budget_bytes=0.0, per_token_full=1.0, per_token_none=1.0)
-    monkeypatch.setattr(glmtune.training.job, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
-    monkeypatch.setattr(glmtune.training.memory, "plan_checkpointing", lambda *args: plan)
-    planned = train(tiny_config(data_file, tmp_path / "auto", *flags, "--gradient-checkpointing", "auto")).model
-    assert plan.used == {0: 3, 1: 3, 2: 2}  # 4 steps x 2 micro-batches, in the order the plan gave
-    weights = [{n: p for n, p in m.named_parameters() if "lora_" in n} for m in (every, none, planned)]
-    for name, value in weights[0].items():
-        torch.testing.assert_close(weights[1][name], value, msg=name)
-        torch.testing.assert_close(weights[2][name], value, msg=name)
-    run = json.loads((tmp_path / "auto" / "train_metrics.json").read_text())
-    assert run["checkpoint_plan"]["checkpointed_layers_per_micro_batch"] == {"0": 3, "1": 3, "2": 2}
+def test_a_system_prompt_past_max_length_is_refused_before_the_model_naming_rows_and_fix(tmp_path):
+    data = conversations(tmp_path / "chats.jsonl", [LONG_SYSTEM] * 6)
+    job = FineTune(tiny_config(data, tmp_path / "out", "--max-length", "64"))
+    job.prepare()
+    job.load_data()
+    with pytest.raises(DataError) as caught:
+        job.load_tokenizer()
+    message = str(caught.value)
+    assert str(data) in message and "no training row keeps an answer token within --max-length 64" in message
+    needed = int(message.split("raise --max-length to ")[1].split(",")[0])
+    lines = [int(n) for n in message.split("(lines ")[1].split(":")[0].split(", ")]
+    assert lines == [ex.line_no for ex in job.train_examples] and "shorten the system prompt" in message
+    tok = load_tokenizer("tiny")
+    examples = read_dataset(data).examples
+    kept, stats = tokenize_examples(examples, tok, "chat", needed)  # the length it names keeps every row
+    assert len(kept) == 6 and not stats.unanswered
 
 
 # ---------- a real tiny run ----------
@@ -172,3 +105,28 @@ def test_killed_and_resumed_run_matches_uninterrupted(data_file, tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], msg=name)
+
+
+def test_conversation_data_trains_in_the_chat_layout_and_compares(tmp_path):
+    records = [{"messages": [{"role": "system", "content": "你是医生。"},
+                             {"role": "user", "content": f"第{i}天头痛。"}, {"role": "assistant", "content": "有发热吗？"},
+                             {"role": "user", "content": "没有。"}, {"role": "assistant", "content": f"休息{i}天。"}]}
+               for i in range(10)]
+    data = write_jsonl(tmp_path / "dialogues.jsonl", records)
+    out = tmp_path / "run"
+    job = train(tiny_config(data, out, "--max-steps", "2", "--eval-ratio", "0.2"))
+    assert job.record.resolved.prompt_format == "chat" and job.record.resolved.eval_file == "eval.jsonl"
+    held_out = read_dataset(out / "eval.jsonl").examples
+    assert len(held_out) == 2 and all(ex.history and ex.system == "你是医生。" for ex in held_out)
+    config = CompareConfig(adapter=out, max_new_tokens=4, output=tmp_path / "c")
+    assert compare(config).prompt_format == "chat"
+    with pytest.raises(ConfigError, match="use chat"):
+        train(tiny_config(data, tmp_path / "glm3", "--max-steps", "1", "--prompt-format", "glm3"))
+
+
+def test_a_loss_plot_without_losses_draws_no_legend_warning(recwarn, tmp_path):
+    from glmtune.training.plots import plot_losses
+
+    plot_losses([{"step": 2, "train_runtime": 1.0}], tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").is_file()
+    assert not [str(w.message) for w in recwarn.list]
