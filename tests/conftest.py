@@ -1,9 +1,16 @@
-"""Shared fixtures: the real ChatGLM3 files from ../shared (skipped when absent) and the tiny model."""
+"""Shared fixtures and helpers: the real ChatGLM3 files from ../shared (skipped when absent), the tiny
+model, a small data file, one finished tiny run every test that only reads a run shares, and the
+helpers the stages' tests have in common."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
+
+from glmtune.core import cli
+from glmtune.core.config import CompareConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -57,13 +64,15 @@ def data_file(tmp_path_factory):
 
 def tiny_config(data_file, out, *extra):
     """Training settings for a quick tiny-model run, parsed from flags as the script parses them."""
-    from glmtune.core import cli
-    from glmtune.core.config import TrainConfig
-
     config, _ = cli.parse_args(TrainConfig, "test", ["--model", "tiny", "--data", str(data_file), "--output-dir",
                                                      str(out), "--eval-ratio", "0.1", "--grad-accum", "2",
                                                      "--batch-size", "4", "--logging-steps", "1", *extra])
     return config
+
+
+def quick(data_file, out, *extra):
+    """One step and no eval split: a run whose only purpose is what it does to its folder."""
+    return tiny_config(data_file, out, "--max-steps", "1", "--eval-ratio", "0", *extra)
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +85,12 @@ def trained(data_file, tmp_path_factory):
     return out, job.model
 
 
+def copy_run(trained, tmp_path, name="run"):
+    """A copy of the shared finished run, for a test that writes into its run folder."""
+    copy = tmp_path / name
+    shutil.copytree(trained[0], copy)
+    return copy
+
 
 class KillAtStep(TrainerCallback):
     """A kill -9 stand-in: the run stops dead right after step `step` (no checkpoint, no cleanup)."""
@@ -86,3 +101,42 @@ class KillAtStep(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             raise KeyboardInterrupt
+
+
+TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"  # torch.save, disk full
+
+REPORT = [f"chatglm_comparison.{ext}" for ext in ("log", "json", "png", "html")]
+
+
+def earlier_report(run):
+    (run / "comparison").mkdir()
+    for name in REPORT:
+        (run / "comparison" / name).write_text(f"an earlier {name}", encoding="utf-8")
+
+
+def compare_config(adapter, *extra):
+    """Comparison settings for a quick run on two prompts, parsed from flags as the script parses them."""
+    config, _ = cli.parse_args(CompareConfig, "test", ["--adapter", str(adapter), "--max-new-tokens", "4",
+                                                       "--num-samples", "2", "--no-perplexity", *extra])
+    return config
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+# A system prompt longer than a short --max-length holds
+LONG_SYSTEM = "你是一名经验丰富的全科医生，回答要谨慎、具体，并提醒患者必要时就医。" * 20
+
+
+def conversations(path, systems):
+    """A JSONL file of one-exchange conversations, one per system prompt (None: no system turn)."""
+    lines = []
+    for i, system in enumerate(systems):
+        turns = [{"role": "system", "content": system}] if system else []
+        turns += [{"role": "user", "content": f"头痛（{i}）怎么办？"},
+                  {"role": "assistant", "content": "多休息，多喝水。"}]
+        lines.append(json.dumps({"messages": turns}, ensure_ascii=False))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,5 +1,6 @@
-"""The README and docs/ stay true to the command: the flag reference is generated, and every command
-line they show is one the command accepts."""
+"""The README and the docs pages: every page linked, every Python snippet runs as written, CI runs the
+test command the README gives, the flag reference is generated, and every command line they show is
+one the command accepts."""
 
 import contextlib
 import io
@@ -15,6 +16,34 @@ README = REPO / "README_chatglm_finetuning.md"
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 SCRIPTS = {"chatglm_finetuning.py": "train", "chatglm_finetuning_tst.py": "compare"}
 MENTIONS = re.compile(r"\bglmtune(\.export)?(?![\w./])|chatglm_finetuning(_tst)?\.py")
+
+
+def readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def test_the_readme_links_every_docs_page_and_each_link_resolves():
+    linked = re.findall(r"\]\((docs/[^)]+)\)", readme())
+    assert sorted(set(linked)) == sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))
+    assert all((REPO / link).is_file() for link in linked)
+
+
+def test_python_snippets_in_the_docs_run_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pages = [REPO / "README_chatglm_finetuning.md", *sorted((REPO / "docs").glob("*.md"))]
+    snippets = [snippet for page in pages
+                for snippet in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
+    assert snippets
+    for snippet in snippets:
+        exec(compile(snippet, "docs snippet", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command():
+    setup = re.search(r"```bash\n(.*?)```", readme(), flags=re.S).group(1)
+    test_command = next(line for line in setup.splitlines() if "pytest" in line).split("#")[0].strip()
+    assert test_command in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
 
 
 def test_the_flag_reference_is_up_to_date():

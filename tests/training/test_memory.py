@@ -13,18 +13,28 @@ import glmtune.training.job
 import glmtune.training.loss
 import glmtune.training.memory
 from glmtune.core import device
-from glmtune.training.compiling import plan_training_compile, record_compile_cost
 from glmtune.core.errors import TrainingError
+from glmtune.training.compiling import plan_training_compile, record_compile_cost
 from glmtune.training.job import train
 from glmtune.training.loss import chunked_loss
 from glmtune.training.memory import CheckpointPlan, GradientSnapshot, split_rows
 
 from conftest import tiny_config
-from test_training import CyclingPlan
 
 
 def lora_weights(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+TWO_STEPS = ("--max-steps", "2", "--learning-rate", "5e-3")
+
+
+@pytest.fixture(scope="module")
+def eager(data_file, tmp_path_factory):
+    """Two steps, nothing checkpointed or compiled, dropout on: the adapter that the checkpointed, the
+    out-of-memory-recovered and the compiled runs below must each train as well."""
+    out = tmp_path_factory.mktemp("eager")
+    return train(tiny_config(data_file, out, *TWO_STEPS, "--gradient-checkpointing", "off", "--compile", "off")).model
 
 
 def assert_same_adapter(a, b):
@@ -79,6 +89,19 @@ def test_budget_is_free_memory_less_the_optimizer_state_and_a_margin(tiny_dir, m
     assert glmtune.training.memory._budget(model) == GiB - adam - 256 * 2**20  # the margin's floor
 
 
+def test_checkpoint_plan_checkpoints_the_fewest_layers_that_fit():
+    plan = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=8.0)
+    assert plan.layers_for(12) == 0  # 96 bytes fit without checkpointing
+    # 20 tokens need 160 bytes: 60 too many; each checkpointed layer saves 20 * 7 / 28 = 5 bytes
+    assert plan.layers_for(20) == 12
+    assert plan.layers_for(100) == 28 and plan.layers_for(1000) == 28  # never more than all layers
+    nothing_fits = CheckpointPlan(layers=28, budget_bytes=0.0, per_token_full=float("inf"),
+                                  per_token_none=float("inf"))
+    assert nothing_fits.layers_for(1) == 28
+    unmeasured = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=float("inf"))
+    assert unmeasured.layers_for(10) == 28  # no probe without checkpointing fitted: checkpoint all
+
+
 def test_a_plan_that_ran_out_of_memory_checkpoints_more():
     plan = CheckpointPlan(layers=28, budget_bytes=100, per_token_full=1.0, per_token_none=8.0)
     assert plan.layers_for(20) == 12
@@ -112,6 +135,26 @@ def test_gradient_snapshot_puts_back_what_was_accumulated():
         p.grad += 7  # half a backward pass, then out of memory
     snapshot.restore()
     assert all(torch.equal(p.grad, torch.full(p.shape, 2.0)) for p in params)
+
+
+class CyclingPlan(CheckpointPlan):
+    """Checkpoints 0, 1, 2, 0, ... layers on successive micro-batches, whatever their size."""
+
+    def layers_for(self, tokens):
+        return sum(self.used.values()) % (self.layers + 1)
+
+
+def test_checkpointing_changes_memory_not_numbers(eager, data_file, tmp_path, monkeypatch):
+    every = train(tiny_config(data_file, tmp_path / "on", *TWO_STEPS, "--gradient-checkpointing", "on")).model
+    assert_same_adapter(eager, every)
+    plan = CyclingPlan(layers=2, budget_bytes=0.0, per_token_full=1.0, per_token_none=1.0)
+    monkeypatch.setattr(glmtune.training.job, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
+    monkeypatch.setattr(glmtune.training.memory, "plan_checkpointing", lambda *args: plan)
+    planned = train(tiny_config(data_file, tmp_path / "auto", *TWO_STEPS, "--gradient-checkpointing", "auto")).model
+    assert plan.used == {0: 2, 1: 1, 2: 1}  # 2 steps x 2 micro-batches, in the order the plan gave
+    assert_same_adapter(eager, planned)
+    run = json.loads((tmp_path / "auto" / "train_metrics.json").read_text())
+    assert run["checkpoint_plan"]["checkpointed_layers_per_micro_batch"] == {"0": 2, "1": 1, "2": 1}
 
 
 # ---------- out of memory in the middle of a run ----------
@@ -153,8 +196,8 @@ def test_a_micro_batch_out_of_memory_is_redone_in_halves_with_the_same_result(da
     assert events[0] in capsys.readouterr().err
 
 
-def test_more_checkpointing_redoes_the_micro_batch_exactly_dropout_included(data_file, tmp_path, monkeypatch):
-    flags = ("--max-steps", "2", "--learning-rate", "5e-3", "--gradient-checkpointing", "auto")
+def test_more_checkpointing_redoes_the_micro_batch_exactly_dropout_included(eager, data_file, tmp_path,
+                                                                             monkeypatch):
     monkeypatch.setattr(glmtune.training.job, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
     plans = []
 
@@ -163,15 +206,14 @@ def test_more_checkpointing_redoes_the_micro_batch_exactly_dropout_included(data
         return plans[-1]
 
     monkeypatch.setattr(glmtune.training.memory, "plan_checkpointing", plan)
-    straight = train(tiny_config(data_file, tmp_path / "a", *flags)).model
-    assert plans[0].used == {0: 4}
     failing = OutOfMemoryAt(nth=4)
-    recovered = train(tiny_config(data_file, tmp_path / "b", *flags), callbacks=[failing]).model
+    recovered = train(tiny_config(data_file, tmp_path / "b", *TWO_STEPS, "--gradient-checkpointing", "auto"),
+                      callbacks=[failing]).model
     assert failing.fired
-    assert_same_adapter(straight, recovered)
+    assert_same_adapter(eager, recovered)
     events = json.loads((tmp_path / "b" / "train_metrics.json").read_text())["out_of_memory_recoveries"]
     assert events == [events[0]] and "with 0 of 2 layers checkpointed; redoing it with" in events[0]
-    assert plans[1].budget_bytes < 1e12
+    assert plans[0].budget_bytes < 1e12
 
 
 def test_one_row_that_never_fits_is_one_clear_error(data_file, tmp_path):
@@ -184,17 +226,16 @@ def test_one_row_that_never_fits_is_one_clear_error(data_file, tmp_path):
 
 # ---------- compiled decoder layers ----------
 
-def test_compiled_layers_train_the_same_adapter_as_eager_and_checkpointed_ones_run_eagerly(data_file, tmp_path,
-                                                                                          monkeypatch):
+def test_compiled_layers_train_the_same_adapter_as_eager_and_checkpointed_ones_run_eagerly(eager, data_file,
+                                                                                          tmp_path, monkeypatch):
     # aot_eager traces and partitions forward and backward as inductor does, without generating code
     # (and draws dropout masks as eager code does, so the runs must agree with dropout on)
     monkeypatch.setattr(glmtune.training.compiling, "BACKEND", "aot_eager")
     monkeypatch.setattr(glmtune.training.job, "uses_checkpointing", lambda setting: True)  # auto is off without a GPU
-    flags = ("--max-steps", "2", "--learning-rate", "5e-3", "--gradient-checkpointing", "auto")
-    eager = train(tiny_config(data_file, tmp_path / "eager", *flags, "--compile", "off")).model
     plan = CyclingPlan(layers=2, budget_bytes=0.0, per_token_full=1.0, per_token_none=1.0)
     monkeypatch.setattr(glmtune.training.memory, "plan_checkpointing", lambda *args: plan)
-    job = train(tiny_config(data_file, tmp_path / "compiled", *flags, "--compile", "on"))
+    job = train(tiny_config(data_file, tmp_path / "compiled", *TWO_STEPS, "--gradient-checkpointing", "auto",
+                            "--compile", "on"))
     assert plan.used == {0: 2, 1: 1, 2: 1}  # none, one and both layers checkpointed
     assert_same_adapter(eager, job.model)
     layers = glmtune.training.memory.decoder_layers(job.model)

@@ -5,22 +5,27 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
+import glmtune
+from glmtune.core.errors import DataError, RunDirError
 from glmtune.data.reading import (
-    DataError,
     Example,
     clean_text,
     format_qa_line,
     join_question,
     parse_line,
     parse_record,
+    prompt_digest,
     read_dataset,
+    read_prompt_digests,
+    split_eval,
     write_qa_lines,
 )
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+from conftest import REALDATA
+
+
 # Measured with `python bench/split_accuracy.py`: 313/321 rows exact (question and answer).
 EDGE_CASE_ACCURACY = 313 / 321
 MARGIN = 0.015
@@ -141,9 +146,6 @@ def test_toyhom_200_lines_all_parse():
     assert len(data.examples) + data.duplicates_removed == 200
 
 
-# --- CSV ------------------------------------------------------------------------------
-
-
 def test_gb18030_csv_reads_like_the_csv_module(tmp_path):
     path = realdata("toyhom_internal_medicine_excerpt.gb18030.csv")
     raw = path.read_bytes()
@@ -193,9 +195,6 @@ def test_csv_without_required_columns_is_an_error(tmp_path):
         read_dataset(path)
 
 
-# --- JSON -----------------------------------------------------------------------------
-
-
 def test_jsonl_both_styles(tmp_path):
     path = tmp_path / "data.jsonl"
     rows = [
@@ -239,9 +238,6 @@ def test_malformed_json_names_file_and_line(tmp_path, name, text, line):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(DataError, match=rf"{name}:{line}: invalid JSON"):
         read_dataset(path)
-
-
-# --- seed files, reports, errors ------------------------------------------------------
 
 
 def test_seed_file_skips_counts_and_reports(tmp_path):
@@ -350,3 +346,68 @@ def test_repairs_are_counted_per_example(tmp_path):
         "html_entities": 1,
         "whitespace": 1,
     }
+
+
+def test_eval_split_is_deterministic_and_disjoint():
+    items = list(range(100))
+    train, held = split_eval(items, 0.1, seed=7)
+    assert len(held) == 10 and sorted(train + held) == items
+    assert split_eval(items, 0.1, seed=7) == (train, held)
+    assert split_eval(items, 0.1, seed=8)[1] != held
+
+
+def test_a_lone_surrogate_skips_its_record_with_the_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "头痛？", "answer": "休息。"}\n'
+                    '{"question": "发烧 \\ud83d 怎么办？", "answer": "多喝水。"}\n'
+                    '{"question": "咳嗽？", "answer": "止咳 \\udc00。"}\n'
+                    '{"question": "失眠？", "answer": "规律作息 \\ud83d\\ude00。"}\n', encoding="utf-8")
+    data = read_dataset(path)
+    assert [ex.line_no for ex in data.examples] == [1, 4] and data.examples[1].answer == "规律作息 😀。"
+    assert [(s.line_no, s.reason.split(" at ")[0]) for s in data.skipped] == [
+        (2, "lone surrogate '\\ud83d'"), (3, "lone surrogate '\\udc00'")]
+    tok = glmtune.load_tokenizer("tiny")
+    assert all(tok(ex.question + ex.answer).input_ids for ex in data.examples)
+
+
+def test_duplicates_are_reported_by_line(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("头痛？ 两天,休息。\n发烧？ 一天,喝水。\n头痛？ 两天,休息。\n咳嗽？ 一周,就医。\n头痛？ 两天,休息。\n",
+                    encoding="utf-8")
+    data = read_dataset(path)
+    assert data.duplicates == [(3, 1), (5, 1)] and data.duplicates_removed == 2
+    assert "duplicates removed: 2 (lines 3, 5)" in "\n".join(data.report_lines())
+    assert "line 5: duplicate of line 1" in data.skipped_report()
+    assert glmtune.parse_line("头痛？ 两天,休息。") == ("头痛？两天", "休息。")
+
+
+def test_bare_cr_line_endings_are_lines_and_a_stray_cr_is_not(tmp_path):
+    path = tmp_path / "mac.txt"
+    path.write_bytes("头痛？ 两天,休息。\r发烧？ 一天,喝水。\r咳嗽？ 一周,就医。\r".encode())
+    data = read_dataset(path)
+    assert data.lines_read == 3 and [ex.answer for ex in data.examples] == ["休息。", "喝水。", "就医。"]
+    path.write_bytes("高血压能喝咖啡吗？ 男，50岁,少量饮用\r一般可以。\r\n失眠？ 两个月,规律作息。\n".encode())
+    data = read_dataset(path)  # a CR inside a line of an LF file belongs to its record
+    assert data.lines_read == 2 and [ex.answer for ex in data.examples] == ["少量饮用\n一般可以。", "规律作息。"]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"question": ' + "9" * 5000 + ', "answer": "x"}'])
+def test_unreadable_json_names_the_line(tmp_path, text):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "头痛？", "answer": "休息。"}\n' + text + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"data.jsonl:2: JSON that cannot be read"):
+        read_dataset(path)
+
+
+def test_a_prompt_is_known_by_its_words_and_everything_before_its_question():
+    turn = Example("没有。", "休息。", 1, (("第1天头痛。", "有发热吗？"),), "你是医生。")
+    assert prompt_digest(turn) == prompt_digest(Example(" 没有。\n", "", 0, (("第1天头痛。 ", "有发热吗？"),), "你是医生。"))
+    assert prompt_digest(turn) != prompt_digest(Example("没有。", "休息。", 2, (("第2天头痛。", "有发热吗？"),), "你是医生。"))
+    assert prompt_digest(turn) != prompt_digest(Example("没有。", "休息。", 3, turn.history))  # no system prompt
+    assert prompt_digest(Example("头 痛", "", 0)) != prompt_digest(Example("头痛", "", 0))  # words, not characters
+
+
+def test_a_damaged_prompt_hash_file_is_named(tmp_path):
+    (tmp_path / "train_prompts.sha256").write_text("0123abc\n", encoding="utf-8")
+    with pytest.raises(RunDirError, match=r"train_prompts.sha256 is damaged; delete it"):
+        read_prompt_digests(tmp_path)

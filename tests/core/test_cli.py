@@ -1,8 +1,7 @@
-"""The command line: flags from the config dataclasses, HF-style spellings, --config YAML, the error
-boundary, and each script end to end in a real process (the console a user sees)."""
+"""The command line: flags from the config dataclasses, HF-style spellings, --config YAML (hostile
+files refused at once), the one-line error boundary, and a console whose reader has gone."""
 
-import json
-import re
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from glmtune.core import cli
 from glmtune.core.config import CompareConfig, TrainConfig
 from glmtune.core.errors import ConfigError, DataError, RunDirError
 
-from conftest import REPO
+from conftest import TORCH_FULL_DISK
 
 
 def parse(*argv, cls=TrainConfig):
@@ -164,86 +163,77 @@ def test_flag_errors_come_before_heavy_imports(tmp_path):
     assert time.perf_counter() - began < 10
 
 
-def run_script(script, *argv, cwd):
-    return subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+# 90 bytes that expand to 9**9 strings inside a setting whose error message would show the value
+BILLION_LAUGHS = "lora_target:\n- &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"- &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
 
 
-def test_both_scripts_end_to_end_on_a_quiet_console(data_file, tmp_path, capsys):
-    out = tmp_path / "run"
-    result = run_script("chatglm_finetuning.py", "--model", "tiny", "--data", str(data_file), "--output-dir",
-                        str(out), "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2", "--eval-ratio",
-                        "0.2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    console = result.stdout + result.stderr
-    for noise in ("Warning", "kernels", "Traceback", "deprecated"):
-        assert noise not in console, noise
-    assert re.search(r"finished\s+4 steps in .* tokens/s", result.stdout)
-    assert f"next       python chatglm_finetuning_tst.py --adapter {out}" in result.stdout
-    assert json.loads((out / "run_config.json").read_text())["state"] == "finished"
-
-    from glmtune.training.job import train
-
-    again, _ = cli.parse_args(TrainConfig, "t", ["--model", "tiny", "--data", str(data_file), "--output-dir", str(out),
-                                                 "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2",
-                                                 "--eval-ratio", "0.2", "--resume"])
-    with pytest.raises(SystemExit) as refused:  # the scripts' error boundary, in this process
-        cli.run(train, again)
-    stderr = capsys.readouterr().err
-    assert refused.value.code == 1 and "holds this run, finished" in stderr
-    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
-
-    # the comparison piped into `head -1`: its reports are written before its verdict is printed, and
-    # the pipe closed after the first line stops nothing
-    errors = tmp_path / "stderr.txt"
-    with errors.open("w") as stderr, subprocess.Popen(
-            [sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(out), "--max-new-tokens", "8"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path) as compared:
-        weights = compared.stdout.readline()
-        compared.stdout.close()
-        assert compared.wait(timeout=300) == 0, errors.read_text()[-2000:]
-    assert weights.startswith("weights:  fp32, adapter merged after the base side; ")
-    log = (out / "comparison" / "chatglm_comparison.log").read_text(encoding="utf-8")
-    assert "decoding: static KV cache, eager (compiled decoding needs a CUDA GPU)" in log
-    assert "VERDICT (" in log and "medical terms / 100 chars" in log
-    assert (out / "comparison" / "chatglm_comparison.html").is_file()
-    for noise in ("Warning", "kernels", "Traceback"):
-        assert noise not in errors.read_text(), noise
-
-    # the chat, fed through a pipe: one turn per line, answers printed, ends with the input
-    chat = subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(out), "--chat",
-                           "--max-new-tokens", "6"], input="头痛怎么办？\n/both\n还要注意什么？\n", capture_output=True,
-                          text=True, cwd=tmp_path, timeout=300)
-    assert chat.returncode == 0, chat.stderr[-2000:]
-    marks = ["> 头痛怎么办？\n[fine-tuned] ", "\n> /both\n(answering: base, then fine-tuned)\n> 还要注意什么？\n[base] ",
-             "\n[fine-tuned] "]
-    at = [chat.stdout.find(marks[0]), chat.stdout.find(marks[1]), chat.stdout.rfind(marks[2])]
-    assert -1 not in at and at == sorted(at), chat.stdout  # answers can hold line breaks: order, not lines
-    for noise in ("Warning", "kernels", "Traceback"):
-        assert noise not in chat.stdout + chat.stderr, noise
+def test_a_yaml_alias_bomb_is_refused_at_once(capsys, data_file, tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BILLION_LAUGHS, encoding="utf-8")
+    began = time.perf_counter()
+    err = usage_error(capsys, "--data", str(data_file), "--config", str(bomb))
+    assert time.perf_counter() - began < 1
+    assert f"{bomb}:3: *a: aliases are not accepted in a settings file" in err
 
 
-def readme() -> str:
-    return (REPO / "README_chatglm_finetuning.md").read_text(encoding="utf-8")
+def test_an_oversized_yaml_file_is_refused_unread(capsys, data_file, tmp_path):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(f"lora_target: {'q_proj,' * 200_000}q_proj\n", encoding="utf-8")
+    assert f"{huge}: larger than 64 KiB" in usage_error(capsys, "--data", str(data_file), "--config", str(huge))
 
 
-def test_the_readme_links_every_docs_page_and_each_link_resolves():
-    linked = re.findall(r"\]\((docs/[^)]+)\)", readme())
-    assert sorted(set(linked)) == sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))
-    assert all((REPO / link).is_file() for link in linked)
+def test_config_errors_read_as_a_sentence_after_their_flag(trained):
+    from glmtune.comparison.job import Comparison
+    from glmtune.core.config import CompareConfig
+    from glmtune.core.errors import ConfigError
+    from glmtune.export.job import merge_device
+    from glmtune.comparison.inference import Shape, plan_weights
+
+    with pytest.raises(ConfigError) as no_gpu:
+        merge_device("cuda", 1)
+    assert cli.message(no_gpu.value) == "--device cuda: no CUDA GPU was found; use --device cpu (or auto)"
+
+    with pytest.raises(ConfigError) as no_room:
+        plan_weights("as-trained", "none", Shape.of_model("tiny"), 1.0, 1, 16, 32, 1, True)
+    assert cli.message(no_room.value).startswith("--quantization as-trained (the run trained on none) holds the "
+                                                 "weights in 16 bits")
+
+    out, _ = trained
+    job = Comparison(CompareConfig(adapter=out, base_model="THUDM/chatglm3-6b"))
+    with pytest.raises(ConfigError) as six_b:
+        job.load_run()
+    assert cli.message(six_b.value).startswith("--base-model THUDM/chatglm3-6b (this adapter's base) is a 6B model "
+                                               "that needs a CUDA GPU, and none was found")
 
 
-def test_python_snippets_in_the_docs_run_as_written(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    pages = [REPO / "README_chatglm_finetuning.md", *sorted((REPO / "docs").glob("*.md"))]
-    snippets = [snippet for page in pages
-                for snippet in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
-    assert snippets
-    for snippet in snippets:
-        exec(compile(snippet, "docs snippet", "exec"), {})
+def test_a_console_whose_reader_has_gone_swallows_the_rest(tmp_path):
+    read, write = os.pipe()
+    console = cli.Console(open(write, "wb"), encoding="ascii", errors="backslashreplace", line_buffering=True)
+    console.write("高血压\n")
+    assert os.read(read, 100) == b"\\u9ad8\\u8840\\u538b\n"  # escaped, not UnicodeEncodeError
+    os.close(read)  # `head -1` has read its line and exited
+    console.write("step 2 of 8\n")  # EPIPE: from now on the output goes nowhere, and the run goes on
+    console.write("step 3 of 8\n")
+    console.close()  # the flush at exit succeeds too (its failure would make the exit status 120)
 
 
-def test_ci_runs_the_readme_test_command():
-    setup = re.search(r"```bash\n(.*?)```", readme(), flags=re.S).group(1)
-    test_command = next(line for line in setup.splitlines() if "pytest" in line).split("#")[0].strip()
-    assert test_command in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+@pytest.mark.parametrize("error, line", [
+    (RuntimeError(TORCH_FULL_DISK), "error: a write failed: the disk is full or failing; free some space"),
+    (OSError(122, "Disk quota exceeded", "out/eval.txt"), "error: out/eval.txt: no space left on the device"),
+    (OSError(30, "Read-only file system", "ro/out"), "error: ro/out: read-only file system; choose a folder you can"),
+])
+def test_write_failures_of_any_library_are_one_line(capsys, error, line):
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and line in err and len(err.strip().splitlines()) == 1
+
+    def bug():
+        raise RuntimeError("shape mismatch in my code")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        cli.run(bug)  # not a write failure: a bug keeps its traceback

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, tiny_config
-from glmtune.core import cli; from glmtune.core import distributed
 from glmtune.comparison.job import compare
-from glmtune.core.config import CompareConfig, ExportConfig, TrainConfig
-from glmtune.core.errors import DataError, Diverged, TrainingError
+from glmtune.core.config import CompareConfig
 from glmtune.training.job import train
+
+from conftest import REPO, tiny_config
+
 
 # Dropout off: each process draws its own masks, so with dropout the runs are alike only in distribution.
 # 20 training rows make 5 micro-batches of 2 for each of 2 processes: no epoch ends in a part-filled
@@ -64,7 +64,7 @@ def test_two_processes_write_one_adapter_equal_to_one_process_with_the_same_effe
         assert noise not in console, noise
     assert result.stdout.count("batch      micro 2 x accum 1 x 2 processes = effective 4") == 1  # rank 0 alone
     assert len(re.findall(r"finished\s+8 steps", result.stdout)) == 1
-    assert f"next       torchrun --nproc_per_node 2 chatglm_finetuning_tst.py --adapter {out}" in result.stdout
+    assert f"next       torchrun --nproc_per_node 2 -m glmtune compare --adapter {out}" in result.stdout
 
     single = tmp_path / "one"
     job = train(tiny_config(data_file, single, *FLAGS, "--grad-accum", "2", "--batch-size", "2"))
@@ -160,62 +160,3 @@ def test_two_process_comparison_equals_the_one_process_report(two_processes, res
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     question = json.loads((folder.with_name("one-prompt") / "chatglm_comparison.json").read_text(encoding="utf-8"))
     assert [sample["prompt"] for sample in question["samples"]] == ["孩子发烧怎么办？"]
-
-
-# ---------- what a launcher's environment changes, in one process ----------
-
-def one_line_usage_error(capsys, cls, *argv) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        cli.parse_args(cls, "test", list(argv))
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    return err
-
-
-def test_the_effective_batch_must_split_over_the_processes(capsys, monkeypatch, data_file, trained):
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    err = one_line_usage_error(capsys, TrainConfig, "--data", str(data_file))
-    assert "--grad-accum 16 (the effective batch, with --batch-size auto) does not split evenly over 3 processes; " \
-           "use 15 or 18" in err
-    cli.parse_args(TrainConfig, "test", ["--data", str(data_file), "--grad-accum", "18"])
-    cli.parse_args(TrainConfig, "test", ["--data", str(data_file), "--batch-size", "2"])  # per process: any count
-    out, _ = trained
-    assert "--chat is one conversation in one process" in one_line_usage_error(
-        capsys, CompareConfig, "--adapter", str(out), "--chat")
-    assert "an export is one merge in one process" in one_line_usage_error(
-        capsys, ExportConfig, "--adapter", str(out))
-
-
-@pytest.mark.parametrize("rank, error, line", [
-    ("0", DataError("eval.txt: no usable examples"), "error: eval.txt: no usable examples\n"),
-    ("1", DataError("eval.txt: no usable examples"), ""),  # the same inputs: rank 0 says it
-    ("1", TrainingError("out of GPU memory"), "[rank 1] error: out of GPU memory\n"),  # its own GPU
-    ("1", Diverged("the training loss became NaN/inf"), ""),  # every process sees the gathered loss
-    ("1", OSError(28, "No space left on device", "out/x"), "[rank 1] error: out/x: no space left on the device; "
-                                                           "free some space and run the same command again\n"),
-    ("1", distributed.Elsewhere("RunDirError: out holds another run"), ""),  # rank 0 raised and reports it
-    ("0", RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:34960"),
-     "\nerror: another process of this run stopped (its own line, or the launcher's report, says why); --resume "
-     "continues from the last checkpoint\n"),
-    ("1", RuntimeError("[pair.cc:537] Read error: Connection reset by peer"),
-     "\n[rank 1] error: another process of this run stopped (its own line, or the launcher's report, says why); "
-     "--resume continues from the last checkpoint\n"),  # rank 0 may be the one that died
-])
-def test_each_process_says_only_what_is_its_own(capsys, monkeypatch, rank, error, line):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", rank)
-
-    def main():
-        raise error
-
-    with pytest.raises(SystemExit) as exit_:
-        cli.run(main)
-    assert exit_.value.code == 1 and capsys.readouterr().err == line
-
-
-def test_a_bad_flag_is_said_once_by_rank_0(capsys, monkeypatch, data_file):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    with pytest.raises(SystemExit) as exit_:
-        cli.parse_args(TrainConfig, "test", ["--data", str(data_file), "--lora-r", "0"])
-    assert exit_.value.code == 2 and capsys.readouterr().err == ""

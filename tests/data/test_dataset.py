@@ -1,13 +1,13 @@
-"""Our own dataset and lexicon: complete, clean, varied, and usable by the tools."""
+"""Our own dataset: complete, clean, varied, and usable by the tools."""
 
 import statistics
 
 import pytest
 
 from glmtune.data.reading import parse_line, read_dataset
-from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon
 
 from conftest import REPO
+
 
 DATA = REPO / "financial_data.txt"
 DEPARTMENTS = REPO / "financial_data.departments.txt"  # one tag per data line
@@ -52,21 +52,3 @@ def test_lengths_look_like_real_data(lines):
     assert 150 <= statistics.median(lengths) <= 260
     assert sum(n < 110 for n in lengths) >= 0.05 * len(lines)
     assert sum(n > 400 for n in lengths) >= 0.05 * len(lines)
-
-
-def test_lexicon_loads_clean_and_large():
-    text = DEFAULT_LEXICON_PATH.read_text(encoding="utf-8").splitlines()
-    assert all(line.strip() for line in text), "blank line in the lexicon"
-    terms = [line for line in text if not line.startswith("#")]
-    assert len(terms) == len(set(terms)) >= 2000
-    lexicon = Lexicon.load()
-    assert {lexicon.category(t) for t in lexicon.terms} == {"疾病", "症状", "药物", "检查", "解剖", "科室", "中医"}
-
-
-def test_term_density_of_a_known_sentence():
-    lexicon = Lexicon.load()
-    sentence = "患者有高血压和糖尿病，服用二甲双胍后出现头痛，建议复查血常规。"
-    # hand count: 高血压, 糖尿病, 二甲双胍, 头痛, 血常规 -> 5 hits, 5 distinct, over 31 characters
-    density = lexicon.term_density(sentence)
-    assert (density.hits, density.distinct) == (5, 5)
-    assert density.per_100_chars == pytest.approx(5 * 100 / 31)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from glmtune.comparison.generation import Generated
 from glmtune.comparison.html_report import render
-from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon, answer_flags, char_bleu4, rouge_zh
 from glmtune.comparison.report import Both, Report, Settings, SideTiming, Timing
+from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon, answer_flags, char_bleu4, rouge_zh
 from glmtune.comparison.scoring import Sample, metric_table, score, summary_lines
 from glmtune.comparison.verdict import paired_interval, wins_ties_losses
 

@@ -16,17 +16,18 @@ from safetensors import safe_open
 from transformers import GlmForCausalLM
 
 import glmtune
-from glmtune.core import cli; from glmtune.core import files
-from glmtune.model.loading import read_config
+from glmtune.core import cli, files
 from glmtune.core.config import ExportConfig
 from glmtune.core.errors import ConfigError, ModelLoadError, RunDirError
 from glmtune.core.folders import LOCK, scratch_for
 from glmtune.export.job import MANIFEST, deployment_tokenizer, export, main
+from glmtune.model.loading import read_config
 from glmtune.model.lora import load_adapter
-from glmtune.training.runs import RunRecord
 from glmtune.model.tokenizer import build_tokenizer
+from glmtune.training.runs import RunRecord
 
 from conftest import REPO
+
 
 CONVERSATIONS = [
     [{"role": "user", "content": "高血压能喝咖啡吗？"}],
@@ -255,45 +256,6 @@ def test_a_killed_export_never_looks_complete(exports, monkeypatch, tmp_path, mo
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_export_publishes_whole_into_a_missing_or_empty_folder_and_leaves_no_lock(exports, tmp_path):
-    run, native, _ = exports
-    assert sorted(p.name for p in native.output.parent.iterdir()) == ["chatglm", "native"]  # no scratch beside
-    assert LOCK not in native.files and not (native.output / LOCK).exists()
-    here = tmp_path / "here"
-    here.mkdir()
-    inode = here.stat().st_ino
-    result = export(ExportConfig(adapter=run, output=here, dtype="fp32"))
-    assert here.stat().st_ino == inode and sorted(p.name for p in here.iterdir()) == sorted(result.files)
-    assert json.loads((here / MANIFEST).read_text())["files"] == sorted(set(result.files) - {MANIFEST})
-
-
-def test_a_second_export_into_the_same_folder_is_turned_away(exports, tmp_path):
-    from glmtune.core import folders
-
-    run, _, _ = exports
-    out = tmp_path / "out"
-    _, held = folders.reserve(out, "exporting")  # another export, writing now
-    with pytest.raises(RunDirError, match=f"another process is exporting to {out}; wait for it to finish"):
-        export(ExportConfig(adapter=run, output=out, dtype="fp32"))
-    assert scratch_for(out).is_dir()  # the other export's scratch is left to it
-    held.release()
-
-
-def test_overwrite_with_no_room_for_both_deletes_the_earlier_export_first(exports, monkeypatch, tmp_path, capsys):
-    run, native, _ = exports
-    target = shutil.copytree(native.output, tmp_path / "target")
-    before = sorted(p.name for p in target.iterdir())
-    monkeypatch.setattr(files, "free_bytes", lambda path: 1)  # no room even once the earlier export is gone
-    with pytest.raises(RunDirError, match="the export needs"):
-        export(ExportConfig(adapter=run, output=target, dtype="fp32", overwrite=True))
-    assert sorted(p.name for p in target.iterdir()) == before  # refused before anything was deleted
-    monkeypatch.setattr(files, "free_bytes", lambda path: 64 * 2**20)  # room once it is gone
-    result = export(ExportConfig(adapter=run, output=target, dtype="fp32", overwrite=True))
-    assert f"deleting the earlier export in {target} first" in capsys.readouterr().out
-    assert sorted(p.name for p in target.iterdir()) == sorted(result.files)  # no .replacing-* left behind
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
-
-
 def test_a_failed_overwrite_keeps_the_earlier_export(exports, monkeypatch, tmp_path):
     import glmtune.export.job as exporting
 
@@ -340,3 +302,91 @@ def test_flag_errors_come_before_heavy_imports(tmp_path):
     assert done.stdout.strip() == "[]", done.stderr
     assert done.stderr.strip().endswith("nope: no such folder; pass the --output-dir of a training run (--help lists "
                                         "the settings)")
+
+
+@pytest.fixture(scope="module")
+def trained_template_export(trained, tmp_path_factory):
+    from glmtune.core.config import ExportConfig
+    from glmtune.export.job import export
+
+    run, _ = trained
+    return run, export(ExportConfig(adapter=run, output=tmp_path_factory.mktemp("export") / "native", dtype="fp32",
+                                    chat_template="trained"))
+
+
+def test_the_trained_template_builds_the_prompts_training_used(trained_template_export):
+    from transformers import AutoTokenizer
+
+    from glmtune.export.job import summary
+    from glmtune.model.prompts import prompt_ids
+    from glmtune.model.tokenizer import load_tokenizer
+
+    run, result = trained_template_export
+    exported, training = AutoTokenizer.from_pretrained(result.output), load_tokenizer(run)
+    for question in ("高血压能喝咖啡吗？ 男，50岁。", " leading space,  two spaces\nand a line"):
+        assert exported.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_dict=False) == prompt_ids(training, question, "glm3")
+    with pytest.raises(Exception, match="trained on the \\[Round 1\\] layout, which holds one user question"):
+        exported.apply_chat_template([{"role": "system", "content": "你是医生"}, {"role": "user", "content": "q"}])
+    assert [line for line in summary(result) if line.startswith("template")] == [
+        "template   the glm3 layout this adapter was trained on ('[Round 1] 问：... 答：'), one question per "
+        "conversation (--chat-template trained)"]
+
+
+def test_a_glm3_adapter_exported_with_the_chat_template_says_so(trained_template_export):
+    from dataclasses import replace
+
+    from glmtune.export.job import summary
+
+    run, result = trained_template_export
+    template = next(line for line in summary(replace(result, template="chat")) if line.startswith("template"))
+    assert template == ("template   ChatGLM3's chat layout (<|user|> ... <|assistant|>); this adapter was trained on "
+                        "the glm3 layout ('[Round 1] 问：... 答：'), which it does not reproduce: --chat-template "
+                        "trained installs that one")
+
+    from glmtune.core.config import ExportConfig
+    from glmtune.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trained is for --format native"):  # chatglm keeps the base's tokenizer
+        ExportConfig(adapter=run, format="chatglm", chat_template="trained").validate()
+
+
+def test_export_publishes_whole_into_a_missing_or_empty_folder_and_leaves_no_lock(exports, tmp_path):
+    run, native, _ = exports
+    assert sorted(p.name for p in native.output.parent.iterdir()) == ["chatglm", "native"]  # no scratch beside
+    assert LOCK not in native.files and not (native.output / LOCK).exists()
+    here = tmp_path / "here"
+    here.mkdir()
+    inode = here.stat().st_ino
+    result = export(ExportConfig(adapter=run, output=here, dtype="fp32"))
+    assert here.stat().st_ino == inode and sorted(p.name for p in here.iterdir()) == sorted(result.files)
+    assert json.loads((here / MANIFEST).read_text())["files"] == sorted(set(result.files) - {MANIFEST})
+
+
+
+def test_a_second_export_into_the_same_folder_is_turned_away(exports, tmp_path):
+    from glmtune.core import folders
+
+    run, _, _ = exports
+    out = tmp_path / "out"
+    _, held = folders.reserve(out, "exporting")  # another export, writing now
+    with pytest.raises(RunDirError, match=f"another process is exporting to {out}; wait for it to finish"):
+        export(ExportConfig(adapter=run, output=out, dtype="fp32"))
+    assert scratch_for(out).is_dir()  # the other export's scratch is left to it
+    held.release()
+
+
+
+def test_overwrite_with_no_room_for_both_deletes_the_earlier_export_first(exports, monkeypatch, tmp_path, capsys):
+    run, native, _ = exports
+    target = shutil.copytree(native.output, tmp_path / "target")
+    before = sorted(p.name for p in target.iterdir())
+    monkeypatch.setattr(files, "free_bytes", lambda path: 1)  # no room even once the earlier export is gone
+    with pytest.raises(RunDirError, match="the export needs"):
+        export(ExportConfig(adapter=run, output=target, dtype="fp32", overwrite=True))
+    assert sorted(p.name for p in target.iterdir()) == before  # refused before anything was deleted
+    monkeypatch.setattr(files, "free_bytes", lambda path: 64 * 2**20)  # room once it is gone
+    result = export(ExportConfig(adapter=run, output=target, dtype="fp32", overwrite=True))
+    assert f"deleting the earlier export in {target} first" in capsys.readouterr().out
+    assert sorted(p.name for p in target.iterdir()) == sorted(result.files)  # no .replacing-* left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]

@@ -1,40 +1,19 @@
-"""Output folders: one process at a time, --overwrite deletes only what the tool wrote, a checkpoint
-resumes only its own run, and a report folder is published whole or not at all."""
+"""--overwrite deletes only what the run wrote, and a run folder takes another run only where nothing
+of value is lost: a user's files, a report, the data trained on, another run's checkpoint."""
 
 import errno
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import pytest
 
-from glmtune.core import folders
-from glmtune.comparison.job import Comparison, compare
-from glmtune.core.config import CompareConfig, ExportConfig
-from glmtune.core.errors import ConfigError, RunDirError
-from glmtune.export.job import export
-from glmtune.training.job import FineTune, train
+from glmtune.core.errors import DataError, ModelLoadError, RunDirError
+from glmtune.training.job import train
 from glmtune.training.runs import RUN_CONFIG, RunRecord
 
-from conftest import REPO, KillAtStep, tiny_config
+from conftest import REPORT, KillAtStep, copy_run, earlier_report, quick, tiny_config
 
-REPORT = [f"chatglm_comparison.{ext}" for ext in ("log", "json", "png", "html")]
-
-
-def copy_run(trained, tmp_path, name="run"):
-    copy = tmp_path / name
-    shutil.copytree(trained[0], copy)
-    return copy
-
-
-def quick(data_file, out, *extra):
-    return tiny_config(data_file, out, "--max-steps", "1", "--eval-ratio", "0", *extra)
-
-
-# --- --overwrite deletes what the run wrote, nothing else ---------------------------------------
 
 def test_overwrite_keeps_what_the_tool_did_not_write(data_file, trained, tmp_path):
     run = copy_run(trained, tmp_path)
@@ -179,54 +158,6 @@ def test_a_run_stopped_before_its_first_checkpoint_gives_way_to_other_settings(d
     assert RunRecord.load(run).state == "finished" and (run / "NOTES.md").read_text(encoding="utf-8") == "mine"
 
 
-# --- one process at a time -----------------------------------------------------------------------
-
-def test_a_live_run_holds_its_folder_against_training_comparing_and_exporting(data_file, trained, tmp_path):
-    run = copy_run(trained, tmp_path)
-    busy = rf"another process \(pid {os.getpid()}\) is training in {run}; wait for it to finish"
-    with FineTune(quick(data_file, run, "--overwrite")) as live:
-        live.prepare()
-        for flags in ([], ["--overwrite"], ["--resume"]):
-            with pytest.raises(RunDirError, match=busy):
-                train(quick(data_file, run, *flags))
-        with pytest.raises(RunDirError, match=busy):
-            compare(CompareConfig(adapter=run, output=tmp_path / "report", max_new_tokens=2, num_samples=1))
-        with pytest.raises(RunDirError, match=busy):
-            export(ExportConfig(adapter=run, output=tmp_path / "merged"))
-        assert not (tmp_path / "report").exists() and not (tmp_path / "merged").exists()
-    reading = folders.claim(run, "comparing", shared=True)  # the run is free again once the job is left
-    with pytest.raises(RunDirError, match=f"another process is reading {run}"):
-        train(quick(data_file, run, "--overwrite"))
-    folders.claim(run, "comparing", shared=True).release()  # readers share it
-    reading.release()
-
-
-def test_the_lock_dies_with_its_holder(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from glmtune.core.folders import claim; "
-                               "held = claim(Path(sys.argv[1]), 'training'); print('held', flush=True); time.sleep(60)",
-         str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(RunDirError, match=rf"another process \(pid {holder.pid}\) is training in"):
-            folders.claim(tmp_path, "training")
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-    folders.claim(tmp_path, "training").release()  # kill -9 left the lock file, not the lock
-
-
-def test_a_refused_claim_leaves_no_trace(tmp_path):
-    target = tmp_path / "new" / "export"
-    first = folders.claim(target, "exporting")
-    with pytest.raises(RunDirError, match="is exporting in"):
-        folders.claim(target, "exporting")
-    first.abandon()
-    assert not (tmp_path / "new").exists()
-
-
-# --- a checkpoint resumes its own run only --------------------------------------------------------
-
 def test_resume_from_a_checkpoint_of_another_run_is_refused(data_file, tmp_path):
     other = tmp_path / "other"
     train(tiny_config(data_file, other, "--max-steps", "2", "--save-steps", "1", "--lora-r", "4"))
@@ -248,164 +179,6 @@ def test_resume_from_a_checkpoint_of_another_run_is_refused(data_file, tmp_path)
     with pytest.raises(RunDirError, match=r"checkpoint-1 holds another run's adapter \(rank 4 \(this run: 16\)\)"):
         train(tiny_config(data_file, run, "--max-steps", "2", "--save-steps", "5", "--resume"))
     assert RunRecord.load(run).state == "running" and not (run / "adapter_model.safetensors").exists()
-
-
-# --- a report folder is published whole or not at all ---------------------------------------------
-
-def earlier_report(run):
-    (run / "comparison").mkdir()
-    for name in REPORT:
-        (run / "comparison" / name).write_text(f"an earlier {name}", encoding="utf-8")
-
-
-def test_a_comparison_killed_while_writing_its_overwrite_leaves_the_old_report_whole(trained, tmp_path,
-                                                                                       monkeypatch):
-    run = copy_run(trained, tmp_path)
-    earlier_report(run)
-    old = {name: (run / "comparison" / name).read_bytes() for name in REPORT}
-
-    def killed(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("glmtune.comparison.plots.plot_aggregate", killed)  # the log and JSON are written by then
-    with pytest.raises(KeyboardInterrupt):
-        compare(CompareConfig(adapter=run, max_new_tokens=3, num_samples=2, overwrite=True))
-    assert {name: (run / "comparison" / name).read_bytes() for name in REPORT} == old
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith((".comparison", "comparison"))) == \
-        ["comparison"]
-
-
-def test_a_failed_comparison_leaves_no_numbered_folder(trained, tmp_path, monkeypatch):
-    run = copy_run(trained, tmp_path)
-    earlier_report(run)
-
-    def out_of_memory(*args):
-        raise MemoryError
-
-    monkeypatch.setattr(Comparison, "generate", out_of_memory)
-    with pytest.raises(MemoryError):
-        compare(CompareConfig(adapter=run, max_new_tokens=2, num_samples=1))
-    assert sorted(p.name for p in run.iterdir() if "comparison" in p.name) == ["comparison"]
-
-
-@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two renames"])
-def test_publish_swaps_the_folders_and_a_kill_between_two_renames_brings_the_old_one_back(tmp_path, monkeypatch,
-                                                                                           exchange):
-    if not exchange:
-        monkeypatch.setattr(folders, "_exchange", lambda a, b: False)
-    target = tmp_path / "comparison"
-    target.mkdir()
-    (target / "chatglm_comparison.log").write_text("old")
-    scratch, held = folders.reserve(target, "comparing")
-    assert folders.reserve(target, "comparing") is None  # a second writer is turned away
-    (scratch / "chatglm_comparison.log").write_text("new")
-    folders.publish(scratch, target, last="chatglm_comparison.json")
-    held.release()
-    assert [p.name for p in tmp_path.iterdir()] == ["comparison"]
-    assert (target / "chatglm_comparison.log").read_text() == "new"
-
-    os.replace(target, tmp_path / ".comparison.replaced")  # killed between the fallback's two renames
-    folders.reserve(target, "comparing")[1].release()
-    assert (target / "chatglm_comparison.log").read_text() == "new"
-
-
-def test_a_scratch_folder_left_by_a_kill_is_cleared_and_its_name_reused(tmp_path):
-    target = tmp_path / "comparison"
-    scratch, held = folders.reserve(target, "comparing")
-    (scratch / "chatglm_comparison.log").write_text("half")
-    held.release()  # the process died: its lock is gone, its scratch is not
-    again, held = folders.reserve(target, "comparing")
-    assert again == scratch and list(again.iterdir()) == [again / folders.LOCK]
-    held.release()
-
-
-def test_a_run_in_a_read_only_folder_can_still_be_read(tmp_path, monkeypatch):
-    opened = os.open
-
-    def read_only(path, flags, *mode):
-        if flags & os.O_CREAT:
-            raise OSError(errno.EROFS, "Read-only file system", path)
-        return opened(path, flags, *mode)
-
-    monkeypatch.setattr(folders.os, "open", read_only)
-    folders.claim(tmp_path, "comparing", shared=True).release()  # no lock file can be made there
-    with pytest.raises(OSError, match="Read-only"):
-        folders.claim(tmp_path, "training")
-
-
-def test_an_empty_folder_stays_the_same_folder_and_a_link_stays_a_link(trained, tmp_path, monkeypatch):
-    from glmtune.comparison.job import output_dir
-
-    here = tmp_path / "here"
-    here.mkdir()
-    inode = here.stat().st_ino
-    scratch, held = folders.reserve(here, "comparing")
-    (scratch / "chatglm_comparison.log").write_text("new")
-    folders.publish(scratch, here, last="chatglm_comparison.json")  # `--output .` from a shell standing in an empty folder
-    held.release()
-    assert here.stat().st_ino == inode and [p.name for p in here.iterdir()] == ["chatglm_comparison.log"]
-
-    real, link = tmp_path / "real", tmp_path / "link"
-    real.mkdir()
-    link.symlink_to(real, target_is_directory=True)
-    target, _, held = output_dir(CompareConfig(adapter=trained[0], output=link))
-    held.release()
-    assert target == real and link.is_symlink()
-
-
-def test_a_file_where_the_default_report_folder_goes_is_numbered_past(trained, tmp_path):
-    from glmtune.comparison.job import output_dir
-
-    run = copy_run(trained, tmp_path)
-    (run / "comparison").write_text("a user's file")
-    target, _, held = output_dir(CompareConfig(adapter=run))
-    held.release()
-    assert target == run / "comparison-2"
-
-
-def test_comparison_overwrite_refuses_a_hidden_user_file(trained, tmp_path):
-    from glmtune.comparison.job import output_dir
-
-    folder = tmp_path / "report"
-    folder.mkdir()
-    (folder / "chatglm_comparison.log").write_text("old")
-    (folder / ".notes.md").write_text("mine")
-    with pytest.raises(ConfigError, match=r"holds files that are not a comparison report \(.notes.md\)"):
-        output_dir(CompareConfig(adapter=trained[0], output=folder, overwrite=True))
-
-
-def test_a_file_put_in_the_report_folder_while_the_models_ran_is_never_swapped_away(trained, tmp_path, monkeypatch,
-                                                                                    capsys):
-    import glmtune.comparison.scoring
-
-    folder = tmp_path / "report"
-    folder.mkdir()  # an empty folder, reserved: the user writes into it during generation
-    write_log = glmtune.comparison.scoring.write_log
-
-    def user_writes_first(*args, **kwargs):
-        (folder / "draft.md").write_text("my notes", encoding="utf-8")
-        write_log(*args, **kwargs)
-
-    monkeypatch.setattr(glmtune.comparison.scoring, "write_log", user_writes_first)
-    job = compare(CompareConfig(adapter=trained[0], output=folder, max_new_tokens=2, num_samples=1))
-    assert [p.name for p in folder.iterdir()] == ["draft.md"] and job.output == tmp_path / "report-2"
-    assert sorted(p.name for p in job.output.iterdir()) == sorted(REPORT)
-    assert f"{folder} gained files while the comparison ran; the report goes to {job.output}" in capsys.readouterr().out
-
-
-def test_reports_never_follow_a_link_or_replace_a_file_in_the_run_folder(trained, tmp_path):
-    from glmtune.comparison.job import output_dir
-
-    run = copy_run(trained, tmp_path)
-    thesis = tmp_path / "thesis.txt"
-    thesis.write_text("years of work")
-    (run / "comparison").symlink_to(thesis)
-    target, _, held = output_dir(CompareConfig(adapter=run))
-    held.release()
-    assert target == run / "comparison-2"
-    with pytest.raises(ConfigError, match="comparison is a file; choose a folder"):
-        output_dir(CompareConfig(adapter=run, overwrite=True))
-    assert thesis.read_text() == "years of work"
 
 
 def test_overwrite_of_a_folder_without_a_run_record_deletes_nothing(data_file, tmp_path):
@@ -436,3 +209,27 @@ def test_an_overwrite_killed_while_deleting_is_finished_by_the_next(data_file, t
     (left / "checkpoint-12").mkdir()
     train(quick(data_file, run, "--overwrite"))
     assert not left.exists() and RunRecord.load(run).config.max_steps == 1
+
+
+def test_overwrite_never_costs_a_finished_run_for_bad_input(data_file, trained, tmp_path, tiny_dir):
+    run = copy_run(trained, tmp_path)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match="neither UTF-8 nor GB18030"):
+        train(tiny_config(binary, run, "--overwrite"))
+    no_tokenizer = tmp_path / "model"
+    shutil.copytree(tiny_dir, no_tokenizer)
+    (no_tokenizer / "tokenizer.model").unlink()
+    config = tiny_config(data_file, run, "--overwrite")
+    config.model = str(no_tokenizer)
+    with pytest.raises(ModelLoadError, match="no tokenizer.model"):
+        train(config)
+    assert RunRecord.load(run).state == "finished" and (run / "adapter_model.safetensors").is_file()
+
+
+def test_retraining_over_a_run_names_the_reports_overwrite_would_delete(data_file, trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    (run / "comparison").mkdir()
+    (run / "comparison-2").mkdir()
+    with pytest.raises(RunDirError, match=r"replaces it \(and its comparison reports comparison, comparison-2\)"):
+        train(tiny_config(data_file, run, "--learning-rate", "5e-3", "--max-steps", "12"))

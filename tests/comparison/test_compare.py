@@ -1,5 +1,6 @@
 """The comparison script on a tiny trained adapter: one copy of the weights, fair decoding, reports."""
 
+import io
 import json
 import shutil
 
@@ -7,14 +8,18 @@ import pytest
 from peft import PeftModel
 
 import glmtune
-from glmtune.comparison.job import compare, output_dir
-from glmtune.core.config import CompareConfig
-from glmtune.data.reading import Example
-from glmtune.core.errors import ConfigError, DataError, ModelLoadError
 from glmtune.comparison.generation import Decoding, generate_answers, reference_perplexity
+from glmtune.comparison.job import compare, output_dir
+from glmtune.comparison.scoring import display_width, side_by_side
+from glmtune.core import cli
+from glmtune.core.config import CompareConfig
+from glmtune.core.errors import ConfigError, DataError, ModelLoadError
+from glmtune.data.reading import Example
 from glmtune.model.prompts import encode, prompt_ids
 from glmtune.training.runs import RunRecord
-from glmtune.comparison.scoring import display_width, side_by_side
+
+from conftest import compare_config
+
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
 
@@ -169,3 +174,41 @@ def test_empty_eval_split_says_how_to_get_prompts(trained, tmp_path):
     (run / RunRecord.load(run).resolved.eval_file).write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="the eval split is empty. Train with --eval-ratio > 0"):
         run_compare(run, tmp_path)
+
+
+@pytest.mark.parametrize("terms, message", [("头痛\n\n发烧\n", "terms.txt:2: blank line"),
+                                            ("头痛".encode("utf-16"), "not UTF-8 text")])
+def test_a_bad_terms_file_stops_before_any_model_loads(trained, tmp_path, terms, message):
+    from glmtune.comparison.job import Comparison
+
+    path = tmp_path / "terms.txt"
+    path.write_bytes(terms.encode() if isinstance(terms, str) else terms)
+    job = Comparison(compare_config(trained[0], "--terms-file", str(path)))
+    with pytest.raises(DataError, match=message):
+        job.load_run()
+
+
+def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
+    from glmtune.comparison.job import Comparison
+    from glmtune.core.config import CompareConfig
+    from glmtune.core.errors import ConfigError
+    from glmtune.model.tokenizer import load_tokenizer
+
+    out, _ = trained
+    context = load_tokenizer(out).model_max_length
+    job = Comparison(CompareConfig(adapter=out, max_new_tokens=context + 100, output=tmp_path / "report"))
+    run = job.load_run()
+    prompts = job.load_prompts(run)
+    with pytest.raises(ConfigError) as refused:
+        job.load_model(run, prompts)
+    assert refused.value.field == "max_new_tokens"
+    assert cli.message(refused.value).startswith(f"--max-new-tokens {context + 100} leaves no room for a prompt: "
+                                                 f"this model's context holds {context} tokens")
+    assert not (tmp_path / "report").exists()  # refused before the report folder is claimed
+
+    from glmtune.comparison.chat import start
+    from glmtune.training.runs import RunRecord
+
+    with pytest.raises(ConfigError, match=f"leaves no room for a prompt: this model's context holds {context}"):
+        start(CompareConfig(adapter=out, chat=True, max_new_tokens=context + 100), RunRecord.load(out), "tiny",
+              io.StringIO())

@@ -1,7 +1,6 @@
-"""How the comparison and the chat hold the weights: 16-bit with the adapter merged after the base
-side, or NF4 with it unmerged when memory is short; static-cache decoding; the chat."""
+"""How the comparison holds the weights: 16-bit with the adapter merged after the base side, or NF4
+with it unmerged when memory is short; static-cache and compiled-shape decoding."""
 
-import io
 import json
 
 import pytest
@@ -9,19 +8,18 @@ import torch
 from peft import PeftModel
 
 import glmtune
-from glmtune.core import device
-from glmtune.comparison.chat import start, talk
-from glmtune.model.loading import chatglm_to_glm_config
+from glmtune.comparison.generation import Decoding, batches, generate_answers
+from glmtune.comparison.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights
 from glmtune.comparison.job import compare
+from glmtune.core import device
 from glmtune.core.config import CompareConfig
 from glmtune.core.errors import ConfigError, DataError
-from glmtune.comparison.generation import Decoding, batches, generate_answers
-from glmtune.training.compiling import record_compile_cost
-from glmtune.comparison.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights
+from glmtune.model.loading import chatglm_to_glm_config
 from glmtune.model.prompts import prompt_ids
-from glmtune.training.runs import RunRecord
+from glmtune.training.compiling import record_compile_cost
 
 from conftest import CHATGLM3
+
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
 
@@ -170,83 +168,9 @@ def test_short_memory_falls_back_to_nf4_with_the_adapter_unmerged(trained, tmp_p
     assert "weights: NF4, adapter unmerged" in log
 
 
-def test_chat_keeps_the_conversation_and_switches_sides(trained):
-    out, _ = trained
-    config = CompareConfig(adapter=out, chat=True, max_new_tokens=8)
-    config.validate()
-    screen = io.StringIO()
-    chat = start(config, RunRecord.load(out), "tiny", screen)
-    tok, ask = chat.tokenizer, (lambda text: {"role": "user", "content": text})
-
-    chat.handle("头痛怎么办？")
-    assert chat.prompts[0] == glmtune.chat_ids(tok, [ask("头痛怎么办？")])
-    first = chat.history[1]
-    assert first["role"] == "assistant" and first["content"] and f"[fine-tuned] {first['content']}" in screen.getvalue()
-    chat.handle("要吃什么药？")
-    assert chat.prompts[1] == glmtune.chat_ids(tok, [ask("头痛怎么办？"), first, ask("要吃什么药？")])
-
-    shown = len(screen.getvalue())
-    chat.handle("/both")
-    chat.handle("失眠呢？")
-    both = screen.getvalue()[shown:]
-    assert "(answering: base, then fine-tuned)" in both and both.index("[base] ") < both.index("[fine-tuned] ")
-    assert chat.prompts[2][: len(chat.prompts[1])] == chat.prompts[1] and len(chat.history) == 6
-
-    chat.handle("/reset")
-    chat.handle("/base")
-    shown = len(screen.getvalue())
-    chat.handle("咳嗽")
-    assert chat.prompts[3] == glmtune.chat_ids(tok, [ask("咳嗽")])  # the conversation was forgotten
-    assert "[base] " in screen.getvalue()[shown:] and "[fine-tuned]" not in screen.getvalue()[shown:]
-    chat.handle("/nope")
-    assert screen.getvalue().endswith("(unknown command /nope; commands: /tuned, /base, /both, /reset, /exit)\n")
-    assert chat.handle("/exit") is False
-
-
-def test_chat_from_a_pipe_answers_each_line_with_the_conversation_so_far(trained):
-    out, _ = trained
-    screen = io.StringIO()
-    chat = start(CompareConfig(adapter=out, chat=True, max_new_tokens=8), RunRecord.load(out), "tiny", screen)
-    talk(chat, io.StringIO("头痛怎么办？\n\n要吃什么药？\n/exit\n还在吗？\n"))  # read as a pipe: not a terminal
-    first, second = chat.prompts  # the empty line is skipped, nothing after /exit is read
-    answer = chat.history[1]["content"]
-    assert second == glmtune.chat_ids(chat.tokenizer, [{"role": "user", "content": "头痛怎么办？"},
-                                                       {"role": "assistant", "content": answer},
-                                                       {"role": "user", "content": "要吃什么药？"}])
-    assert second[: len(first)] == first
-    assert screen.getvalue().count("[fine-tuned] ") == 2 and "> 还在吗？" not in screen.getvalue()
-
-
-def test_chat_drops_the_oldest_exchanges_and_refuses_what_cannot_fit(trained):
-    out, _ = trained
-    screen = io.StringIO()
-    chat = start(CompareConfig(adapter=out, chat=True, max_new_tokens=8), RunRecord.load(out), "tiny", screen)
-    for question in ("头痛怎么办？", "要吃什么药？"):
-        chat.handle(question)
-    assert len(chat.history) == 4
-    chat.max_positions = len(chat.prompts[-1]) + 8 + 4  # room for the last exchange, not for both
-    chat.handle("还要注意什么？")
-    assert "(1 oldest exchange(s) dropped to fit the context)" in screen.getvalue()
-    assert [m["content"] for m in chat.history[::2]] == ["要吃什么药？", "还要注意什么？"]
-    before = len(chat.prompts)
-    chat.handle("头痛" * 500)
-    assert "context holds" in screen.getvalue().splitlines()[-1] and len(chat.prompts) == before
-    chat.handle("\udcff\udcfe头痛")  # GBK bytes read as UTF-8 with surrogate escapes
-    assert screen.getvalue().splitlines()[-1].startswith("(this line is not UTF-8 text; skipped.")
-    assert len(chat.prompts) == before
-
-
 def test_a_prompt_longer_than_the_context_is_refused_before_the_folder(trained, tmp_path):
     out, _ = trained
     config = CompareConfig(adapter=out, output=tmp_path / "c", prompt=["头痛" * 3000])
     with pytest.raises(DataError, match=r"prompt 1 \(头痛头痛.*\) is \d+ tokens; with --max-new-tokens 256 the context"):
         compare(config)
     assert not (tmp_path / "c").exists()
-
-
-def test_chat_refuses_prompts_and_data(trained, data_file):
-    out, _ = trained
-    with pytest.raises(ConfigError, match="without --prompt or --data"):
-        CompareConfig(adapter=out, chat=True, prompt=["头痛"]).validate()
-    with pytest.raises(ConfigError, match="without --prompt or --data"):
-        CompareConfig(adapter=out, chat=True, data=data_file).validate()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import jieba
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from glmtune.comparison.metrics import (
+    DEFAULT_LEXICON_PATH,
     Lexicon,
     Overlap,
     TermDensity,
@@ -24,6 +24,7 @@ from glmtune.comparison.metrics import (
     summarize,
 )
 
+
 SENTENCE = "高血压和糖尿病患者，头痛时不要停用二甲双胍，高血压要监测。"
 
 
@@ -37,10 +38,6 @@ def lexicon(tmp_path_factory: pytest.TempPathFactory) -> Lexicon:
     path = tmp_path_factory.mktemp("lex") / "terms.txt"
     write(path, "# 疾病\n高血压\n糖尿病\n头痛\n# 药物\n二甲双胍\n# 检查\nCT\nHbA1c\n")
     return Lexicon.load(path)
-
-
-# ---------------------------------------------------------------------------
-# Length
 
 
 @pytest.mark.parametrize(
@@ -70,10 +67,6 @@ def test_char_len(text: str, expected: int) -> None:
 )
 def test_change_rate(base: float, tuned: float, expected: float | None) -> None:
     assert change_rate(base, tuned) == expected
-
-
-# ---------------------------------------------------------------------------
-# Lexicon loading
 
 
 def test_load_categories_and_comments(tmp_path: Path) -> None:
@@ -153,10 +146,6 @@ def test_segment_drops_whitespace(lexicon: Lexicon) -> None:
     assert words == ("高血压", "患者", "复查", "HbA1c")
 
 
-# ---------------------------------------------------------------------------
-# Term density
-
-
 def test_term_density_hand_count(lexicon: Lexicon) -> None:
     # Terms as tokens: 高血压, 糖尿病, 头痛, 二甲双胍, 高血压 -> 5 hits, 4 distinct.
     # Characters: 高血压和糖尿病患者(9) ，(1) 头痛时不要停用二甲双胍(11) ，(1)
@@ -181,10 +170,6 @@ def test_term_density_counts_tokens_not_substrings(lexicon: Lexicon) -> None:
 @pytest.mark.parametrize("text", ["", "  \n"])
 def test_term_density_empty(lexicon: Lexicon, text: str) -> None:
     assert lexicon.term_density(text) == TermDensity(0, 0.0, 0)
-
-
-# ---------------------------------------------------------------------------
-# Prompt overlap
 
 
 def test_prompt_overlap_identical(lexicon: Lexicon) -> None:
@@ -220,10 +205,6 @@ def test_prompt_overlap_ignores_punctuation(lexicon: Lexicon, prompt: str, answe
 @pytest.mark.parametrize("answer", ["", "  ", "。！"])
 def test_prompt_overlap_empty_answer(lexicon: Lexicon, answer: str) -> None:
     assert prompt_overlap("高血压怎么办？", answer, lexicon.segment) == Overlap(0.0, 0.0)
-
-
-# ---------------------------------------------------------------------------
-# ROUGE
 
 
 def test_rouge_identical(lexicon: Lexicon) -> None:
@@ -284,10 +265,6 @@ def test_rouge_empty(lexicon: Lexicon, hyp: str, ref: str) -> None:
     assert rouge_zh(hyp, ref, lexicon.segment) == {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
 
 
-# ---------------------------------------------------------------------------
-# BLEU
-
-
 def test_char_bleu4_identical() -> None:
     assert char_bleu4("高血压患者应低盐饮食", "高血压患者应低盐饮食") == pytest.approx(1.0)
 
@@ -314,10 +291,6 @@ def test_char_bleu4_empty(hyp: str, ref: str) -> None:
 def test_char_bleu4_disjoint() -> None:
     # No shared character: nltk returns 0 before any smoothing is applied.
     assert char_bleu4("多喝热水休息", "高血压要监测") == 0.0
-
-
-# ---------------------------------------------------------------------------
-# distinct-n
 
 
 @pytest.mark.parametrize(
@@ -352,10 +325,6 @@ def test_distinct_n_halves_when_corpus_duplicated(texts: list[str], n: int) -> N
     assert distinct_n(texts + texts, n) == pytest.approx(distinct_n(texts, n) / 2)
 
 
-# ---------------------------------------------------------------------------
-# Aggregation
-
-
 def test_summarize_skips_none() -> None:
     # Kept: 1, 3, 8 -> mean 12/3 = 4, median 3.
     assert summarize([1.0, None, 3.0, None, 8.0]) == {"mean": 4.0, "median": 3.0, "n": 3}
@@ -369,3 +338,21 @@ def test_summarize_even_count() -> None:
 @pytest.mark.parametrize("values", [[], [None, None]])
 def test_summarize_nothing_left(values: list[float | None]) -> None:
     assert summarize(values) == {"mean": None, "median": None, "n": 0}
+
+
+def test_lexicon_loads_clean_and_large():
+    text = DEFAULT_LEXICON_PATH.read_text(encoding="utf-8").splitlines()
+    assert all(line.strip() for line in text), "blank line in the lexicon"
+    terms = [line for line in text if not line.startswith("#")]
+    assert len(terms) == len(set(terms)) >= 2000
+    lexicon = Lexicon.load()
+    assert {lexicon.category(t) for t in lexicon.terms} == {"疾病", "症状", "药物", "检查", "解剖", "科室", "中医"}
+
+
+def test_term_density_of_a_known_sentence():
+    lexicon = Lexicon.load()
+    sentence = "患者有高血压和糖尿病，服用二甲双胍后出现头痛，建议复查血常规。"
+    # hand count: 高血压, 糖尿病, 二甲双胍, 头痛, 血常规 -> 5 hits, 5 distinct, over 31 characters
+    density = lexicon.term_density(sentence)
+    assert (density.hits, density.distinct) == (5, 5)
+    assert density.per_100_chars == pytest.approx(5 * 100 / 31)
