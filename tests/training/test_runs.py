@@ -38,13 +38,14 @@ class CtrlCAtStep(TrainerCallback):
 
 def test_ctrl_c_saves_a_checkpoint_and_rerun_asks_for_resume(data_file, tmp_path):
     out = tmp_path / "run"
+    users = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     with pytest.raises(Interrupted, match="stopped at step 1; checkpoint-1 is saved.*--resume") as stopped:
         train(tiny_config(data_file, out, *FLAGS), callbacks=[CtrlCAtStep(1)])
     assert stopped.value.checkpoint == str(out / "checkpoint-1")
     assert last_checkpoint(out) == out / "checkpoint-1"
     assert not (out / "adapter_model.safetensors").exists()  # no final adapter from an unfinished run
     assert RunRecord.load(out).state == "running"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is the user's again
+    assert signal.getsignal(signal.SIGINT) is users  # Ctrl-C is the user's again
 
     with pytest.raises(RunDirError, match="interrupted at checkpoint-1. Continue it with --resume"):
         train(tiny_config(data_file, out, *FLAGS))
@@ -130,9 +131,10 @@ def test_a_signal_repeated_at_once_is_the_same_ctrl_c_and_a_later_one_stops_at_o
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(data_file, tmp_path):
     out = tmp_path / "run"
+    users = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(data_file, out, *FLAGS), callbacks=[KillAtStep(1)])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a failed run gives Ctrl-C back
+    assert signal.getsignal(signal.SIGINT) is users  # a failed run gives Ctrl-C back
     assert checkpoints(out) == [] and RunRecord.load(out).state == "running"
     job = train(tiny_config(data_file, out, *FLAGS, "--resume"))  # starts at step 0: nothing was saved
     assert job.trainer.state.global_step == 4 and RunRecord.load(out).state == "finished"
