@@ -88,9 +88,11 @@ class Verdict:
     sentences: list[str]  # one per conclusion, most important first
 
 
-def _flag_counts(flags: list[list[str]], n: int, names: tuple[str, ...] = DEGENERATE) -> str:
-    counts = {name: sum(name in answer_flags for answer_flags in flags) for name in names}
-    return ", ".join(f"{count} of {n} {name}" for name, count in counts.items() if count)
+def _flag_counts(flags: list[list[str]], n: int) -> str:
+    """One side's degenerate answers, each count with its own flag ('20 of 27 repetitive'), or 'none':
+    a bare total beside the other side's flagged counts would read as the same flag."""
+    counts = {name: sum(name in answer_flags for answer_flags in flags) for name in DEGENERATE}
+    return ", ".join(f"{count} of {n} {name}" for name, count in counts.items() if count) or "none"
 
 
 def decide(n: int, metrics: dict[str, MetricResult], rouge_wtl: tuple | None, flags: Both[list[list[str]]],
@@ -105,9 +107,10 @@ def decide(n: int, metrics: dict[str, MetricResult], rouge_wtl: tuple | None, fl
     broken = degenerate.tuned >= DEGENERATE_SHARE * n  # even if the base's answers are as bad
     if broken:
         sentences.append(f"fine-tuned answers degenerate: {_flag_counts(flags.tuned, n)} "
-                         f"(base: {degenerate.base} of {n}); no score below counts as an improvement")
+                         f"(base: {_flag_counts(flags.base, n)}); no score below counts as an improvement")
     elif degenerate.tuned or degenerate.base:
-        sentences.append(f"degenerate answers: base {degenerate.base} of {n}, fine-tuned {degenerate.tuned} of {n}")
+        sentences.append(f"degenerate answers: base {_flag_counts(flags.base, n)}; "
+                         f"fine-tuned {_flag_counts(flags.tuned, n)}")
     caveat = " (not an improvement: the fine-tuned answers degenerate)" if broken else ""
 
     rouge = metrics["rougeL"].difference

@@ -197,4 +197,24 @@ def test_a_degenerate_tuned_side_is_not_helped_even_beside_a_worse_base(lexicon)
     pairs = [("，。", "，。")] * 18 + [("，。", GOOD)] * 6 + [(POOR, GOOD)] * 6
     _, aggregate = score(samples(pairs), lexicon)
     assert aggregate.verdict.headline.startswith("NOT HELPED")
-    assert "18 of 30 punctuation-only (base: 24 of 30)" in aggregate.verdict.sentences[0]
+    assert "18 of 30 punctuation-only (base: 24 of 30 punctuation-only)" in aggregate.verdict.sentences[0]
+
+
+LOOP = "头痛头痛头痛头痛头痛头痛头痛头痛"
+
+
+def test_each_sides_degenerate_count_names_its_own_flag(lexicon):
+    # the CPU demo's case: every tuned answer punctuation, 20 base answers looping, none punctuation
+    pairs = [(LOOP, "，。")] * 20 + [(POOR, "，。")] * 7
+    aggregate = score(samples(pairs), lexicon)[1]
+    assert aggregate.flags.base["repetitive"] == 20 and aggregate.flags.base["punctuation-only"] == 0
+    assert aggregate.verdict.sentences[0] == ("fine-tuned answers degenerate: 27 of 27 punctuation-only "
+                                              "(base: 20 of 27 repetitive); no score below counts as an improvement")
+    # below the broken share, both sides are still counted per flag
+    pairs = [(LOOP, POOR), ("", POOR), (POOR, "，。")] + [(POOR, GOOD)] * 27
+    assert score(samples(pairs), lexicon)[1].verdict.sentences[0] == (
+        "degenerate answers: base 1 of 30 empty, 1 of 30 repetitive; fine-tuned 1 of 30 punctuation-only")
+    pairs = [("，。", "，。")] * 10 + [(POOR, GOOD)] * 20
+    assert "(base: 10 of 30 punctuation-only)" in score(samples(pairs), lexicon)[1].verdict.sentences[0]
+    pairs = [(POOR, "")] * 10 + [(POOR, GOOD)] * 20
+    assert "10 of 30 empty (base: none)" in score(samples(pairs), lexicon)[1].verdict.sentences[0]
