@@ -564,7 +564,7 @@ def _csv_records(text: str, path: Path) -> _Records:
                 f"{path}:1: CSV header {header} lacks column(s) {', '.join(missing)}; "
                 "the first row must name the columns department,title,ask,answer"
             )
-        index = {name: names.index(name) for name in ("title", "ask", "answer")}
+        index = {name: names.index(name) for name in ("department", "title", "ask", "answer") if name in names}
         line_no = reader.line_num + 1
         for row in reader:
             if row:

@@ -167,6 +167,7 @@ def test_gb18030_csv_reads_like_the_csv_module(tmp_path):
     multiline = 0
     for example, (_, row) in zip(data.examples, expected, strict=True):
         assert physical[example.line_no - 1].startswith(row["department"] + ",")
+        assert example.department == row["department"]
         if "\n" in row["answer"].strip():
             multiline += 1
             assert "\n" in example.answer
@@ -182,10 +183,18 @@ def test_csv_matches_columns_by_name_and_skips_short_rows(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text('answer,title,ask\n"你好，多休息,多喝水",发烧怎么办？,"烧了\n两天"\n只有答案\n', encoding="utf-8")
     data = read_dataset(path)
-    assert [(e.question, e.answer, e.line_no) for e in data.examples] == [
-        ("发烧怎么办？烧了\n两天", "你好，多休息,多喝水", 2)
+    assert [(e.question, e.answer, e.line_no, e.department) for e in data.examples] == [
+        ("发烧怎么办？烧了\n两天", "你好，多休息,多喝水", 2, None)
     ]
     assert [(s.line_no, s.reason) for s in data.skipped] == [(4, "row has fewer fields than the header")]
+
+
+def test_csv_keeps_the_department_column_wherever_it_stands(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("title,Department ,ask,answer\n发烧？,内科,烧了两天,多休息\n头痛？, ,三天了,多睡觉\n",
+                    encoding="utf-8")
+    assert [(e.question, e.department) for e in read_dataset(path).examples] == [
+        ("发烧？烧了两天", "内科"), ("头痛？三天了", None)]
 
 
 def test_csv_without_required_columns_is_an_error(tmp_path):
