@@ -114,6 +114,7 @@ class Example:
     history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns of a conversation
     system: str | None = None  # a conversation's system prompt
     department: str | None = None  # where the data names one (CSV column, JSON field, the departments file beside Q&A lines)
+    from_conversation: bool = False  # read from a conversation record, even one of a single exchange
 
     @property
     def conversational(self) -> bool:
@@ -359,11 +360,12 @@ def write_qa_lines(examples: Iterable[Example], path: str | Path) -> None:
 
 def write_examples(examples: list[Example], folder: Path) -> Path:
     """Write an eval split where the comparison finds it: `eval.txt` as Q&A lines, or
-    `eval.jsonl` when any example is a conversation or names a department (Q&A lines have
-    neither turns nor departments)."""
-    if any(ex.conversational or ex.department for ex in examples):
+    `eval.jsonl` when any example is a conversation (one of a single exchange too: it was given
+    as one, and goes back as one) or names a department (Q&A lines have neither)."""
+    if any(ex.conversational or ex.from_conversation or ex.department for ex in examples):
         def record(ex: Example) -> dict:
-            fields = {"messages": ex.messages()} if ex.conversational else {"question": ex.question, "answer": ex.answer}
+            as_messages = ex.conversational or ex.from_conversation
+            fields = {"messages": ex.messages()} if as_messages else {"question": ex.question, "answer": ex.answer}
             return fields | ({"department": ex.department} if ex.department else {})
 
         path = folder / "eval.jsonl"
@@ -424,6 +426,7 @@ class _Pair(NamedTuple):
     history: tuple[tuple[str, str], ...] = ()
     system: str | None = None
     department: str | None = None
+    conversation: bool = False
 
 
 _Records = Iterator[tuple[int, str, Any]]
@@ -680,7 +683,7 @@ def _conversation_pair(obj: dict[str, Any]) -> _Pair:
         raise ValueError("no user turn answered by an assistant turn")
     pairs = [(messages[i][1], messages[i + 1][1]) for i in range(0, len(messages), 2)]
     question, answer = pairs[-1]
-    return _Pair(question, answer, repairs, tuple(pairs[:-1]), system or None)
+    return _Pair(question, answer, repairs, tuple(pairs[:-1]), system or None, conversation=True)
 
 
 def _json_pair(obj: Any) -> _Pair:
@@ -788,7 +791,8 @@ def read_dataset(path: str | Path) -> Dataset:
             continue
         seen[key] = line_no
         department = pair.department or (departments[line_no - 1] if departments else None)
-        data.examples.append(Example(pair.question, pair.answer, line_no, pair.history, pair.system, department))
+        data.examples.append(Example(pair.question, pair.answer, line_no, pair.history, pair.system, department,
+                                     pair.conversation))
         data.repaired += bool(pair.repairs)
     if not data.examples:
         reasons = Counter(s.reason for s in data.skipped).most_common(3)

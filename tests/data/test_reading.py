@@ -20,6 +20,7 @@ from glmtune.data.reading import (
     read_dataset,
     read_prompt_digests,
     split_eval,
+    write_examples,
     write_qa_lines,
 )
 
@@ -193,8 +194,9 @@ def test_csv_keeps_the_department_column_wherever_it_stands(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("title,Department ,ask,answer\n发烧？,内科,烧了两天,多休息\n头痛？, ,三天了,多睡觉\n",
                     encoding="utf-8")
-    assert [(e.question, e.department) for e in read_dataset(path).examples] == [
-        ("发烧？烧了两天", "内科"), ("头痛？三天了", None)]
+    examples = read_dataset(path).examples
+    assert [(e.question, e.department) for e in examples] == [("发烧？烧了两天", "内科"), ("头痛？三天了", None)]
+    assert [e.department for e in read_dataset(write_examples(examples, tmp_path)).examples] == ["内科", None]
 
 
 def test_csv_without_required_columns_is_an_error(tmp_path):

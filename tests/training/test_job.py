@@ -2,17 +2,18 @@
 data it refuses before a model loads; conversation data trained in the chat layout."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 
 import glmtune
-from glmtune.comparison.job import compare
+from glmtune.comparison.job import Comparison, TrainedRun, compare
 from glmtune.core.config import CompareConfig
 from glmtune.core.errors import ConfigError, DataError
 from glmtune.data.reading import read_dataset
-from glmtune.model.prompts import tokenize_examples
+from glmtune.model.prompts import example_prompt_ids, tokenize_examples
 from glmtune.model.tokenizer import load_tokenizer
 from glmtune.training.job import FineTune, train
 from glmtune.training.trainer import StopOnNonFiniteLoss
@@ -54,6 +55,21 @@ def test_a_system_prompt_past_max_length_is_refused_before_the_model_naming_rows
     examples = read_dataset(data).examples
     kept, stats = tokenize_examples(examples, tok, "chat", needed)  # the length it names keeps every row
     assert len(kept) == 6 and not stats.unanswered
+
+
+def test_single_exchange_conversations_hold_out_eval_jsonl_and_compare_on_the_same_prompts(tmp_path):
+    data = conversations(tmp_path / "chats.jsonl", [None] * 10)
+    out = tmp_path / "run"
+    with FineTune(tiny_config(data, out, "--eval-ratio", "0.2")) as job:
+        splits = job.split(job.prepare().dataset)
+    assert job.record.resolved.prompt_format == "glm3" and job.record.resolved.eval_file == "eval.jsonl"
+    assert not (out / "eval.txt").exists()
+    run = TrainedRun(job.record, "tiny", job.record.resolved.prompt_format, Path(), None)
+    prompts = Comparison(CompareConfig(adapter=out, output=tmp_path / "c")).load_prompts(run)
+    tok = load_tokenizer("tiny")
+    assert ([(example_prompt_ids(tok, ex, "glm3"), reference) for ex, reference in prompts.items]
+            == [(example_prompt_ids(tok, ex, "glm3"), ex.answer) for ex in splits.eval])
+    assert len(prompts.items) == 2
 
 
 # ---------- a real tiny run ----------
