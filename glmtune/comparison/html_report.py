@@ -16,30 +16,63 @@ from .report import SCORING_NOTE, SIDES, Answer, Report, Row
 from .scoring import (DEPARTMENT_COLUMNS, METRIC_COLUMNS, department_rows, distinct_line, flag_line, metric_rows,
                       timing_lines)
 
-STYLE = """
-body{font:14px/1.5 system-ui,"PingFang SC","Microsoft YaHei","Noto Sans CJK SC",sans-serif;margin:24px;color:#1f2933}
-h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 8px}
-.meta{color:#52606d;font-size:12px}
-.verdict{border-radius:6px;padding:12px 16px;margin:16px 0;border-left:6px solid}
-.verdict.good{background:#e3f9e5;border-color:#31b237}.verdict.bad{background:#ffe3e3;border-color:#d64545}
-.verdict.none{background:#f0f4f8;border-color:#829ab1}
-.verdict b{font-size:16px}.verdict ul{margin:6px 0 0;padding-left:20px}
-pre{background:#f5f7fa;padding:10px;overflow-x:auto;font-size:12px}
-img{max-width:100%;border:1px solid #e4e7eb}
-table.answers{border-collapse:collapse;width:100%;table-layout:fixed}
-table.answers th{position:sticky;top:0;background:#243b53;color:#fff;font-weight:600;cursor:pointer;padding:6px;
- text-align:left;font-size:12px;user-select:none}
-table.answers td{border-bottom:1px solid #d9e2ec;vertical-align:top;padding:6px;font-size:13px}
-table.answers td div.text{max-height:14em;overflow-y:auto;white-space:pre-wrap;word-break:break-word}
-tr.flagged td{background:#fff8e1}
-.flag{display:inline-block;background:#d64545;color:#fff;border-radius:3px;padding:0 4px;margin-right:3px;
- font-size:11px}.flag.truncated{background:#de911d}
-.score{color:#52606d;font-size:11px}.up{color:#207227}.down{color:#b42318}
-table.figures{border-collapse:collapse;font-size:13px}
-table.figures th,table.figures td{padding:3px 10px;border-bottom:1px solid #d9e2ec;text-align:right}
-table.figures th{background:#f0f4f8}table.figures td:first-child,table.figures th:first-child{text-align:left}
-.controls{margin:8px 0}.controls input[type=search]{width:280px;padding:4px}
+# Chinese text needs a CJK font: per character the browser takes the first font in the list that has the
+# glyph, so these come before the generic family, which without one draws boxes (tofu).
+CJK_FONTS = '"PingFang SC","Hiragino Sans GB","Microsoft YaHei","Noto Sans CJK SC","Source Han Sans SC","WenQuanYi Micro Hei"'
+NARROW = 960  # px: below it the answers table is read as one card per prompt
+
+STYLE = f"""
+*,*::before,*::after{{box-sizing:border-box}}
+html{{-webkit-text-size-adjust:100%;text-size-adjust:100%}}
+body{{font:14px/1.5 system-ui,-apple-system,"Segoe UI",{CJK_FONTS},sans-serif;margin:24px auto;padding:0 24px;
+ max-width:1600px;color:#1f2933;overflow-wrap:break-word}}
+h1{{font-size:20px;margin:0 0 4px}}h2{{font-size:16px;margin:28px 0 8px}}
+.meta{{color:#52606d;font-size:12px;overflow-wrap:anywhere}}
+.verdict{{border-radius:6px;padding:12px 16px;margin:16px 0;border-left:6px solid}}
+.verdict.good{{background:#e3f9e5;border-color:#31b237}}.verdict.bad{{background:#ffe3e3;border-color:#d64545}}
+.verdict.none{{background:#f0f4f8;border-color:#829ab1}}
+.verdict b{{font-size:16px}}.verdict ul{{margin:6px 0 0;padding-left:20px}}
+pre{{background:#f5f7fa;padding:10px;overflow-x:auto;font-size:12px;
+ font-family:ui-monospace,Menlo,Consolas,"DejaVu Sans Mono",{CJK_FONTS},monospace}}
+.wide{{overflow-x:auto;max-width:100%}}
+.wide{{background:linear-gradient(to right,#fff 30%,#fff0) left/32px 100% no-repeat local,
+ linear-gradient(to left,#fff 30%,#fff0) right/32px 100% no-repeat local,
+ radial-gradient(farthest-side at 0 50%,#0003,#0000) left/12px 100% no-repeat scroll,
+ radial-gradient(farthest-side at 100% 50%,#0003,#0000) right/12px 100% no-repeat scroll}}
+.chart img{{display:block;width:100%;max-width:100%;height:auto;border:1px solid #e4e7eb;cursor:zoom-in}}
+.chart img.full{{width:auto;max-width:none;cursor:zoom-out}}
+table.answers{{border-collapse:collapse;width:100%;table-layout:fixed}}
+table.answers th{{position:sticky;top:0;background:#243b53;color:#fff;font-weight:600;cursor:pointer;padding:6px;
+ text-align:left;font-size:12px;user-select:none}}
+table.answers td{{border-bottom:1px solid #d9e2ec;vertical-align:top;padding:6px;font-size:13px}}
+table.answers td div.text{{max-height:14em;overflow-y:auto;white-space:pre-wrap;overflow-wrap:anywhere}}
+table.answers td.up,table.answers td.down,table.answers td:nth-child(n+7){{white-space:nowrap}}
+tr.flagged td{{background:#fff8e1}}
+.flag{{display:inline-block;background:#d64545;color:#fff;border-radius:3px;padding:0 4px;margin-right:3px;
+ font-size:11px}}.flag.truncated{{background:#de911d}}
+.score{{color:#52606d;font-size:11px}}.up{{color:#207227}}.down{{color:#b42318}}
+table.figures{{border-collapse:collapse;font-size:13px}}
+table.figures th,table.figures td{{padding:3px 10px;border-bottom:1px solid #d9e2ec;text-align:right}}
+table.figures td:not(:first-child){{white-space:nowrap}}table.figures td:first-child{{min-width:9em}}
+table.figures th{{background:#f0f4f8}}table.figures td:first-child,table.figures th:first-child{{text-align:left}}
+.controls{{margin:8px 0}}.controls input[type=search]{{width:min(280px,100%);padding:4px}}
+@media (max-width:{NARROW - 1}px){{
+ table.answers,table.answers thead,table.answers tbody{{display:block}}
+ table.answers colgroup,table.answers th:not([data-key]){{display:none}}
+ table.answers thead tr{{display:flex;flex-wrap:wrap;gap:4px}}
+ table.answers th{{position:static;border-radius:4px}}
+ table.answers tbody tr{{display:grid;grid-template-columns:auto 1fr auto auto;align-items:baseline;
+  border:1px solid #d9e2ec;border-radius:6px;margin:10px 0}}
+ table.answers tbody tr[hidden]{{display:none}}
+ table.answers tbody td{{border:0;padding:4px 8px}}
+ table.answers tbody td:nth-child(n+3):nth-child(-n+6){{grid-column:1/-1}}
+ table.answers tbody td:nth-child(7){{grid-area:1/3}}table.answers tbody td:nth-child(8){{grid-area:1/4}}
+ table.answers tbody td::before{{color:#52606d;font-size:11px;font-weight:600;margin-right:4px}}
+ table.answers tbody td:nth-child(n+3):nth-child(-n+6)::before{{display:block}}
+}}
+@media (max-width:600px){{body{{margin:12px auto;padding:0 10px}}table.figures th,table.figures td{{padding:3px 6px}}}}
 """
+
 
 SCRIPT = """
 const table=document.querySelector('table.answers'),body=table.tBodies[0];
@@ -60,6 +93,8 @@ function filter(){const q=search.value.trim().toLowerCase();let shown=0;
     (!onlyFlagged.checked||r.classList.contains('flagged'));r.hidden=!ok;shown+=ok;});
   document.getElementById('shown').textContent=shown;}
 search.addEventListener('input',filter);onlyFlagged.addEventListener('change',filter);
+const chart=document.querySelector('.chart img');
+if(chart)chart.addEventListener('click',()=>chart.classList.toggle('full'));
 """
 
 
@@ -71,7 +106,7 @@ def _text(text: str) -> str:
 def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="figures"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="wide"><table class="figures"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _flags(flags: list[str]) -> str:
@@ -119,17 +154,24 @@ def render(report: Report, chart_png: bytes | None) -> str:
     sentences = "".join(f"<li>{escape(s)}</li>" for s in verdict.sentences)
     departments = department_rows(aggregate)
     chart = "" if chart_png is None else \
-        f'<h2>Chart</h2><img alt="metrics chart" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}">'
-    columns = [("index", "#", "4%", "asc"), ("department", "department", "8%", "asc"), (None, "prompt", "16%", ""),
-               (None, "reference", "16%", ""), ("flagsbase", "base", "22%", "desc"),
-               ("flagstuned", "fine-tuned", "22%", "desc"),
-               ("rouge", "Δ ROUGE-L", "6%", "desc"), ("chars", "Δ length", "6%", "desc")]
-    head = "".join(f'<th style="width:{w}"' + (f' data-key="{k}" data-first="{first}"' if k else "") + f">{escape(t)}</th>"
-                   for k, t, w, first in columns)
+        f'<h2>Chart</h2><div class="wide chart"><img alt="metrics chart" title="click for full size / to fit" ' \
+        f'src="data:image/png;base64,{base64.b64encode(chart_png).decode()}"></div>'
+    # Widths for the wide table; the prompt and the reference share what the others leave. Short fixed
+    # columns in em, so that "+0.031" never spills into its neighbour as a percentage of a narrow page would.
+    columns = [("index", "#", "3em", "asc"), ("department", "department", "7em", "asc"), (None, "prompt", "", ""),
+               (None, "reference", "", ""), ("flagsbase", "base", "24%", "desc"),
+               ("flagstuned", "fine-tuned", "24%", "desc"),
+               ("rouge", "Δ ROUGE-L", "5.5em", "desc"), ("chars", "Δ length", "5.5em", "desc")]
+    cols = "".join(f'<col style="width:{w}">' if w else "<col>" for _, _, w, _ in columns)
+    head = "".join("<th" + (f' data-key="{k}" data-first="{first}"' if k else "") + f">{escape(t)}</th>"
+                   for k, t, _, first in columns)
+    # On a narrow screen each prompt is a card, and each cell says which column it came from.
+    card_labels = "".join(f'table.answers tbody td:nth-child({i})::before{{content:"{t}"}}'
+                          for i, (_, t, _, _) in enumerate(columns, 1) if t != "department")
     settings_json = escape(json.dumps(asdict(settings), ensure_ascii=False, indent=1))
     return f"""<!DOCTYPE html>
 <html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>ChatGLM3 fine-tune comparison: {escape(settings.adapter)}</title><style>{STYLE}</style></head>
+<title>ChatGLM3 fine-tune comparison: {escape(settings.adapter)}</title><style>{STYLE}@media (max-width:{NARROW - 1}px){{{card_labels}}}</style></head>
 <body>
 <h1>Did the fine-tune help?</h1>
 <div class="meta">adapter {escape(settings.adapter)} · base {escape(settings.base_model)} ·
@@ -146,7 +188,7 @@ decoding, at most {settings.max_new_tokens} new tokens · {escape(settings.devic
 <div class="controls"><input type="search" id="search" placeholder="filter by any text">
 <label><input type="checkbox" id="flagged"> only flagged answers</label>
 · showing <span id="shown">{len(rows)}</span> of {len(rows)} · click a column title to sort</div>
-<table class="answers"><thead><tr>{head}</tr></thead><tbody>
+<table class="answers"><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(_row(r) for r in rows)}
 </tbody></table>
 <h2>Timing</h2><pre>{escape(chr(10).join(timing_lines(report.timing)))}</pre>

@@ -145,7 +145,7 @@ class Cells(HTMLParser):
         self.stack, self.rows, self.in_body, self.in_answers = [], [], False, False
 
     def handle_starttag(self, tag, attrs):
-        if tag not in ("meta", "img", "input", "br"):
+        if tag not in ("meta", "img", "input", "br", "col"):  # void elements: no end tag
             self.stack.append(tag)
         if tag == "table":
             self.in_answers = dict(attrs).get("class") == "answers"
