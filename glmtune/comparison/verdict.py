@@ -31,30 +31,33 @@ DEGENERATE = FLAGS[:3]  # empty, punctuation-only, repetitive; truncated is a li
 @dataclass(frozen=True)
 class Interval:
     """Mean paired difference (tuned - base) over `n` prompts and its bootstrap interval; low and high
-    are None for a batch figure (`batch_difference`), which has no interval."""
+    are None where there is no interval: every prompt differs alike (one prompt, or all the same), or
+    a batch figure (`batch_difference`)."""
     mean: float
     low: float | None
     high: float | None
     n: int
+    batch: bool = False
 
     @property
     def reliable(self) -> bool:
         """The interval excludes zero, over enough prompts for the interval to mean it: with fewer
         than FEW_PROMPTS a percentile bootstrap is too narrow (simulated with no true difference, it
         excludes zero in 49% of trials at 2 prompts, 16% at 5, 7% at 20, 5% at 50)."""
-        if self.low is None or self.high is None:
+        if self.batch:
             return False
+        if self.low is None or self.high is None:  # every prompt moved alike: as sure as prompts can make it
+            return self.n >= FEW_PROMPTS and self.mean != 0
         return self.n >= FEW_PROMPTS and (self.low > 0 or self.high < 0)
 
     def text(self, scale: float) -> str:
         """'+0.004 [-0.005, +0.016]', with the decimals `scale` (the size of what differs) warrants, and
         more where the bounds would otherwise print alike: an interval is never shown as [x, x]."""
+        mean = number(self.mean, scale, sign=True)
+        if self.batch:
+            return f"{mean} (batch figure, no interval)"
         if self.low is None or self.high is None:
-            return f"{number(self.mean, scale, sign=True)} (batch figure, no interval)"
-        if self.n < 2:
-            return f"{number(self.mean, scale, sign=True)} (one prompt)"  # a bootstrap of one value is no interval
-        if self.low == self.high:  # every prompt differs by the same amount: nothing to resample
-            return f"{number(self.mean, scale, sign=True)} (the same on all {self.n} prompts)"
+            return f"{mean} (one prompt)" if self.n < 2 else f"{mean} (the same on all {self.n} prompts)"
         extra = 0
         while number(self.low, scale, True, extra) == number(self.high, scale, True, extra):
             extra += 1
@@ -79,6 +82,8 @@ def paired_interval(base: list, tuned: list, seed: int = 0) -> Interval | None:
     if not pairs:
         return None
     diffs = np.array([t - b for b, t in pairs], dtype=float)
+    if diffs.min() == diffs.max():  # one prompt, or all alike: resampling has nothing to vary
+        return Interval(float(diffs.mean()), None, None, len(diffs))
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, len(diffs), size=(RESAMPLES, len(diffs)))].mean(axis=1)
     alpha = (1 - CONFIDENCE) / 2
@@ -93,7 +98,7 @@ def batch_difference(base: list, tuned: list) -> Interval | None:
     pairs = [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
     if not pairs:
         return None
-    return Interval(float(np.mean([t - b for b, t in pairs])), None, None, len(pairs))
+    return Interval(float(np.mean([t - b for b, t in pairs])), None, None, len(pairs), batch=True)
 
 
 def wins_ties_losses(base: list, tuned: list) -> tuple[int, int, int]:

@@ -196,6 +196,7 @@ def test_short_memory_falls_back_to_nf4_saying_why_and_how_to_force_16_bit(train
     assert all(a.new_tokens > 0 for a in job.answers.tuned.answers)
     log = (job.output / "chatglm_comparison.log").read_text(encoding="utf-8")
     assert "weights: NF4, adapter unmerged" in log
+    assert job.loaded.weights.batch_size == 1 and not job.report.aggregate.metrics["latency_s"].difference.batch
     forced = compare(CompareConfig(adapter=out, output=tmp_path / "c", max_new_tokens=6, num_samples=4,
                                    quantization="none"))
     assert forced.loaded.sides.merged and forced.loaded.weights.batch_size == len(forced.prompts.items)

@@ -62,7 +62,7 @@ def test_punctuation_never_raises_rouge_or_bleu(lexicon, noise, reference):
 
 def test_bootstrap_interval_on_known_data():
     constant = paired_interval([0.1] * 30, [0.3] * 30)
-    assert (constant.mean, constant.low, constant.high) == pytest.approx((0.2, 0.2, 0.2)) and constant.reliable
+    assert constant.mean == pytest.approx(0.2) and constant.low is constant.high is None and constant.reliable
     rng = np.random.default_rng(7)
     diffs = rng.normal(0.5, 1.0, size=400)
     interval = paired_interval([0.0] * 400, list(diffs))
@@ -80,11 +80,12 @@ ZERO_WIDTH = re.compile(r"\[([^,\]]+), \1\]")  # "[x, x]"
 
 
 def test_an_interval_is_never_printed_zero_wide():
-    assert Interval(0.2, 0.2, 0.2, 30).text(0.1) == "+0.200 (the same on all 30 prompts)"
+    assert Interval(0.2, None, None, 30).text(0.1) == "+0.200 (the same on all 30 prompts)"
+    assert paired_interval([0.1], [0.4]).text(0.1) == "+0.300 (one prompt)"
     assert Interval(-7.7, -7.701, -7.699, 27).text(7.7) == "-7.700 [-7.701, -7.699]"  # not [-7.70, -7.70]
     assert Interval(-7.7, -7.9, -7.5, 27).text(7.7) == "-7.70 [-7.90, -7.50]"
-    assert Interval(-7.7, None, None, 27).text(7.7) == "-7.70 (batch figure, no interval)"
-    assert not Interval(-7.7, None, None, 27).reliable
+    assert Interval(-7.7, None, None, 27, batch=True).text(7.7) == "-7.70 (batch figure, no interval)"
+    assert not Interval(-7.7, None, None, 27, batch=True).reliable
 
 
 def timed(text: str, latency: float, ttft: float) -> Generated:
@@ -99,12 +100,14 @@ def test_timing_is_a_batch_figure_unless_every_prompt_had_its_own_batch(lexicon,
             for i in range(24)]
     _, aggregate = score(data, lexicon, one_per_batch=one_per_batch)
     timing = [aggregate.metrics[key].difference for key in ("latency_s", "ttft_s", "decode_tok_s")]
-    assert all((d.low is None and d.high is None) is not one_per_batch for d in timing)
+    assert all(d.batch is not one_per_batch for d in timing)
     table = metric_table(aggregate)
     latency = next(line for line in table if line.startswith("latency per answer"))
     assert ("(batch figure, no interval)" in latency) is not one_per_batch and ("[" in latency) is one_per_batch
     printed = [*table, *department_table(aggregate), *aggregate.verdict.sentences]
     assert not [line for line in printed if ZERO_WIDTH.search(line)]
+    intervals = [m.difference for m in aggregate.metrics.values()] + [d.difference for d in aggregate.departments]
+    assert all(d.low is None or d.low < d.high for d in intervals if d is not None)  # the JSON report too
 
 
 def answered(text: str, stopped: bool = True) -> Generated:
