@@ -28,7 +28,8 @@ from ..training.compiling import CompilePlan, weigh
 from ..core.errors import ConfigError
 
 GiB = 2**30
-MARGIN = 1 * GiB  # CUDA context growth, cuBLAS workspaces, CUDA-graph pools, allocator fragmentation
+MARGIN = 1 * GiB  # on a GPU: CUDA context growth, cuBLAS workspaces, CUDA-graph pools, allocator fragmentation
+CPU_MARGIN = GiB // 4  # on CPU none of those: the allocator's arenas and temporaries outside `row_bytes`
 MIN_ROWS = 8  # the 16-bit path is chosen only if it leaves room for at least this many prompts per batch
 PERPLEXITY_ROWS = 16  # most rows per perplexity forward (its full-vocabulary logits dominate its memory)
 NF4_BYTES = 0.53  # per quantized parameter: 4 bits, plus block scales after double quantisation
@@ -108,28 +109,35 @@ class WeightsPlan:
 
     def describe(self) -> str:
         held = f"{self.precision}, adapter merged after the base side" if self.merged else "NF4, adapter unmerged"
-        return f"{held}; {self.batch_size} prompts per batch ({self.reason})"
+        prompts = "prompt" if self.batch_size == 1 else "prompts"
+        return f"{held}; {self.batch_size} {prompts} per batch ({self.reason})"
 
 
 def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: int, prompt_width: int,
                  cache_len: int, batch_size: int, on_gpu: bool, scored_len: int = 0) -> WeightsPlan:
     """How to hold the weights for `prompts` prompts (the longest `prompt_width` tokens, a static
     cache of `cache_len`; the longest perplexity sequence `scored_len`), given `free` bytes.
-    choice: the --quantization flag (auto, as-trained, nf4, none); trained: the run's own."""
+    choice: the --quantization flag (auto, as-trained, nf4, none); trained: the run's own.
+    A plan slower than asked (NF4 by auto, fewer prompts per batch than --batch-size) says why in
+    its reason, which the console prints before any answer: the two paths can be 20x apart."""
     precision = device.resolve_precision()
     element = 2 if on_gpu else 4
+    margin = MARGIN if on_gpu else CPU_MARGIN
     row = shape.row_bytes(prompt_width, cache_len, element)
     ppl_row = shape.perplexity_row_bytes(scored_len, element)
     wanted = min(batch_size, max(prompts, 1))
 
-    def plan(merged: bool, reason: str) -> WeightsPlan:
-        left = max(free - shape.weight_bytes(not merged, element) - MARGIN, 0.0)
-        rows = max(1, min(wanted, int(left // row)))
+    def plan(merged: bool, reason: str, least: int = 1) -> WeightsPlan:
+        left = max(free - shape.weight_bytes(not merged, element) - margin, 0.0)
+        rows = max(least, min(wanted, int(left // row)))
         ppl = max(1, min(PERPLEXITY_ROWS, int(left // ppl_row) if ppl_row else PERPLEXITY_ROWS))
+        if rows < wanted:
+            reason += (f"; room for {rows} of the {wanted} prompts per batch beside the weights, each needing "
+                       f"{gib(row)} of KV cache and prefill")
         return WeightsPlan(merged, precision, rows, ppl, reason)
 
     sixteen = f"{precision} weights {gib(shape.weight_bytes(False, element))}"
-    needed = shape.weight_bytes(False, element) + MARGIN + min(MIN_ROWS, wanted) * row
+    needed = shape.weight_bytes(False, element) + margin + min(MIN_ROWS, wanted) * row
     value = choice
     if choice == "as-trained":
         choice = "nf4" if trained == "nf4" else "none"
@@ -139,6 +147,9 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
         why = "the weights the adapter was trained against" if trained == "nf4" else "a third of the memory"
         return plan(False, f"{flag}: {why}")
     if choice == "none":
+        if needed > free and not on_gpu:  # asked for: the OS may page memory out; a GPU would fail outright
+            return plan(True, f"{flag}: {sixteen} and a batch need {gib(needed)}, more than the {gib(free)} the "
+                              "OS can give; it may swap, or stop the comparison", least=min(MIN_ROWS, wanted))
         if needed > free:
             raise ConfigError("quantization", f"{value} holds the weights in 16 bits, which with a batch of "
                                               f"{min(MIN_ROWS, wanted)} needs about {gib(needed)}, and {gib(free)} is "
@@ -146,8 +157,12 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
         return plan(True, f"{flag}: {sixteen}, {gib(free)} free")
     if needed <= free:
         return plan(True, f"auto: {sixteen} fit in the {gib(free)} free")
-    return plan(False, f"auto: {sixteen} and a batch need {gib(needed)}, only {gib(free)} free; "
-                       "NF4 needs about a third")
+    if on_gpu:
+        return plan(False, f"auto: {sixteen} and a batch need {gib(needed)}, only {gib(free)} free; NF4 needs "
+                           "about a third")
+    return plan(False, f"auto: {sixteen} and a batch need {gib(needed)}, more than the {gib(free)} the OS can give; "
+                       "NF4 needs about a third but decodes far slower on CPU (--quantization none forces 16-bit "
+                       "weights)")
 
 
 def decoding_steps(prompts: int, batch_size: int, max_new_tokens: int) -> int:

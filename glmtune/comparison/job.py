@@ -246,7 +246,7 @@ class Comparison:
         samples = [Sample(ex.question, reference, {"base": answers.base.answers[i], "tuned": answers.tuned.answers[i]},
                           {"base": answers.base.ppl[i], "tuned": answers.tuned.ppl[i]}, ex.department)
                    for i, (ex, reference) in enumerate(prompts.items)]
-        rows, aggregate = score(samples, run.lexicon)
+        rows, aggregate = score(samples, run.lexicon, one_per_batch=loaded.weights.batch_size == 1)
         timing = Timing(answers.base.timing, answers.tuned.timing, answers.load_s, answers.warm_up_s,
                         loaded.compiling.on, answers.merge_s, loaded.weights.describe(), loaded.compiling.reason,
                         time.perf_counter() - scoring)

@@ -10,7 +10,7 @@ from .report import Aggregate
 
 def plot_aggregate(path: Path, aggregate: Aggregate) -> None:
     """One panel per metric: both sides' means, the better direction, and the paired difference
-    with its 95% interval; a last panel counts the flagged answers per side."""
+    with its 95% interval (a batch figure's without); a last panel counts the flagged answers per side."""
     plt = pyplot()
     shown = [m for m in aggregate.metrics.values() if m.base.n]
     cols = 4
@@ -34,7 +34,8 @@ def plot_aggregate(path: Path, aggregate: Aggregate) -> None:
     ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(shown) + 1:]:
         ax.axis("off")
-    fig.suptitle("base vs fine-tuned: means over prompts, Δ = tuned − base with its 95% bootstrap interval",
-                 fontsize=10)
+    batch = any(m.difference is not None and m.difference.low is None for m in shown)
+    fig.suptitle("base vs fine-tuned: means over prompts, Δ = tuned − base with its 95% bootstrap interval"
+                 + ("; timing: batch figures, without one" if batch else ""), fontsize=10)
     fig.tight_layout()
     save_png(fig, path, 110)

@@ -15,7 +15,8 @@ from .verdict import Interval, Verdict
 SIDES = ("base", "tuned")
 HIGHER, LOWER = "higher", "lower"
 SCORING_NOTE = ("ROUGE on jieba words and BLEU-4 on characters, both with punctuation and symbols removed; "
-                "intervals: 95% percentile bootstrap over prompts of the paired difference tuned - base")
+                "intervals: 95% percentile bootstrap over prompts of the paired difference tuned - base; "
+                "timing rows are batch figures without an interval where prompts shared a generate() call")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Metric:
     key: str  # the name of its value in each answer's scores and in the JSON report
     label: str
     better: str | None  # HIGHER or LOWER; None where neither is: longer is not better, nor shorter
+    batched: bool = False  # a time that the prompts of one generate() call share: per prompt only in batches of one
 
 
 METRICS = (
@@ -37,9 +39,9 @@ METRICS = (
     Metric("tokens", "output length (tokens)", None),
     Metric("overlap_word", "prompt overlap (jieba words)", None),
     Metric("overlap_bigram", "prompt overlap (char bigrams)", None),
-    Metric("latency_s", "latency per answer (s)", LOWER),
-    Metric("ttft_s", "time to first token (s)", LOWER),
-    Metric("decode_tok_s", "decode speed per answer (tok/s)", HIGHER),
+    Metric("latency_s", "latency per answer (s)", LOWER, batched=True),
+    Metric("ttft_s", "time to first token (s)", LOWER, batched=True),
+    Metric("decode_tok_s", "decode speed per answer (tok/s)", HIGHER, batched=True),
 )
 
 T = TypeVar("T")
@@ -108,7 +110,8 @@ class MetricResult:
     better: str | None
     base: Stats
     tuned: Stats
-    difference: Interval | None  # paired, tuned - base; None where no prompt has both values
+    difference: Interval | None  # paired, tuned - base; None where no prompt has both values; a batch
+    # figure (low and high None) for a batched metric whose prompts shared generate() calls
 
     @property
     def scale(self) -> float:

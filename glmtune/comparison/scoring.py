@@ -16,7 +16,7 @@ from .metrics import (FLAGS, Lexicon, answer_flags, change_rate, char_bleu4, cha
                       prompt_overlap, rouge_zh, summarize)
 from .report import (METRICS, SCORING_NOTE, SIDES, Aggregate, Answer, Both, Change, DepartmentResult, Distinct,
                      MetricResult, Report, Row, Stats, Timing)
-from .verdict import decide, number, paired_interval, wins_ties_losses
+from .verdict import batch_difference, decide, number, paired_interval, wins_ties_losses
 
 if TYPE_CHECKING:  # generation loads torch; scoring runs without it
     from .generation import Generated
@@ -52,9 +52,11 @@ def score_answer(sample: Sample, side: str, lexicon: Lexicon) -> Answer:
     return Answer(answer.text, answer_flags(answer.text, answer.stopped), scores)
 
 
-def score(samples: list[Sample], lexicon: Lexicon) -> tuple[list[Row], Aggregate]:
+def score(samples: list[Sample], lexicon: Lexicon, one_per_batch: bool = False) -> tuple[list[Row], Aggregate]:
     """Per-prompt rows and the aggregate: per metric both sides' summaries and the paired
-    difference with its interval; flags, distinct-n, per-department results and the verdict."""
+    difference with its interval; flags, distinct-n, per-department results and the verdict.
+    one_per_batch: every prompt had a generate() call of its own, so its timing is its own and gets
+    an interval too; else the timing metrics are batch figures."""
     rows = []
     for i, sample in enumerate(samples):
         answers = Both.of(lambda side: score_answer(sample, side, lexicon))
@@ -65,8 +67,9 @@ def score(samples: list[Sample], lexicon: Lexicon) -> tuple[list[Row], Aggregate
     metrics = {}
     for metric in METRICS:
         values = Both.of(lambda side: [r.answers[side].scores[metric.key] for r in rows])
+        differ = batch_difference if metric.batched and not one_per_batch else paired_interval
         metrics[metric.key] = MetricResult(metric.label, metric.better, Stats(**summarize(values.base)),
-                                           Stats(**summarize(values.tuned)), paired_interval(values.base, values.tuned))
+                                           Stats(**summarize(values.tuned)), differ(values.base, values.tuned))
     flags = Both.of(lambda side: [r.answers[side].flags for r in rows])
     degenerate = Both.of(lambda side: sum(is_degenerate(f) for f in flags[side]))
     has_reference = any(r.reference is not None for r in rows)

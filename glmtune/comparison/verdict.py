@@ -30,33 +30,48 @@ DEGENERATE = FLAGS[:3]  # empty, punctuation-only, repetitive; truncated is a li
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean paired difference (tuned - base) and its bootstrap interval, over `n` prompts."""
+    """Mean paired difference (tuned - base) over `n` prompts and its bootstrap interval; low and high
+    are None where there is no interval: every prompt differs alike (one prompt, or all the same), or
+    a batch figure (`batch_difference`)."""
     mean: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     n: int
+    batch: bool = False
 
     @property
     def reliable(self) -> bool:
         """The interval excludes zero, over enough prompts for the interval to mean it: with fewer
         than FEW_PROMPTS a percentile bootstrap is too narrow (simulated with no true difference, it
         excludes zero in 49% of trials at 2 prompts, 16% at 5, 7% at 20, 5% at 50)."""
+        if self.batch:
+            return False
+        if self.low is None or self.high is None:  # every prompt moved alike: as sure as prompts can make it
+            return self.n >= FEW_PROMPTS and self.mean != 0
         return self.n >= FEW_PROMPTS and (self.low > 0 or self.high < 0)
 
     def text(self, scale: float) -> str:
-        """'+0.004 [-0.005, +0.016]', with the decimals `scale` (the size of what differs) warrants."""
+        """'+0.004 [-0.005, +0.016]', with the decimals `scale` (the size of what differs) warrants, and
+        more where the bounds would otherwise print alike: an interval is never shown as [x, x]."""
         mean = number(self.mean, scale, sign=True)
-        if self.n < 2:
-            return f"{mean} (one prompt)"  # a bootstrap of one value is no interval
-        return f"{mean} [{number(self.low, scale, sign=True)}, {number(self.high, scale, sign=True)}]"
+        if self.batch:
+            return f"{mean} (batch figure, no interval)"
+        if self.low is None or self.high is None:
+            return f"{mean} (one prompt)" if self.n < 2 else f"{mean} (the same on all {self.n} prompts)"
+        extra = 0
+        while number(self.low, scale, True, extra) == number(self.high, scale, True, extra):
+            extra += 1
+        return (f"{number(self.mean, scale, True, extra)} "
+                f"[{number(self.low, scale, True, extra)}, {number(self.high, scale, True, extra)}]")
 
 
-def number(v: float | None, scale: float | None = None, sign: bool = False) -> str:
-    """A figure with as many decimals as its magnitude (or `scale`'s) warrants: 3130, 31.3, 3.13, 0.313."""
+def number(v: float | None, scale: float | None = None, sign: bool = False, extra: int = 0) -> str:
+    """A figure with as many decimals as its magnitude (or `scale`'s) warrants, and `extra` more:
+    3130, 31.3, 3.13, 0.313."""
     if v is None:
         return "-"
     size = abs(scale if scale is not None else v)
-    decimals = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 else 3
+    decimals = extra + (0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 else 3)
     return f"{v:{'+' if sign else ''}.{decimals}f}"
 
 
@@ -67,11 +82,23 @@ def paired_interval(base: list, tuned: list, seed: int = 0) -> Interval | None:
     if not pairs:
         return None
     diffs = np.array([t - b for b, t in pairs], dtype=float)
+    if diffs.min() == diffs.max():  # one prompt, or all alike: resampling has nothing to vary
+        return Interval(float(diffs.mean()), None, None, len(diffs))
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, len(diffs), size=(RESAMPLES, len(diffs)))].mean(axis=1)
     alpha = (1 - CONFIDENCE) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return Interval(float(diffs.mean()), float(low), float(high), len(diffs))
+
+
+def batch_difference(base: list, tuned: list) -> Interval | None:
+    """The mean difference tuned - base of a figure that prompts sharing a generate() call share
+    (their batch's prefill, its steps' pace), without an interval: resampling prompts that carry
+    one batch's time would present that one measurement as many, and the interval as certain."""
+    pairs = [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
+    if not pairs:
+        return None
+    return Interval(float(np.mean([t - b for b, t in pairs])), None, None, len(pairs), batch=True)
 
 
 def wins_ties_losses(base: list, tuned: list) -> tuple[int, int, int]:

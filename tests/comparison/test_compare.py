@@ -102,6 +102,12 @@ def test_compare_writes_log_json_chart_and_html_into_a_folder(trained, tmp_path)
                 "ttft_s"} <= sample[side].keys()
         assert report["aggregate"]["metrics"]["rougeL"][side]["n"] == len(eval_examples)
     assert report["aggregate"]["metrics"]["ppl"]["better"] == "lower"
+    for clock in ("latency_s", "ttft_s", "decode_tok_s"):  # the prompts of a batch share its time: no interval
+        difference = report["aggregate"]["metrics"][clock]["difference"]
+        assert difference.keys() == {"mean", "low", "high", "n", "batch"} and difference["batch"]
+        assert difference["low"] is difference["high"] is None
+    latency = next(line for line in log.splitlines() if line.startswith("latency per answer"))
+    assert "(batch figure, no interval)" in latency
     assert (folder / "chatglm_comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert job.outputs == [folder / f"chatglm_comparison.{ext}" for ext in ("log", "json", "png", "html")]
     # departments come from the eval split that training wrote

@@ -10,7 +10,7 @@ from peft import PeftModel
 import glmtune
 from glmtune.comparison.generation import Decoding, batches, generate_answers
 from glmtune.comparison.inference import GiB, Shape, Sides, WeightsPlan, plan_compile, plan_weights
-from glmtune.comparison.job import compare
+from glmtune.comparison.job import compare, comparison
 from glmtune.core import device
 from glmtune.core.config import CompareConfig
 from glmtune.core.errors import ConfigError, DataError
@@ -152,20 +152,55 @@ def test_compile_auto_weighs_the_work_against_the_compile_cost(monkeypatch, tmp_
     assert not plan_compile("off", merged, 27, 2048, 2368, "m", on_gpu=True).on
 
 
-def test_short_memory_falls_back_to_nf4_with_the_adapter_unmerged(trained, tmp_path, monkeypatch):
+MEMINFO = """MemTotal:       25165824 kB
+MemFree:          314572 kB
+MemAvailable:     838860 kB
+Cached:         20971520 kB
+AnonPages:       2097152 kB
+Shmem:            104857 kB
+SReclaimable:    1048576 kB
+SUnreclaim:       104857 kB
+"""  # 24 GiB, 0.8 GiB "available": most of it page cache the kernel has not yet handed back
+
+
+def test_ram_available_counts_the_page_cache_and_leaves_out_what_processes_hold(tmp_path, monkeypatch):
+    (tmp_path / "meminfo").write_text(MEMINFO, encoding="ascii")
+    monkeypatch.setattr(device, "MEMINFO", str(tmp_path / "meminfo"))
+    assert device.ram_available() == (25165824 - 2097152 - 104857 - 104857) * 1024
+
+
+def test_a_tiny_model_keeps_16_bit_weights_and_whole_batches_on_cpu_whatever_is_free_now():
+    tiny = Shape(vocab=1000, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=16)
+    plan = plan_weights("auto", "nf4", tiny, 0.8 * GiB, 27, 300, 576, 256, on_gpu=False)
+    assert plan.merged and plan.batch_size == 27 and plan.reason.startswith("auto: fp32 weights")
+
+
+def test_short_memory_falls_back_to_nf4_saying_why_and_how_to_force_16_bit(trained, tmp_path, monkeypatch):
     out, _ = trained
-    plentiful = CompareConfig(adapter=out, output=tmp_path / "a", max_new_tokens=6, num_samples=4)
-    assert compare(plentiful).report.settings.weights.startswith("fp32, adapter merged")
-    # free memory read as just the 16-bit weights of the tiny model: too little for a batch beside them
+    (tmp_path / "meminfo").write_text(MEMINFO, encoding="ascii")
+    monkeypatch.setattr(device, "MEMINFO", str(tmp_path / "meminfo"))
+    plenty = compare(CompareConfig(adapter=out, output=tmp_path / "a", max_new_tokens=6, num_samples=4))
+    assert plenty.report.settings.weights.startswith("fp32, adapter merged after the base side")
+    assert plenty.loaded.weights.batch_size == len(plenty.prompts.items)  # all in one batch
+    # RAM read as less than the tiny model's 16-bit weights, its margin and a batch need
     shape = Shape.of(glmtune.load_model("tiny", quantization=None).config)
-    monkeypatch.setattr(device, "free_memory", lambda: shape.weight_bytes(False, 4) + GiB)
-    job = compare(CompareConfig(adapter=out, output=tmp_path / "b", max_new_tokens=6, num_samples=4))
+    monkeypatch.setattr(device, "free_memory", lambda: shape.weight_bytes(False, 4))
+    console = []
+    job = comparison(CompareConfig(adapter=out, output=tmp_path / "b", max_new_tokens=6, num_samples=4),
+                     console.extend)
     weights = job.report.settings.weights
-    assert weights.startswith("NF4, adapter unmerged") and "only" in weights
+    assert weights.startswith("NF4, adapter unmerged")
+    assert "more than the" in weights and "decodes far slower on CPU (--quantization none forces 16-bit" in weights
+    assert f"weights:  {weights}" in console  # on screen before any answer is generated
     assert not job.loaded.sides.merged and isinstance(job.loaded.sides.model, PeftModel)
     assert all(a.new_tokens > 0 for a in job.answers.tuned.answers)
     log = (job.output / "chatglm_comparison.log").read_text(encoding="utf-8")
     assert "weights: NF4, adapter unmerged" in log
+    assert job.loaded.weights.batch_size == 1 and not job.report.aggregate.metrics["latency_s"].difference.batch
+    forced = compare(CompareConfig(adapter=out, output=tmp_path / "c", max_new_tokens=6, num_samples=4,
+                                   quantization="none"))
+    assert forced.loaded.sides.merged and forced.loaded.weights.batch_size == len(forced.prompts.items)
+    assert "the OS can give; it may swap" in forced.report.settings.weights
 
 
 def test_a_prompt_longer_than_the_context_is_refused_before_the_folder(trained, tmp_path):

@@ -3,6 +3,7 @@ crafted data, the verdict says helped / hurt / no difference when it should, and
 holds every prompt."""
 
 import random
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -14,8 +15,8 @@ from glmtune.comparison.generation import Generated
 from glmtune.comparison.html_report import render
 from glmtune.comparison.report import Both, Report, Settings, SideTiming, Timing
 from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon, answer_flags, char_bleu4, rouge_zh
-from glmtune.comparison.scoring import Sample, metric_table, score, summary_lines
-from glmtune.comparison.verdict import paired_interval, wins_ties_losses
+from glmtune.comparison.scoring import Sample, department_table, metric_table, score, summary_lines
+from glmtune.comparison.verdict import Interval, paired_interval, wins_ties_losses
 
 REFERENCE = "建议低盐饮食，规律服用降压药，每天监测血压，头晕胸痛时及时就医。"
 GOOD = "低盐饮食，规律服用降压药，监测血压，有胸痛及时就医。"
@@ -61,7 +62,7 @@ def test_punctuation_never_raises_rouge_or_bleu(lexicon, noise, reference):
 
 def test_bootstrap_interval_on_known_data():
     constant = paired_interval([0.1] * 30, [0.3] * 30)
-    assert (constant.mean, constant.low, constant.high) == pytest.approx((0.2, 0.2, 0.2)) and constant.reliable
+    assert constant.mean == pytest.approx(0.2) and constant.low is constant.high is None and constant.reliable
     rng = np.random.default_rng(7)
     diffs = rng.normal(0.5, 1.0, size=400)
     interval = paired_interval([0.0] * 400, list(diffs))
@@ -73,6 +74,40 @@ def test_bootstrap_interval_on_known_data():
     assert symmetric.low < 0 < symmetric.high and not symmetric.reliable
     assert paired_interval([None, 1.0], [2.0, None]) is None
     assert wins_ties_losses([0.1, 0.2, 0.3, None], [0.2, 0.2, 0.1, 0.5]) == (1, 1, 1)
+
+
+ZERO_WIDTH = re.compile(r"\[([^,\]]+), \1\]")  # "[x, x]"
+
+
+def test_an_interval_is_never_printed_zero_wide():
+    assert Interval(0.2, None, None, 30).text(0.1) == "+0.200 (the same on all 30 prompts)"
+    assert paired_interval([0.1], [0.4]).text(0.1) == "+0.300 (one prompt)"
+    assert Interval(-7.7, -7.701, -7.699, 27).text(7.7) == "-7.700 [-7.701, -7.699]"  # not [-7.70, -7.70]
+    assert Interval(-7.7, -7.9, -7.5, 27).text(7.7) == "-7.70 [-7.90, -7.50]"
+    assert Interval(-7.7, None, None, 27, batch=True).text(7.7) == "-7.70 (batch figure, no interval)"
+    assert not Interval(-7.7, None, None, 27, batch=True).reliable
+
+
+def timed(text: str, latency: float, ttft: float) -> Generated:
+    return Generated(text, 40, latency, ttft, True)
+
+
+@pytest.mark.parametrize("one_per_batch", [False, True])
+def test_timing_is_a_batch_figure_unless_every_prompt_had_its_own_batch(lexicon, one_per_batch):
+    # one batch per side: every answer ends at the batch's last step, so its clock readings are alike
+    data = [Sample(f"问题{i}？", REFERENCE, {"base": timed(POOR, 9.0 + i % 3, 0.5 + i % 2),
+                                            "tuned": timed(GOOD, 1.3 + i % 2, 0.2)}, department="儿科")
+            for i in range(24)]
+    _, aggregate = score(data, lexicon, one_per_batch=one_per_batch)
+    timing = [aggregate.metrics[key].difference for key in ("latency_s", "ttft_s", "decode_tok_s")]
+    assert all(d.batch is not one_per_batch for d in timing)
+    table = metric_table(aggregate)
+    latency = next(line for line in table if line.startswith("latency per answer"))
+    assert ("(batch figure, no interval)" in latency) is not one_per_batch and ("[" in latency) is one_per_batch
+    printed = [*table, *department_table(aggregate), *aggregate.verdict.sentences]
+    assert not [line for line in printed if ZERO_WIDTH.search(line)]
+    intervals = [m.difference for m in aggregate.metrics.values()] + [d.difference for d in aggregate.departments]
+    assert all(d.low is None or d.low < d.high for d in intervals if d is not None)  # the JSON report too
 
 
 def answered(text: str, stopped: bool = True) -> Generated:
@@ -125,7 +160,7 @@ def test_table_states_directions_and_the_log_is_one_screen(lexicon):
     _, aggregate = score(samples([(POOR, GOOD)] * 25), lexicon)
     table = metric_table(aggregate)
     row = next(line for line in table if line.startswith("ROUGE-L F"))
-    assert " higher " in row and "[+0.800, +0.800]" in row
+    assert " higher " in row and "+0.800 (the same on all 25 prompts)" in row
     length = next(line for line in table if line.startswith("output length (chars)"))
     assert length.split()[3] == "-" and length.endswith("%")  # no better direction; relative change in %
     assert summary_lines(aggregate, TIMING)[0].startswith("VERDICT (25 prompts): HELPED")
