@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import torch
 
@@ -61,6 +62,7 @@ def name() -> str:
 
 
 MEMINFO = "/proc/meminfo"  # Linux's account of its RAM
+CGROUP = "/sys/fs/cgroup"  # a container's memory limit (cgroup v2), which /proc/meminfo does not show
 SMALL_CARD = 32 * 2**30  # below this, fragmentation can decide whether a run fits
 
 _limit: int | None = None  # --gpu-memory, in bytes
@@ -110,9 +112,26 @@ def ram_available() -> int:
         with open(MEMINFO, encoding="ascii") as info:
             kib = {key: int(value.split()[0]) for key, value in (line.split(":", 1) for line in info)}
         held = kib["AnonPages"] + kib["Shmem"] + kib.get("SUnreclaim", 0)
-        return (kib["MemTotal"] - held) * 1024
+        machine = (kib["MemTotal"] - held) * 1024
     except (OSError, KeyError, ValueError):  # not Linux: the machine's RAM, as the best estimate there is
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(machine, container_room())
+
+
+def container_room() -> float:
+    """What a cgroup v2 memory limit leaves: the limit less what the container holds, its page cache
+    again counted as available. Unlimited (inf) outside a container or without a limit."""
+    try:
+        folder = Path(CGROUP)
+        limit = (folder / "memory.max").read_text(encoding="ascii").strip()
+        if limit == "max":
+            return float("inf")
+        used = int((folder / "memory.current").read_text(encoding="ascii"))
+        stat = (folder / "memory.stat").read_text(encoding="ascii").splitlines()
+        cache = next((int(line.split()[1]) for line in stat if line.startswith("file ")), 0)
+        return max(int(limit) - used + cache, 0)
+    except (OSError, ValueError):
+        return float("inf")
 
 
 def allocated() -> int:
