@@ -213,6 +213,14 @@ def test_help_lists_the_subcommands_and_each_subcommands_help_its_examples(capsy
         assert f"\n    glmtune {name} --adapter" in shown or f"\n    glmtune {name} --model tiny" in shown
 
 
+def test_help_examples_paste_as_shown(capsys):
+    """The chat's pipe example keeps its `\\n` escapes on one line: printf, not the help, makes the breaks."""
+    with pytest.raises(SystemExit):
+        command.main(["chat", "--help"])
+    shown = capsys.readouterr().out
+    assert "\n    printf '头痛怎么办？\\n吃什么药？\\n' | glmtune chat --adapter out\n" in shown
+
+
 def test_the_original_commands_name_themselves_in_their_usage_line():
     """Their help shows the glmtune examples, under a usage line of the command that was typed."""
     for argv, usage in [(["chatglm_finetuning.py"], "chatglm_finetuning.py"),
