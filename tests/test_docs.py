@@ -52,6 +52,11 @@ def test_the_flag_reference_is_up_to_date():
     assert written == command.flag_reference(), "stale: run python -m glmtune --flag-reference > docs/flags.md"
 
 
+def test_the_readme_and_the_help_give_one_demo_time():
+    said = re.search(r"CPU demo \(tiny random model, (about [\d.]+ minutes? on \d cores)", command.TRAIN).group(1)
+    assert f"The demo takes {said} " in readme()
+
+
 def test_the_readme_is_one_screen_of_reading():
     assert len(README.read_text(encoding="utf-8").splitlines()) <= 150
 
