@@ -6,13 +6,14 @@ the truth after the same normalisation (clean_text / join_question).
 
     python bench/split_accuracy.py
 
-Writes bench/results/split_accuracy.json.
+Writes bench/results/split_accuracy.json (tracked; it names the data file relative to the repo).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -65,7 +66,8 @@ def main() -> None:
 
     with open(args.data, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    result = {"data": str(args.data), **score_rows(rows)}
+    # Relative to the repo: a rerun on another machine rewrites the tracked result only where its numbers change.
+    result = {"data": os.path.relpath(args.data.resolve(), REPO), **score_rows(rows)}
 
     print(f"rows {result['rows']}  parsed {result['parsed']}  rejected {result['rows'] - result['parsed']}")
     for reason, count in sorted(result["rejected"].items(), key=lambda item: -item[1]):

@@ -1,12 +1,14 @@
 """The commands as a user runs them: `glmtune` and its subcommands (the flags of the original commands,
-checked before torch loads, usage lines naming the command), both scripts end to end in real processes
-on a quiet console, --help on an ASCII console, and the commands they print pasted back."""
+checked before torch loads, usage lines naming the command), the README's demo as written and the
+original chat script, in real processes on a console free of warnings, --help on an ASCII console, and
+the commands they print pasted back."""
 
 import dataclasses
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -22,63 +24,75 @@ from glmtune.core.config import TrainConfig
 from conftest import REPO
 
 
-def run_script(script, *argv, cwd):
-    return subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+README = REPO / "README_chatglm_finetuning.md"
+# A Python warning of any library (peft's "upgrade PEFT" is a UserWarning), or a notice that hides one
+NOISE = re.compile(r"Warning|warnings\.warn|upgrade PEFT|deprecated|Traceback|kernels")
 
 
-def test_both_scripts_end_to_end_on_a_quiet_console(data_file, tmp_path, capsys):
-    out = tmp_path / "run"
-    result = run_script("chatglm_finetuning.py", "--model", "tiny", "--data", str(data_file), "--output-dir",
-                        str(out), "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2", "--eval-ratio",
-                        "0.2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    console = result.stdout + result.stderr
-    for noise in ("Warning", "kernels", "Traceback", "deprecated"):
-        assert noise not in console, noise
-    assert re.search(r"finished\s+4 steps in .* tokens/s", result.stdout)
-    assert f"next       glmtune compare --adapter {out}" in result.stdout
+def readme_demo() -> str:
+    """The CPU demo as the README's first set-up line gives it, without the install in front."""
+    setup = re.search(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S).group(1)
+    steps = [step.strip() for step in setup.splitlines()[0].split("&&")]
+    return " && ".join(step for step in steps if not step.startswith("pip "))
+
+
+def quiet(console: str) -> None:
+    noise = [line for line in console.splitlines() if NOISE.search(line)]
+    assert not noise, "\n".join(noise)
+
+
+def test_the_readme_demo_runs_as_written_on_a_quiet_console(tmp_path, monkeypatch, capsys):
+    """The README's demo line in a shell, in a folder holding what it reads (30 lines of
+    financial_data.txt, so that it takes seconds), then the chat of the original script from a pipe."""
+    demo = readme_demo()
+    assert demo == "glmtune train --model tiny --output-dir out && glmtune compare --adapter out"
+    for name in ("financial_data.txt", "financial_data.departments.txt"):
+        lines = (REPO / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        (tmp_path / name).write_text("".join(lines[:30]), encoding="utf-8")
+    if shutil.which("glmtune") is None:  # not installed (`pip install -e .` puts it on PATH): the same command
+        demo = demo.replace("glmtune ", f"{shlex.quote(sys.executable)} -m glmtune ")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the installed command, running this checkout's glmtune
+    report = tmp_path / "out" / "comparison"
+    console = []
+    with subprocess.Popen(["bash", "-c", demo], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=tmp_path, env=env) as shell:
+        for line in shell.stdout:
+            console.append(line)
+            if line.startswith("VERDICT ("):  # the reports are published before the verdict is printed
+                assert (report / "chatglm_comparison.json").is_file()
+        assert shell.wait(timeout=300) == 0, "".join(console)[-3000:]
+    console = "".join(console)
+    quiet(console)
+    assert re.search(r"\nfinished\s+\d+ steps in .* tokens/s\n", console)
+    assert "\nnext       glmtune compare --adapter out\n" in console
+    assert "\nweights:  fp32, adapter merged after the base side; " in console
+    out = tmp_path / "out"
     assert json.loads((out / "run_config.json").read_text())["state"] == "finished"
-
-    from glmtune.training.job import train
-
-    again, _ = cli.parse_args(TrainConfig, "t", ["--model", "tiny", "--data", str(data_file), "--output-dir", str(out),
-                                                 "--max-steps", "4", "--batch-size", "4", "--grad-accum", "2",
-                                                 "--eval-ratio", "0.2", "--resume"])
-    with pytest.raises(SystemExit) as refused:  # the scripts' error boundary, in this process
-        cli.run(train, again)
-    stderr = capsys.readouterr().err
-    assert refused.value.code == 1 and "holds this run, finished" in stderr
-    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
-
-    # the comparison piped into `head -1`: its reports are written before its verdict is printed, and
-    # the pipe closed after the first line stops nothing
-    errors = tmp_path / "stderr.txt"
-    with errors.open("w") as stderr, subprocess.Popen(
-            [sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(out), "--max-new-tokens", "8"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path) as compared:
-        weights = compared.stdout.readline()
-        compared.stdout.close()
-        assert compared.wait(timeout=300) == 0, errors.read_text()[-2000:]
-    assert weights.startswith("weights:  fp32, adapter merged after the base side; ")
-    log = (out / "comparison" / "chatglm_comparison.log").read_text(encoding="utf-8")
+    log = (report / "chatglm_comparison.log").read_text(encoding="utf-8")
     assert "decoding: static KV cache, eager (compiled decoding needs a CUDA GPU)" in log
     assert "VERDICT (" in log and "medical terms / 100 chars" in log
-    assert (out / "comparison" / "chatglm_comparison.html").is_file()
-    for noise in ("Warning", "kernels", "Traceback"):
-        assert noise not in errors.read_text(), noise
+    assert (report / "chatglm_comparison.html").is_file()
+
+    monkeypatch.chdir(tmp_path)  # the same run, asked for again from where the README ran it
+    from glmtune.training.job import train
+
+    again, _ = cli.parse_args(TrainConfig, "t", ["--model", "tiny", "--output-dir", "out"])
+    with pytest.raises(SystemExit) as refused:  # the commands' error boundary, in this process
+        cli.run(train, again)
+    stderr = capsys.readouterr().err
+    assert refused.value.code == 1 and "out holds this run, finished" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
 
     # the chat, fed through a pipe: one turn per line, answers printed, ends with the input
-    chat = subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(out), "--chat",
+    chat = subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", "out", "--chat",
                            "--max-new-tokens", "6"], input="头痛怎么办？\n/both\n还要注意什么？\n", capture_output=True,
-                          text=True, cwd=tmp_path, timeout=300)
+                          text=True, cwd=tmp_path, env=env, timeout=300)
     assert chat.returncode == 0, chat.stderr[-2000:]
     marks = ["> 头痛怎么办？\n[fine-tuned] ", "\n> /both\n(answering: base, then fine-tuned)\n> 还要注意什么？\n[base] ",
              "\n[fine-tuned] "]
     at = [chat.stdout.find(marks[0]), chat.stdout.find(marks[1]), chat.stdout.rfind(marks[2])]
     assert -1 not in at and at == sorted(at), chat.stdout  # answers can hold line breaks: order, not lines
-    for noise in ("Warning", "kernels", "Traceback"):
-        assert noise not in chat.stdout + chat.stderr, noise
+    quiet(chat.stdout + chat.stderr)
 
 
 def script(*argv, **options) -> subprocess.CompletedProcess:
@@ -197,6 +211,14 @@ def test_help_lists_the_subcommands_and_each_subcommands_help_its_examples(capsy
         assert exit_.value.code == 0
         assert shown.startswith(f"usage: glmtune {name} [-h]")
         assert f"\n    glmtune {name} --adapter" in shown or f"\n    glmtune {name} --model tiny" in shown
+
+
+def test_help_examples_paste_as_shown(capsys):
+    """The chat's pipe example keeps its `\\n` escapes on one line: printf, not the help, makes the breaks."""
+    with pytest.raises(SystemExit):
+        command.main(["chat", "--help"])
+    shown = capsys.readouterr().out
+    assert "\n    printf '头痛怎么办？\\n吃什么药？\\n' | glmtune chat --adapter out\n" in shown
 
 
 def test_the_original_commands_name_themselves_in_their_usage_line():

@@ -1,11 +1,12 @@
 """The README and the docs pages: every page linked, every Python snippet runs as written, CI runs the
-test command the README gives, the flag reference is generated, and every command line they show is
-one the command accepts."""
+test command the README gives, the flag reference is generated, every command line they show is one
+the command accepts, and every folder those commands write into the repo is git-ignored."""
 
 import contextlib
 import io
 import re
 import shlex
+import subprocess
 
 import glmtune.__main__ as command
 from glmtune.core import cli
@@ -49,6 +50,11 @@ def test_ci_runs_the_readme_test_command():
 def test_the_flag_reference_is_up_to_date():
     written = (REPO / "docs" / "flags.md").read_text(encoding="utf-8")
     assert written == command.flag_reference(), "stale: run python -m glmtune --flag-reference > docs/flags.md"
+
+
+def test_the_readme_and_the_help_give_one_demo_time():
+    said = re.search(r"CPU demo \(tiny random model, (about [\d.]+ minutes? on \d cores)", command.TRAIN).group(1)
+    assert f"The demo takes {said} " in readme()
 
 
 def test_the_readme_is_one_screen_of_reading():
@@ -122,11 +128,8 @@ def refusal(name: str, args: list[str]) -> str | None:
 
 
 def test_every_command_line_in_the_readme_docs_and_help_is_accepted():
-    lines = [item for page in PAGES for item in shown_commands(page.read_text(encoding="utf-8"), page.name)]
-    lines += [(f"glmtune {name} --help", line) for name, entry in command.COMMANDS.items()
-              for line in entry.help.splitlines() if line.startswith("    ")]
     checked, refused = [], []
-    for where, line in lines:
+    for where, line in shown_lines():
         if not MENTIONS.search(line):  # prose in a plain block (the comparison log's excerpt) is no shell
             continue
         for argv in simple_commands(line):
@@ -153,3 +156,26 @@ def test_the_command_line_check_can_fail():
                                        ("train", ["--lr-scheduler", "sawtooth"]),
                                        ("compare", ["--adapterr", "out"]), ("tune", [])]
     assert all(refusal(*f) for f in found if f)
+
+
+def shown_lines() -> list[tuple[str, str]]:
+    """(where, line) of every shell line the README, the docs pages and the subcommands' --help show."""
+    lines = [item for page in PAGES for item in shown_commands(page.read_text(encoding="utf-8"), page.name)]
+    return lines + [(f"glmtune {name} --help", line) for name, entry in command.COMMANDS.items()
+                    for line in entry.help.splitlines() if line.startswith("    ")]
+
+
+def test_the_folders_shown_commands_write_into_the_repo_are_git_ignored():
+    """Following a page from the repo root leaves `git status` clean: a run or export folder it names
+    (`out`, `chatglm3-medical-merged`) is ignored; placeholders (DIR) and absolute paths are not ours."""
+    folders = set()
+    for _, line in shown_lines():
+        for argv in simple_commands(line) if MENTIONS.search(line) else []:
+            found = ours(argv)
+            args = found[1] if found else []
+            folders |= {value for flag, value in zip(args, args[1:])
+                        if flag in ("--output-dir", "--output") and not value.isupper() and not value.startswith("/")}
+    assert {"out", "out-merged", "chatglm3-medical-lora", "chatglm3-medical-merged"} <= folders, folders
+    shown = sorted(f"{folder}/" for folder in folders)
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *shown], capture_output=True, text=True, cwd=REPO)
+    assert sorted(ignored.stdout.split()) == shown, ignored.stderr
