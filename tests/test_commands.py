@@ -4,6 +4,7 @@ original chat script, in real processes on a console free of warnings, --help on
 the commands they print pasted back."""
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,13 +44,13 @@ def quiet(console: str) -> None:
 
 
 def test_the_readme_demo_runs_as_written_on_a_quiet_console(tmp_path, monkeypatch, capsys):
-    """The README's demo line in a shell, in a folder holding what it reads (30 lines of
-    financial_data.txt, so that it takes seconds), then the chat of the original script from a pipe."""
+    """The README's demo line in a shell, in a folder holding what it reads (16 lines of
+    financial_data.txt, so that it takes seconds: 3 steps, 1 prompt), then the chat from a pipe."""
     demo = readme_demo()
     assert demo == "glmtune train --model tiny --output-dir out && glmtune compare --adapter out"
     for name in ("financial_data.txt", "financial_data.departments.txt"):
         lines = (REPO / name).read_text(encoding="utf-8").splitlines(keepends=True)
-        (tmp_path / name).write_text("".join(lines[:30]), encoding="utf-8")
+        (tmp_path / name).write_text("".join(lines[:16]), encoding="utf-8")
     if shutil.which("glmtune") is None:  # not installed (`pip install -e .` puts it on PATH): the same command
         demo = demo.replace("glmtune ", f"{shlex.quote(sys.executable)} -m glmtune ")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # the installed command, running this checkout's glmtune
@@ -83,16 +85,19 @@ def test_the_readme_demo_runs_as_written_on_a_quiet_console(tmp_path, monkeypatc
     assert refused.value.code == 1 and "out holds this run, finished" in stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
 
-    # the chat, fed through a pipe: one turn per line, answers printed, ends with the input
-    chat = subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", "out", "--chat",
-                           "--max-new-tokens", "6"], input="头痛怎么办？\n/both\n还要注意什么？\n", capture_output=True,
-                          text=True, cwd=tmp_path, env=env, timeout=300)
-    assert chat.returncode == 0, chat.stderr[-2000:]
+    # the chat, fed through a pipe: one turn per line, answers printed, ends with the input (in this
+    # process: the scripts' own processes are run by the --help tests below)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("头痛怎么办？\n/both\n还要注意什么？\n"))
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        command.run_command("chat", ["--adapter", "out", "--max-new-tokens", "6"])
+    chat = capsys.readouterr()
     marks = ["> 头痛怎么办？\n[fine-tuned] ", "\n> /both\n(answering: base, then fine-tuned)\n> 还要注意什么？\n[base] ",
              "\n[fine-tuned] "]
-    at = [chat.stdout.find(marks[0]), chat.stdout.find(marks[1]), chat.stdout.rfind(marks[2])]
-    assert -1 not in at and at == sorted(at), chat.stdout  # answers can hold line breaks: order, not lines
-    quiet(chat.stdout + chat.stderr)
+    at = [chat.out.find(marks[0]), chat.out.find(marks[1]), chat.out.rfind(marks[2])]
+    assert -1 not in at and at == sorted(at), chat.out  # answers can hold line breaks: order, not lines
+    quiet(chat.out + chat.err)
+    assert not [str(w.message) for w in warned]
 
 
 def script(*argv, **options) -> subprocess.CompletedProcess:
