@@ -63,6 +63,7 @@ def test_run_leaves_every_output(trained):
     for name in ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "run_config.json",
                  "eval.jsonl", "train_metrics.json", "loss.png", "data_report.txt"]:
         assert (out / name).is_file(), name
+    assert not list(out.rglob("README.md"))  # peft's boilerplate model card, in the run or a checkpoint
     run = json.loads((out / "run_config.json").read_text())
     assert run["settings"]["model"] == "tiny" and len(run["data_sha256"]) == 64 and run["state"] == "finished"
     assert run["resolved"]["micro_batch"] * run["resolved"]["grad_accum"] == 8
