@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from peft import PeftModel
 
 import glmtune
 from glmtune.comparison.job import compare
@@ -17,7 +16,7 @@ from glmtune.model.tokenizer import load_tokenizer
 from glmtune.training.job import FineTune, train
 from glmtune.training.trainer import StopOnNonFiniteLoss
 
-from conftest import LONG_SYSTEM, KillAtStep, conversations, tiny_config, write_jsonl
+from conftest import LONG_SYSTEM, KillAtStep, conversations, plain_peft, tiny_config, write_jsonl
 
 
 def test_nan_guard_stops_training():
@@ -86,7 +85,7 @@ def test_training_lowers_loss_and_changes_lora(trained):
 def test_saved_adapter_reloads_to_identical_logits(trained):
     out, model = trained
     base = glmtune.load_model("tiny", quantization="nf4")
-    reloaded = PeftModel.from_pretrained(base, str(out)).eval()
+    reloaded = plain_peft(base, out)
     model.eval()
     ids = torch.arange(5, 40)[None]
     with torch.no_grad():

@@ -65,7 +65,7 @@ def stamp_of_another_run(run):
 @pytest.mark.parametrize("name, setup", [
     ("checkpoint-7", lambda run: (run / "checkpoint-7").mkdir() or (run / "checkpoint-7" / "notes.txt").write_text("x")),
     ("checkpoint-99", stamp_of_another_run),
-    ("data_report.txt", lambda run: (run / "data_report.txt").open("a").write("\nmy review of this data\n")),
+    ("data_report.txt", lambda run: (run / "data_report.txt").write_text("my review of this data")),
 ], ids=["a user's folder named like a checkpoint", "another run's checkpoint", "a run's file edited since"])
 def test_overwrite_refuses_what_only_looks_like_the_runs_own(data_file, trained, tmp_path, name, setup):
     run = copy_run(trained, tmp_path)
