@@ -85,6 +85,18 @@ def trained(data_file, tmp_path_factory):
     return out, job.model
 
 
+def plain_peft(base, adapter):
+    """The adapter in `adapter` on `base`, as plain peft loads it: the reference glmtune's own loading
+    is checked against. peft probes a transformers attribute deprecated in 5.x (a FutureWarning that
+    is not ours), silenced as around glmtune's own peft calls."""
+    from peft import PeftModel
+
+    from glmtune.core.quiet import quiet_peft
+
+    with quiet_peft():
+        return PeftModel.from_pretrained(base, str(adapter)).eval()
+
+
 def copy_run(trained, tmp_path, name="run"):
     """A copy of the shared finished run, for a test that writes into its run folder."""
     copy = tmp_path / name

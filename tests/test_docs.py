@@ -45,6 +45,16 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in (REPO / ".ci" / "run").read_text(encoding="utf-8")
 
 
+def test_every_install_of_the_tool_in_the_docs_holds_to_the_pinned_versions():
+    # One install resolving the newest releases and a later one pinning older ones would change the
+    # libraries under a run the first trained (peft then warns on each command that loads its adapter).
+    installs = [(page.name, line) for page in PAGES for line in page.read_text(encoding="utf-8").splitlines()
+                if "pip install" in line and " -e " in line]
+    assert len(installs) >= 2
+    for page, line in installs:
+        assert re.search(r" -[cr] requirements\.txt ", line), f"{page}: {line}"
+
+
 
 
 def test_the_flag_reference_is_up_to_date():

@@ -46,7 +46,7 @@ def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str]):
                         task_type="CAUSAL_LM")
     with quiet_peft():
         model = get_peft_model(model, config)
-    return _without_embedding_copies(model)
+    return _plain_saves(model)
 
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -100,11 +100,17 @@ def load_adapter(model, folder: Path, base: str):
     return model
 
 
-def _without_embedding_copies(model):
+def _plain_saves(model):
+    """Every save of `model` (the final adapter and the Trainer's checkpoints) writes the adapter and
+    nothing else."""
     # peft's save_embedding_layers="auto" re-reads the base's config.json to detect a resized vocab;
-    # ChatGLM3's original config misreads as resized, and every save (the Trainer's checkpoints too)
-    # would carry both 0.5 GB embedding matrices. The vocabulary is never resized here.
+    # ChatGLM3's original config misreads as resized, and every save would carry both 0.5 GB embedding
+    # matrices. The vocabulary is never resized here.
     model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
+    # peft also writes a boilerplate model card (README.md, "[More Information Needed]" in every
+    # section) beside each adapter, and edits a README.md already there: a run folder holds only
+    # files that describe the run, and a user's README.md stays as written.
+    model.create_or_update_model_card = lambda output_dir: None
     return model
 
 

@@ -105,7 +105,8 @@ class TrainingResult:
         eval_loss = metrics.get("eval_loss")
         if train_loss is not None:
             losses = f"final train loss {train_loss:.4f}"
-        else:  # fewer steps than --logging-steps: only the run's mean was recorded
+        else:  # restored from the final checkpoint of an earlier version, which logged no loss in a
+            # run shorter than --logging-steps: only the run's mean was recorded
             losses = f"mean train loss {metrics.get('train_loss', float('nan')):.4f}"
         if eval_loss is not None:
             losses += f", eval loss {eval_loss:.4f} on {self.record.resolved.examples['eval']} held-out examples"
@@ -295,8 +296,8 @@ class FineTune:
         """Run the Trainer. Ctrl-C saves a checkpoint and raises Interrupted; a NaN loss raises
         Diverged; neither leaves a final adapter behind."""
         from .compiling import compile_seconds, record_compile_cost
-        from .trainer import (GroupedTrainer, StampCheckpoints, StopOnInterrupt, StopOnNonFiniteLoss,
-                              training_arguments)
+        from .trainer import (GroupedTrainer, LogTheLastStep, StampCheckpoints, StopOnInterrupt,
+                              StopOnNonFiniteLoss, training_arguments)
 
         r, compiling = self.record.resolved, built.compiling
         nan_guard, interrupt = StopOnNonFiniteLoss(), StopOnInterrupt()
@@ -304,7 +305,7 @@ class FineTune:
         trainer = GroupedTrainer(
             model=built.model, args=args, train_dataset=tokens.train,
             eval_dataset=tokens.eval if len(tokens.eval) else None, data_collator=built.collator,
-            callbacks=[nan_guard, interrupt, StampCheckpoints(self.record), *self.callbacks],
+            callbacks=[LogTheLastStep(), nan_guard, interrupt, StampCheckpoints(self.record), *self.callbacks],
             checkpoint_plan=built.plan,
             compiled=compiling.on)
         device.reset_peak()  # the probes' peaks are not training's
@@ -331,8 +332,8 @@ class FineTune:
             p.isfinite().all() for p in built.model.parameters() if p.requires_grad)
         diverged = distributed.any_process(diverged)  # each process's mean loss is its own: all stop, or none
         if nan_guard.bad_step is not None or diverged:
-            # The guard sees logged losses only; a run shorter than --logging-steps, or whose last
-            # update overflowed, shows in its mean loss or in the LoRA weights themselves.
+            # The guard sees logged losses only; a NaN between two logs, or a last update that
+            # overflowed, shows in the run's mean loss or in the LoRA weights themselves.
             raise diverged_error(f"the training loss became NaN/inf (by step "
                                  f"{nan_guard.bad_step or trainer.state.global_step})")
         if interrupt.stopped_at is not None:
@@ -419,7 +420,8 @@ def restore_last_checkpoint(model, trainer: GroupedTrainer, checkpoint: Path) ->
     set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    # None when the run was shorter than --logging-steps: the weights and eval loss are checked instead
+    # None in a checkpoint of an earlier version (no loss logged in a run shorter than --logging-steps):
+    # the weights and eval loss are checked instead
     return TrainOutput(trainer.state.global_step, losses[-1] if losses else None, {})
 
 

@@ -19,7 +19,7 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
     ax.grid(alpha=0.3)
-    if train or evals:  # a run shorter than --logging-steps, without eval, logged no loss to label
+    if train or evals:  # an earlier version's run shorter than --logging-steps logged no loss to label
         ax.legend()
     fig.tight_layout()
     save_png(fig, path, 120)

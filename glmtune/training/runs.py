@@ -33,15 +33,14 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # files.write_atomic's, FineTune.save's and --overwrite's (folders.delete's) scratch names
 SCRATCH = re.compile(rf"^(\..+\.tmp|\.saving-.*|{re.escape(ASIDE)}.*)$")
 # What the Trainer, peft and this tool write into a checkpoint: a folder of that name holding anything
-# else is a user's.
+# else is a user's. (peft's model card README.md is no longer written, but earlier runs' checkpoints hold one.)
 CHECKPOINT_FILES = re.compile(r"^(adapter_model\.safetensors|adapter_config\.json|README\.md|optimizer\.pt|"
                               r"scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|trainer_state\.json|training_args\.bin|"
                               r"glmtune_run\.json|tokenizer.*|special_tokens_map\.json|chat_template\.jinja|\..+\.tmp)$")
 # What a run of this tool writes: --overwrite replaces a folder only if it holds nothing else.
 OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
-             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "README.md",
-             "train_prompts.sha256"}
+             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "train_prompts.sha256"}
 REPORTS = re.compile(r"^comparison(-\d+)?$")  # the comparison script's report folders inside a run
 REPORT_STEM = "chatglm_comparison"  # a report's files: STEM.log, .json, .png, .html
 REPORT_FILES = {f"{REPORT_STEM}.{ext}" for ext in ("log", "json", "png", "html")}
@@ -100,7 +99,7 @@ class RunRecord:
 
     def seal(self, folder: Path) -> None:
         """Record what each listed file holds now (the run's final state), so that --overwrite later
-        keeps one a user has edited since (the model card README.md, say)."""
+        keeps one a user has edited since (notes added to data_report.txt, say)."""
         self.digests = {name: file_sha256(folder / name) for name in sorted(set(self.files))
                         if name != RUN_CONFIG and (folder / name).is_file() and not (folder / name).is_symlink()}
 

@@ -182,6 +182,16 @@ class StopOnNonFiniteLoss(TrainerCallback):
             control.should_training_stop = True
 
 
+class LogTheLastStep(TrainerCallback):
+    """Logs the training loss at the final step too. The Trainer logs every --logging-steps steps
+    only, so a run shorter than that (4 steps under the default 5) logged no loss at all, and any
+    other run left its last steps out of the log, the loss plot and the NaN guard."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
+
 class StampCheckpoints(TrainerCallback):
     """Writes into each checkpoint which run it belongs to, so that `--resume PATH` can refuse a
     checkpoint of another run (whose weights would load, or break, under this run's name)."""
@@ -197,8 +207,8 @@ class StampCheckpoints(TrainerCallback):
 class StopOnInterrupt(TrainerCallback):
     """The first Ctrl-C (or SIGTERM, which Slurm, `docker stop` and `kill` send before they kill)
     lets the current optimizer step finish, saves a checkpoint and stops, so --resume continues
-    exactly there; a second one stops at once (nothing half-written is used: an incomplete
-    checkpoint is never resumed from)."""
+    exactly there, with no evaluation on the way out; a second one stops at once (nothing
+    half-written is used: an incomplete checkpoint is never resumed from)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     # Where torchrun's workers share its terminal, one Ctrl-C reaches them twice, from the terminal
@@ -230,7 +240,14 @@ class StopOnInterrupt(TrainerCallback):
         if distributed.any_process(self._requested is not None):
             control.should_save = True
             control.should_training_stop = True
+            control.should_evaluate = False  # a step that was due for one: the user asked to stop
             self.stopped_at = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # Stopping ends the epoch early, and the Trainer evaluates at each epoch's end (the default
+        # without --eval-steps): minutes of work the user did not wait for.
+        if self.stopped_at is not None:
+            control.should_evaluate = False
 
     def on_train_end(self, args, state, control, **kwargs):
         self.restore()

@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-from peft import PeftModel
 
 import glmtune
 from glmtune.comparison.generation import Decoding, generate_answers, reference_perplexity
@@ -18,7 +17,7 @@ from glmtune.data.reading import Example
 from glmtune.model.prompts import encode, prompt_ids
 from glmtune.training.runs import RunRecord
 
-from conftest import compare_config
+from conftest import compare_config, plain_peft
 
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
@@ -28,7 +27,7 @@ QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩�
 def tuned(trained):
     out, _ = trained
     base = glmtune.load_model("tiny", quantization="nf4")
-    return PeftModel.from_pretrained(base, str(out)).eval(), glmtune.load_tokenizer(out)
+    return plain_peft(base, out), glmtune.load_tokenizer(out)
 
 
 def test_disabled_adapter_equals_plain_base_model(tuned):

@@ -18,7 +18,7 @@ from glmtune.model.loading import chatglm_to_glm_config
 from glmtune.model.prompts import prompt_ids
 from glmtune.training.compiling import record_compile_cost
 
-from conftest import CHATGLM3
+from conftest import CHATGLM3, plain_peft
 
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
@@ -35,7 +35,7 @@ def test_merged_weights_give_the_unmerged_adapters_logits(trained, dtype, tolera
     out, _ = trained
     tok = glmtune.load_tokenizer(out)
     plain = logits(glmtune.load_model("tiny", quantization=None, dtype=dtype).eval(), tok)
-    model = PeftModel.from_pretrained(glmtune.load_model("tiny", quantization=None, dtype=dtype), str(out)).eval()
+    model = plain_peft(glmtune.load_model("tiny", quantization=None, dtype=dtype), out)
     unmerged = logits(model, tok)
     merged = logits(model.merge_and_unload(), tok)
     assert (unmerged - plain).abs().max() > 20 * tolerance  # the adapter changes the logits
@@ -47,7 +47,7 @@ def test_merged_path_base_side_equals_the_adapter_disabled_model(trained):
     tok = glmtune.load_tokenizer(out)
     prompts = [prompt_ids(tok, q, "glm3") for q in QUESTIONS]
     decoding = Decoding(max_new_tokens=12)
-    reference = PeftModel.from_pretrained(glmtune.load_model("tiny", quantization=None), str(out)).eval()
+    reference = plain_peft(glmtune.load_model("tiny", quantization=None), out)
     with reference.disable_adapter():
         base_expected = generate_answers(reference, tok, prompts, decoding, 4)
     tuned_expected = generate_answers(reference, tok, prompts, decoding, 4)

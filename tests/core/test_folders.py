@@ -42,17 +42,17 @@ def test_a_live_run_holds_its_folder_against_training_comparing_and_exporting(da
 
 
 def test_the_lock_dies_with_its_holder(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from glmtune.core.folders import claim; "
-                               "held = claim(Path(sys.argv[1]), 'training'); print('held', flush=True); time.sleep(60)",
-         str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(RunDirError, match=rf"another process \(pid {holder.pid}\) is training in"):
-            folders.claim(tmp_path, "training")
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+    with subprocess.Popen(  # leaving the block waits for it and closes its pipe
+            [sys.executable, "-c", "import sys, time; from pathlib import Path; from glmtune.core.folders import "
+                                   "claim; held = claim(Path(sys.argv[1]), 'training'); print('held', flush=True); "
+                                   "time.sleep(60)",
+             str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout.readline() == "held\n"
+            with pytest.raises(RunDirError, match=rf"another process \(pid {holder.pid}\) is training in"):
+                folders.claim(tmp_path, "training")
+        finally:
+            holder.send_signal(signal.SIGKILL)
     folders.claim(tmp_path, "training").release()  # kill -9 left the lock file, not the lock
 
 

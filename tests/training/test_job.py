@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
 
 import glmtune
 from glmtune.comparison.job import Comparison, TrainedRun, compare
@@ -18,7 +17,7 @@ from glmtune.model.tokenizer import load_tokenizer
 from glmtune.training.job import FineTune, train
 from glmtune.training.trainer import StopOnNonFiniteLoss
 
-from conftest import LONG_SYSTEM, KillAtStep, conversations, tiny_config, write_jsonl
+from conftest import LONG_SYSTEM, KillAtStep, conversations, plain_peft, tiny_config, write_jsonl
 
 
 def test_nan_guard_stops_training():
@@ -79,6 +78,7 @@ def test_run_leaves_every_output(trained):
     for name in ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "run_config.json",
                  "eval.jsonl", "train_metrics.json", "loss.png", "data_report.txt"]:
         assert (out / name).is_file(), name
+    assert not list(out.rglob("README.md"))  # peft's boilerplate model card, in the run or a checkpoint
     run = json.loads((out / "run_config.json").read_text())
     assert run["settings"]["model"] == "tiny" and len(run["data_sha256"]) == 64 and run["state"] == "finished"
     assert run["resolved"]["micro_batch"] * run["resolved"]["grad_accum"] == 8
@@ -101,7 +101,7 @@ def test_training_lowers_loss_and_changes_lora(trained):
 def test_saved_adapter_reloads_to_identical_logits(trained):
     out, model = trained
     base = glmtune.load_model("tiny", quantization="nf4")
-    reloaded = PeftModel.from_pretrained(base, str(out)).eval()
+    reloaded = plain_peft(base, out)
     model.eval()
     ids = torch.arange(5, 40)[None]
     with torch.no_grad():

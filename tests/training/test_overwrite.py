@@ -17,7 +17,7 @@ from conftest import REPORT, KillAtStep, copy_run, earlier_report, quick, tiny_c
 
 def test_overwrite_keeps_what_the_tool_did_not_write(data_file, trained, tmp_path):
     run = copy_run(trained, tmp_path)
-    (run / "NOTES.md").write_text("why lr 1e-4", encoding="utf-8")
+    (run / "README.md").write_text("why lr 1e-4", encoding="utf-8")  # the name peft's model card took
     (run / "merged").mkdir()
     (run / "merged" / "model.safetensors").write_bytes(b"an export")
     (run / "comparison").mkdir()
@@ -28,13 +28,13 @@ def test_overwrite_keeps_what_the_tool_did_not_write(data_file, trained, tmp_pat
 
     job = train(quick(run / "mydata.txt", run, "--overwrite"))
 
-    assert (run / "NOTES.md").read_text(encoding="utf-8") == "why lr 1e-4"
+    assert (run / "README.md").read_text(encoding="utf-8") == "why lr 1e-4"
     assert (run / "merged" / "model.safetensors").read_bytes() == b"an export"
     assert (run / "mydata.txt").read_bytes() == data_file.read_bytes()
     assert sorted(p.name for p in (run / "comparison").iterdir()) == sorted([*REPORT, "reading.txt"])  # annotated
     record = RunRecord.load(run)
     assert record.state == "finished" and record.data_sha256 and job.trainer.state.global_step == 1
-    assert "kept NOTES.md, comparison, merged and 1 more (not written by this tool)" in job.plan_summary
+    assert "kept README.md, comparison, merged and 1 more (not written by this tool)" in job.plan_summary
 
 
 def test_overwrite_refuses_to_delete_the_data_file_it_trains_on(data_file, trained, tmp_path):
@@ -65,8 +65,8 @@ def stamp_of_another_run(run):
 @pytest.mark.parametrize("name, setup", [
     ("checkpoint-7", lambda run: (run / "checkpoint-7").mkdir() or (run / "checkpoint-7" / "notes.txt").write_text("x")),
     ("checkpoint-99", stamp_of_another_run),
-    ("README.md", lambda run: (run / "README.md").open("a").write("\n## my review of this adapter\n")),
-], ids=["a user's folder named like a checkpoint", "another run's checkpoint", "a model card edited since"])
+    ("data_report.txt", lambda run: (run / "data_report.txt").write_text("my review of this data")),
+], ids=["a user's folder named like a checkpoint", "another run's checkpoint", "a run's file edited since"])
 def test_overwrite_refuses_what_only_looks_like_the_runs_own(data_file, trained, tmp_path, name, setup):
     run = copy_run(trained, tmp_path)
     setup(run)
@@ -184,7 +184,7 @@ def test_resume_from_a_checkpoint_of_another_run_is_refused(data_file, tmp_path)
 def test_overwrite_of_a_folder_without_a_run_record_deletes_nothing(data_file, tmp_path):
     folder = tmp_path / "notes"
     folder.mkdir()
-    (folder / "README.md").write_text("my notes")  # names a run writes, but no run wrote them
+    (folder / "README.md").write_text("my notes")  # names a run writes (or an earlier version's), but no run wrote them
     (folder / "eval.txt").write_text("mine")
     with pytest.raises(RunDirError, match=r"holds files that are not a run of this tool \(README.md, eval.txt\)"):
         train(quick(data_file, folder, "--overwrite"))

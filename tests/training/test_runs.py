@@ -19,7 +19,7 @@ from glmtune.training.job import train
 from glmtune.training.runs import RunRecord, checkpoints, last_checkpoint
 from glmtune.training.trainer import StopOnInterrupt, training_arguments
 
-from conftest import TORCH_FULL_DISK, KillAtStep, compare_config, copy_run, tiny_config
+from conftest import TORCH_FULL_DISK, KillAtStep, compare_config, copy_run, quick, tiny_config
 
 
 FLAGS = ("--max-steps", "4", "--save-steps", "2", "--learning-rate", "5e-3")
@@ -36,11 +36,22 @@ class CtrlCAtStep(TrainerCallback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+class CountEvaluations(TrainerCallback):
+    def __init__(self):
+        self.count = 0
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.count += 1
+
+
 def test_ctrl_c_saves_a_checkpoint_and_rerun_asks_for_resume(data_file, tmp_path):
     out = tmp_path / "run"
     users = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
+    evaluations = CountEvaluations()
     with pytest.raises(Interrupted, match="stopped at step 1; checkpoint-1 is saved.*--resume") as stopped:
-        train(tiny_config(data_file, out, *FLAGS), callbacks=[CtrlCAtStep(1)])
+        train(tiny_config(data_file, out, *FLAGS), callbacks=[CtrlCAtStep(1), evaluations])
+    # Stopping ends the epoch early, and the run evaluates at each epoch's end: not on the way out
+    assert evaluations.count == 0
     assert stopped.value.checkpoint == str(out / "checkpoint-1")
     assert last_checkpoint(out) == out / "checkpoint-1"
     assert not (out / "adapter_model.safetensors").exists()  # no final adapter from an unfinished run
@@ -298,6 +309,12 @@ def test_a_diverging_run_shorter_than_the_logging_interval_is_not_finished(data_
     with pytest.raises(TrainingError, match="NaN/inf"):
         train(tiny_config(data_file, out, "--max-steps", "2", "--logging-steps", "5", "--learning-rate", "1e30"))
     assert RunRecord.load(out).state == "running" and not (out / "adapter_model.safetensors").exists()
+
+
+def test_a_run_shorter_than_the_logging_interval_logs_its_last_loss(data_file, tmp_path):
+    job = train(quick(data_file, tmp_path / "run", "--logging-steps", "5"))
+    assert [h["step"] for h in job.trainer.state.log_history if "loss" in h] == [1]
+    assert "final train loss" in job.final_summary()
 
 
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(data_file, tmp_path):
