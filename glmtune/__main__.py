@@ -16,7 +16,7 @@ from .core.config import CompareConfig, ExportConfig, TrainConfig
 
 TRAIN = """QLoRA fine-tuning of ChatGLM3-6B on medical Q&A, on transformers 5 with no remote code.
 
-CPU demo (tiny random model, about 1.5 minutes on 2 cores, training and comparison):
+CPU demo (tiny random model, about a minute on 2 cores, training and comparison):
     glmtune train --model tiny --output-dir out
 GPU, the real model (4-bit NF4 base, LoRA r=16 on q/k/v/o and both MLP projections):
     glmtune train --data financial_data.txt --output-dir chatglm3-medical-lora

@@ -63,7 +63,7 @@ def test_the_flag_reference_is_up_to_date():
 
 
 def test_the_readme_and_the_help_give_one_demo_time():
-    said = re.search(r"CPU demo \(tiny random model, (about [\d.]+ minutes? on \d cores)", command.TRAIN).group(1)
+    said = re.search(r"CPU demo \(tiny random model, (about (?:a|[\d.]+) minutes? on \d cores)", command.TRAIN).group(1)
     assert f"The demo takes {said} " in readme()
 
 
