@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from ..core import device, distributed
@@ -78,6 +79,8 @@ class GroupedTrainer(Trainer):
         # share leaves the margin instead.
         self.snapshot = GradientSnapshot(self.model) if distributed.world_size() == 1 else None
         self.max_rows = float("inf")  # rows per micro-batch, lowered when one ran out of memory
+        if self.pop_callback(ProgressCallback):  # the same bars, with a line per log instead of a dict
+            self.add_callback(LossLines)
         self.memory_events: list[str] = []  # each recovery, as said on the console
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -180,6 +183,27 @@ class StopOnNonFiniteLoss(TrainerCallback):
         if loss is not None and not math.isfinite(loss):
             self.bad_step = state.global_step
             control.should_training_stop = True
+
+
+class LossLines(ProgressCallback):
+    """The Trainer's progress bars, with each log written as one line a person reads
+    (`step 40  loss 2.3456  lr 9.80e-05  grad norm 1.23`, `step 40  eval loss 2.3012`) instead of the
+    Python dict of every logged number; the run's totals are the final summary's, not a dict here."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not (state.is_world_process_zero and self.training_bar is not None and logs):
+            return
+        if "loss" in logs:
+            parts = [f"loss {logs['loss']:.4f}"]
+            if "learning_rate" in logs:
+                parts.append(f"lr {logs['learning_rate']:.2e}")
+            if logs.get("grad_norm") is not None:
+                parts.append(f"grad norm {logs['grad_norm']:.3g}")
+        elif "eval_loss" in logs:
+            parts = [f"eval loss {logs['eval_loss']:.4f}"]
+        else:
+            return
+        self.training_bar.write(f"step {state.global_step:>5}  " + "  ".join(parts))
 
 
 class LogTheLastStep(TrainerCallback):

@@ -3,6 +3,7 @@ resumed, finished, damaged, or another run's; and what a run logs on the way."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -311,10 +312,14 @@ def test_a_diverging_run_shorter_than_the_logging_interval_is_not_finished(data_
     assert RunRecord.load(out).state == "running" and not (out / "adapter_model.safetensors").exists()
 
 
-def test_a_run_shorter_than_the_logging_interval_logs_its_last_loss(data_file, tmp_path):
+def test_a_run_shorter_than_the_logging_interval_logs_its_last_loss(data_file, tmp_path, capsys):
     job = train(quick(data_file, tmp_path / "run", "--logging-steps", "5"))
     assert [h["step"] for h in job.trainer.state.log_history if "loss" in h] == [1]
     assert "final train loss" in job.final_summary()
+    # on the console as a line a person reads, not the Trainer's dict of every logged number
+    console = capsys.readouterr()
+    assert re.search(r"^step +1  loss \d+\.\d{4}  lr ", console.out, re.M), console.out
+    assert "{'" not in console.out + console.err
 
 
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(data_file, tmp_path):
