@@ -34,7 +34,7 @@ def plot_aggregate(path: Path, aggregate: Aggregate) -> None:
     ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(shown) + 1:]:
         ax.axis("off")
-    batch = any(m.difference is not None and m.difference.low is None for m in shown)
+    batch = any(m.difference is not None and m.difference.batch for m in shown)
     fig.suptitle("base vs fine-tuned: means over prompts, Δ = tuned − base with its 95% bootstrap interval"
                  + ("; timing: batch figures, without one" if batch else ""), fontsize=10)
     fig.tight_layout()

@@ -16,7 +16,7 @@ from .metrics import (FLAGS, Lexicon, answer_flags, change_rate, char_bleu4, cha
                       prompt_overlap, rouge_zh, summarize)
 from .report import (METRICS, SCORING_NOTE, SIDES, Aggregate, Answer, Both, Change, DepartmentResult, Distinct,
                      MetricResult, Report, Row, Stats, Timing)
-from .verdict import batch_difference, decide, number, paired_interval, wins_ties_losses
+from .verdict import ROUGE_SCALE, batch_difference, decide, number, paired_interval, wins_ties_losses
 
 if TYPE_CHECKING:  # generation loads torch; scoring runs without it
     from .generation import Generated
@@ -125,8 +125,8 @@ def metric_rows(aggregate: Aggregate) -> list[tuple[str, ...]]:
 
 def department_rows(aggregate: Aggregate) -> list[tuple[str, ...]]:
     """ROUGE-L per department as DEPARTMENT_COLUMNS cells."""
-    return [(dep.department, str(dep.n), number(dep.base, 0.1), number(dep.tuned, 0.1),
-             "-" if dep.difference is None else dep.difference.text(0.1),
+    return [(dep.department, str(dep.n), number(dep.base, ROUGE_SCALE), number(dep.tuned, ROUGE_SCALE),
+             "-" if dep.difference is None else dep.difference.text(ROUGE_SCALE),
              "/".join(map(str, dep.wins_ties_losses))) for dep in aggregate.departments]
 
 

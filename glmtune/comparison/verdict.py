@@ -75,10 +75,15 @@ def number(v: float | None, scale: float | None = None, sign: bool = False, extr
     return f"{v:{'+' if sign else ''}.{decimals}f}"
 
 
+def _pairs(base: list, tuned: list) -> list[tuple[float, float]]:
+    """(base, tuned) of the prompts where both sides have a value."""
+    return [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
+
+
 def paired_interval(base: list, tuned: list, seed: int = 0) -> Interval | None:
     """Bootstrap interval of the mean of tuned - base over the prompts where both have a value.
     (scipy.stats.bootstrap does this too, but would be a 40 MB dependency for these lines.)"""
-    pairs = [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
+    pairs = _pairs(base, tuned)
     if not pairs:
         return None
     diffs = np.array([t - b for b, t in pairs], dtype=float)
@@ -88,6 +93,8 @@ def paired_interval(base: list, tuned: list, seed: int = 0) -> Interval | None:
     means = diffs[rng.integers(0, len(diffs), size=(RESAMPLES, len(diffs)))].mean(axis=1)
     alpha = (1 - CONFIDENCE) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
+    if low == high:  # differences a rounding apart: still nothing to vary, and no [x, x] to print
+        return Interval(float(diffs.mean()), None, None, len(diffs))
     return Interval(float(diffs.mean()), float(low), float(high), len(diffs))
 
 
@@ -95,7 +102,7 @@ def batch_difference(base: list, tuned: list) -> Interval | None:
     """The mean difference tuned - base of a figure that prompts sharing a generate() call share
     (their batch's prefill, its steps' pace), without an interval: resampling prompts that carry
     one batch's time would present that one measurement as many, and the interval as certain."""
-    pairs = [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
+    pairs = _pairs(base, tuned)
     if not pairs:
         return None
     return Interval(float(np.mean([t - b for b, t in pairs])), None, None, len(pairs), batch=True)
@@ -103,7 +110,7 @@ def batch_difference(base: list, tuned: list) -> Interval | None:
 
 def wins_ties_losses(base: list, tuned: list) -> tuple[int, int, int]:
     """Prompts where tuned scores higher / the same / lower than base."""
-    pairs = [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
+    pairs = _pairs(base, tuned)
     wins = sum(t - b > TIE for b, t in pairs)
     losses = sum(b - t > TIE for b, t in pairs)
     return wins, len(pairs) - wins - losses, losses

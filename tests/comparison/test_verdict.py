@@ -253,3 +253,12 @@ def test_each_sides_degenerate_count_names_its_own_flag(lexicon):
     assert "(base: 10 of 30 punctuation-only)" in score(samples(pairs), lexicon)[1].verdict.sentences[0]
     pairs = [(POOR, "")] * 10 + [(POOR, GOOD)] * 20
     assert "10 of 30 empty (base: none)" in score(samples(pairs), lexicon)[1].verdict.sentences[0]
+
+
+def test_differences_a_rounding_apart_have_no_interval_to_print():
+    """Unequal differences whose bootstrap bounds come out equal (one float step apart) are read as
+    alike, never as an interval [x, x] that no number of decimals can tell apart."""
+    step = np.nextafter(0.1, 1.0)
+    d = paired_interval([0.0] * 20, [0.1] * 19 + [step])
+    assert d.low is None and d.high is None
+    assert d.text(0.1) == "+0.100 (the same on all 20 prompts)"
