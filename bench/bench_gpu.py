@@ -41,7 +41,7 @@ from glmtune.data.reading import Example, read_dataset, split_eval, write_exampl
 from glmtune.comparison.generation import Decoding, cast_adapters, generate_answers, warm_up  # noqa: E402
 from glmtune.model.sources import resolve_model_dir  # noqa: E402
 from glmtune.training.job import build_peft_model  # noqa: E402
-from glmtune.model.lora import NATIVE_TARGETS  # noqa: E402
+from glmtune.core.config import NATIVE_TARGETS  # noqa: E402
 from glmtune.training.memory import checkpoint_layers, decoder_layers, fit_memory  # noqa: E402
 from glmtune.model.prompts import PadCollator, prompt_ids, tokenize_examples  # noqa: E402
 from glmtune.training.runs import FINISHED, RunRecord, file_sha256, library_versions  # noqa: E402

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from ..core import device, distributed
 from ..core.config import CompareConfig
 from ..data.reading import TRAIN_PROMPTS, Example, prompt_digest, read_dataset, read_prompt_digests
-from ..core.errors import ConfigError, DataError, RunDirError
+from ..core.errors import ConfigError, DataError, RunDirError, few
 from ..model.sources import needs_gpu
 from ..core.folders import claim, foreign, free, numbered, place, publish, remove, replaceable, reserve, scratch_for
 from ..model.lora import check_adapter_files
@@ -370,7 +370,7 @@ def output_dir(config: CompareConfig):
         theirs = foreign(chosen, is_report_file) if chosen.is_dir() else []
         if theirs:
             raise ConfigError("output", f"{chosen} holds files that are not a comparison report "
-                                        f"({', '.join(p.name for p in theirs[:3])}); --overwrite replaces only "
+                                        f"({few(theirs)}); --overwrite replaces only "
                                         "reports. Choose another --output")
         reserved = reserve(chosen, "comparing")
         if reserved is None:

@@ -48,7 +48,10 @@ class OneLineParser(argparse.ArgumentParser):
 def settings(cls, only=None) -> list[dataclasses.Field]:
     """The config's fields a command takes: all, or those named in only (`glmtune chat` takes the
     comparison's decoding settings, none of its prompt or report settings)."""
-    return [f for f in dataclasses.fields(cls) if only is None or f.name in only]
+    fields = dataclasses.fields(cls)
+    unknown = set(only or ()) - {f.name for f in fields}
+    assert not unknown, f"{cls.__name__} has no settings {sorted(unknown)}"  # a typo would drop a flag silently
+    return [f for f in fields if only is None or f.name in only]
 
 
 def default(f: dataclasses.Field):

@@ -218,13 +218,18 @@ def scratch_for(target: Path) -> Path:
     return target.with_name(f".{target.name}.partial")
 
 
+def aside_for(target: Path) -> Path:
+    """Where publish keeps the folder it replaces while the new one moves in (two renames)."""
+    return target.with_name(f".{target.name}.replaced")
+
+
 def reserve(target: Path, doing: str) -> tuple[Path, Claim] | None:
     """Reserve `target` (which must not hold another process's work in progress) by making its
     scratch folder and locking it; None when a live process is writing that scratch. A scratch
     left by a killed job is removed first. The claim's `abandon` also removes the folders made
     above the scratch, for a job refused before it published."""
     scratch = scratch_for(target)
-    aside = target.with_name(f".{target.name}.replaced")
+    aside = aside_for(target)
     if aside.exists() and not target.exists():  # killed between publish's two renames: the old one is back
         os.replace(aside, target)
     if scratch.exists():
@@ -268,7 +273,7 @@ def publish(scratch: Path, target: Path, last: str, record: str | None = None) -
     if _exchange(scratch, target):  # scratch now holds the old folder
         remove(scratch)
         return
-    aside = target.with_name(f".{target.name}.replaced")  # reserve puts it back after a kill here
+    aside = aside_for(target)  # reserve puts it back after a kill here
     remove(aside)
     os.replace(target, aside)
     os.replace(scratch, target)

@@ -41,6 +41,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from typing import Any
 from ..core import files
 from ..core.config import ExportConfig
 from ..core.errors import ConfigError, ModelLoadError, RunDirError, few
-from ..core.folders import LOCK, Claim, claim, delete, foreign, is_own_scratch, place, publish, remove, \
+from ..core.folders import Claim, claim, delete, foreign, is_own_scratch, place, publish, remove, \
     replaceable, reserve
 from ..model.lora import check_adapter_files
 from ..training.runs import FINISHED, RunRecord, library_versions
@@ -169,8 +170,7 @@ class Export:
         self.config = config
         self.began = time.perf_counter()
         self.run_claim: Claim | None = None  # the run folder, shared with other readers
-        self.scratch: Path | None = None  # the output's, reserved and locked by `scratch_claim`
-        self.scratch_claim: Claim | None = None
+        self.scratch_claim: Claim | None = None  # on the output's scratch folder, reserved by plan
 
     def __enter__(self) -> Export:
         return self
@@ -178,8 +178,10 @@ class Export:
     def __exit__(self, failed, *exc) -> None:
         if self.scratch_claim is not None:  # a refused or failed export leaves no folder of its own behind
             if failed:
-                remove(self.scratch)
-            self.scratch_claim.abandon() if failed else self.scratch_claim.release()
+                remove(self.scratch_claim.folder)
+                self.scratch_claim.abandon()
+            else:
+                self.scratch_claim.release()
         if self.run_claim is not None:
             self.run_claim.release()
 
@@ -219,9 +221,9 @@ class Export:
         if reserved is None:
             raise RunDirError(f"another process is exporting to {output}; wait for it to finish (or stop it), then "
                               "run this again")
-        self.scratch, self.scratch_claim = reserved
+        scratch, self.scratch_claim = reserved
         needed = model_bytes + 64 * 2**20  # tokenizer and configs
-        free = files.free_bytes(self.scratch)
+        free = files.free_bytes(scratch)
         # With room for both, the earlier export stays whole until the new one is published; without,
         # it must go first, and a failure then leaves neither.
         delete_first = free < needed
@@ -231,7 +233,7 @@ class Export:
                               "free some space or choose another --output")
         template = run.resolved.prompt_format if c.chat_template == "trained" else "chat"
         return Plan(run, base, base_dir, glm_config, base_config, tokenizer, dtype, parameters, merge_on, output,
-                    self.scratch, tuple(replaced), delete_first, template)
+                    scratch, tuple(replaced), delete_first, template)
 
     def merge(self, plan: Plan) -> Merged:
         """The base in 16 bits (or fp32) with the adapter merged into its weights; for the native
@@ -273,12 +275,12 @@ class Export:
             write_native(merged.model, merged.tokenizer, scratch)
         else:
             write_chatglm(merged.model, plan.base_config, plan.base_dir, c.dtype, scratch)
-        written = sorted(p.name for p in scratch.iterdir() if p.name != LOCK)
+        written = sorted(p.name for p in scratch.iterdir() if not is_own_scratch(p.name))
         files.write_atomic(scratch / MANIFEST, json.dumps(manifest(c, plan, written), indent=2,
                                                           ensure_ascii=False) + "\n")
         for name in written:
             os.chmod(scratch / name, 0o666 & ~files.umask())  # some writers create files only their owner reads
-        if not replaceable(out, earlier_export_file, c.overwrite):
+        if not replaceable(out, written_by_export(out), c.overwrite):
             raise RunDirError(f"{out} gained files while the export ran, which it must not replace; nothing there was "
                               "changed. Move them out, or choose another --output, and export again")
         publish(scratch, out, last="config.json", record=MANIFEST)
@@ -381,16 +383,18 @@ def earlier_export(output: Path, overwrite: bool) -> list[Path]:
     if not overwrite:
         raise RunDirError(f"{output} is not empty ({few(entries)}); choose another --output, or pass --overwrite to "
                           "replace the export in it")
-    theirs = foreign(output, earlier_export_file)
+    theirs = foreign(output, written_by_export(output))
     if theirs:
         raise RunDirError(f"{output} holds files no export wrote ({few(theirs)}); --overwrite replaces "
                           f"only an earlier export, the files its {MANIFEST} lists. Choose another --output")
     return entries
 
 
-def earlier_export_file(path: Path) -> bool:
-    """Whether `path` is a file the export in its folder wrote: its manifest, or a file it lists."""
-    return path.is_file() and not path.is_symlink() and path.name in {MANIFEST, *manifest_files(path.parent)}
+def written_by_export(folder: Path) -> Callable[[Path], bool]:
+    """Whether an entry of `folder` is a file the export there wrote: its manifest, or a file it
+    lists (the manifest read once, not per entry)."""
+    ours = {MANIFEST, *manifest_files(folder)}
+    return lambda path: path.is_file() and not path.is_symlink() and path.name in ours
 
 
 def manifest_files(folder: Path) -> list[str]:
@@ -490,7 +494,7 @@ def chatglm_tensors(model) -> list[tuple[str, list]]:
     left = sorted(set(state) - used)
     if left:
         raise ModelLoadError(f"the merged model has tensors ChatGLM3's layout has no place for "
-                             f"({', '.join(left[:3])}); export it with --format native")
+                             f"({few(left)}); export it with --format native")
     return tensors
 
 

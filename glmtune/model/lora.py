@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from ..core.config import CHATGLM_ALIASES, NATIVE_TARGETS, resolve_lora_targets  # noqa: F401  (names a LoRA user needs)
 from ..core.errors import ConfigError, ModelLoadError
 from ..core.quiet import quiet_peft
 

@@ -26,9 +26,13 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..core.config import PROMPT_FORMATS
 from ..core.errors import few
+
+if TYPE_CHECKING:  # transformers loads torch; the layout needs only the tokenizer object
+    from transformers import PreTrainedTokenizerFast
 
 GLM3_TEMPLATE = "[Round 1]\n\n问：{question}\n\n答："
 ROLES = ("system", "user", "assistant", "observation")

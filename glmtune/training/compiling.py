@@ -91,7 +91,6 @@ def compile_seconds() -> float:
 
 
 def _costs_file() -> Path:
-
     return cache_root() / "compile_costs.json"
 
 

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import device, distributed
 from ..core.cli import RunOptions
-from ..core.config import TrainConfig
+from ..core.config import TrainConfig, resolve_lora_targets
 from ..data.reading import (TRAIN_PROMPTS, Dataset, Example, read_dataset, split_eval, write_examples,
                             write_prompt_digests)
 from ..core.errors import ConfigError, DataError, Diverged, Interrupted, TrainingError
 from ..model.sources import needs_gpu, resolve_model_dir
-from ..model.lora import attach_lora, check_rank, count_parameters, resolve_lora_targets
+from ..model.lora import attach_lora, check_rank, count_parameters
 from .memory import CheckpointPlan, describe, fit_memory, strictest, uses_checkpointing
 from ..model.prompts import PadCollator, TokenStats, tokenize_examples
 from ..core.terminal import command

@@ -19,17 +19,19 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from ..core.config import PROMPT_FORMATS, TrainConfig
-from ..model.lora import resolve_lora_targets
+from ..core.config import PROMPT_FORMATS, TrainConfig, resolve_lora_targets
 from ..core.errors import RunDirError, few
 from ..core.files import write_atomic
-from ..core.folders import ASIDE, LOCK, delete, remove
+from ..core.folders import ASIDE, delete, is_own_scratch, remove
 from ..core.terminal import command
+from ..data.reading import TRAIN_PROMPTS
 
 RUN_CONFIG = "run_config.json"
 RUNNING, FINISHED = "running", "finished"
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+IDENTITY = "glmtune_run.json"  # in each checkpoint: which run wrote it
+DAMAGED = ".damaged-"  # a damaged checkpoint set aside, kept for the user to look at
 # files.write_atomic's, FineTune.save's and --overwrite's (folders.delete's) scratch names
 SCRATCH = re.compile(rf"^(\..+\.tmp|\.saving-.*|{re.escape(ASIDE)}.*)$")
 # What the Trainer, peft and this tool write into a checkpoint: a folder of that name holding anything
@@ -40,7 +42,7 @@ CHECKPOINT_FILES = re.compile(r"^(adapter_model\.safetensors|adapter_config\.jso
 # What a run of this tool writes: --overwrite replaces a folder only if it holds nothing else.
 OUR_FILES = {RUN_CONFIG, "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "eval.txt", "eval.jsonl",
-             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", "train_prompts.sha256"}
+             "train_metrics.json", "loss.png", "data_report.txt", "skipped_lines.txt", "runs", TRAIN_PROMPTS}
 REPORTS = re.compile(r"^comparison(-\d+)?$")  # the comparison script's report folders inside a run
 REPORT_STEM = "chatglm_comparison"  # a report's files: STEM.log, .json, .png, .html
 REPORT_FILES = {f"{REPORT_STEM}.{ext}" for ext in ("log", "json", "png", "html")}
@@ -196,11 +198,11 @@ def clear_leftovers(folder: Path) -> list[str]:
                 raise RunDirError(f"{item} is not a checkpoint of this tool's (it holds other files, or is a file), "
                                   "and the run saves its checkpoints under that name; move it out of the run folder")
             if item.is_dir() and not item.is_symlink() and trainer_state(item) is not None:
-                aside = folder / f".damaged-{item.name}"
+                aside = folder / f"{DAMAGED}{item.name}"
                 number = 1
                 while aside.exists():
                     number += 1
-                    aside = folder / f".damaged-{item.name}-{number}"
+                    aside = folder / f"{DAMAGED}{item.name}-{number}"
                 item.rename(aside)
                 done.append(f"set {item.name} aside as {aside.name} (a file in it is damaged)")
             else:
@@ -237,10 +239,10 @@ def owned_entries(folder: Path, old: RunRecord | None) -> tuple[list[Path], list
     digests = old.digests if old is not None else {}
     ours, foreign = [], []
     for item in sorted(folder.iterdir()):
-        if item.name == LOCK or (item.name.startswith(".") and not SCRATCH.match(item.name)
-                                 and not item.name.startswith(".damaged-checkpoint-")):
-            continue  # hidden files are never the tool's to delete, beyond its own scratch
-        if item.is_symlink() or SCRATCH.match(item.name) or item.name.startswith(".damaged-checkpoint-"):
+        own_scratch = SCRATCH.match(item.name) or item.name.startswith(f"{DAMAGED}checkpoint-")
+        if item.name.startswith(".") and not own_scratch:
+            continue  # hidden files (the lock too) are never the tool's to delete, beyond its own scratch
+        if item.is_symlink() or own_scratch:
             mine = True  # a link is unlinked, never what it points to
         elif item.name in listed:
             mine = _unchanged(item, digests.get(item.name))
@@ -304,7 +306,7 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     config = record.config
     out = config.output_dir
     # A kill during an atomic write leaves its scratch file; alone, it does not make a folder a run's.
-    entries = sorted(p.name for p in out.iterdir() if not SCRATCH.match(p.name) and p.name != LOCK)
+    entries = sorted(p.name for p in out.iterdir() if not SCRATCH.match(p.name) and not is_own_scratch(p.name))
     if not entries:
         if config.resume:
             raise RunDirError(f"nothing to resume: {out} holds no run. Drop --resume to start one")
@@ -312,9 +314,8 @@ def prepare_output_dir(record: RunRecord) -> tuple[Path | None, list[str]]:
     has_record = (out / RUN_CONFIG).is_file()
     old = RunRecord.load(out) if has_record and not config.overwrite else None
     if config.overwrite:
-        foreign = [] if has_record else entries  # the record is written first: without one, nothing is ours
-        if foreign:
-            raise RunDirError(f"{out} holds files that are not a run of this tool ({few(foreign)}); --overwrite "
+        if not has_record:  # the record is written first: without one, nothing is ours
+            raise RunDirError(f"{out} holds files that are not a run of this tool ({few(entries)}); --overwrite "
                               "replaces only runs of this tool. Choose another --output-dir")
         return None, _replace(record, _readable_record(out) if has_record else None)
     if old is None:
@@ -365,9 +366,6 @@ def _readable_record(folder: Path) -> RunRecord | None:
         return RunRecord.load(folder)
     except RunDirError:
         return None
-
-
-IDENTITY = "glmtune_run.json"  # in each checkpoint: which run wrote it
 
 
 def stamp(checkpoint: Path, record: RunRecord) -> None:

@@ -6,9 +6,10 @@ import json
 import pytest
 
 from glmtune.comparison.job import compare
+from glmtune.core.config import resolve_lora_targets
 from glmtune.core.errors import ConfigError, ModelLoadError
 from glmtune.model.loading import read_config
-from glmtune.model.lora import check_rank, resolve_lora_targets, target_features
+from glmtune.model.lora import check_rank, target_features
 
 from conftest import compare_config, copy_run
 
