@@ -3,6 +3,7 @@ model, a small data file, one finished tiny run every test that only reads a run
 helpers the stages' tests have in common."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,26 @@ from glmtune.core import cli
 from glmtune.core.config import CompareConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README_chatglm_finetuning.md"
 SHARED = REPO.parent / "shared"
 CHATGLM3 = SHARED / "chatglm3"
 REALDATA = SHARED / "realdata"
+
+MEMINFO = """MemTotal:       25165824 kB
+MemFree:          314572 kB
+MemAvailable:     838860 kB
+Cached:         20971520 kB
+AnonPages:       2097152 kB
+Shmem:            104857 kB
+SReclaimable:    1048576 kB
+SUnreclaim:       104857 kB
+"""  # 24 GiB, 0.8 GiB "available": most of it page cache the kernel has not yet handed back
+
+
+def readme_setup() -> list[str]:
+    """The lines of the README's set-up block (its first bash block): the demo, then the test command."""
+    text = README.read_text(encoding="utf-8")
+    return re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1).splitlines()
 
 
 @pytest.fixture(scope="session")

@@ -23,18 +23,15 @@ import glmtune.__main__ as command
 from glmtune.core import cli
 from glmtune.core.config import TrainConfig
 
-from conftest import REPO
+from conftest import REPO, readme_setup
 
-
-README = REPO / "README_chatglm_finetuning.md"
 # A Python warning of any library (peft's "upgrade PEFT" is a UserWarning), or a notice that hides one
 NOISE = re.compile(r"Warning|warnings\.warn|upgrade PEFT|deprecated|Traceback|kernels")
 
 
 def readme_demo() -> str:
     """The CPU demo as the README's first set-up line gives it, without the install in front."""
-    setup = re.search(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S).group(1)
-    steps = [step.strip() for step in setup.splitlines()[0].split("&&")]
+    steps = [step.strip() for step in readme_setup()[0].split("&&")]
     return " && ".join(step for step in steps if not step.startswith("pip "))
 
 
@@ -232,8 +229,7 @@ def test_the_original_commands_name_themselves_in_their_usage_line():
                         (["chatglm_finetuning_tst.py"], "chatglm_finetuning_tst.py"),
                         (["-m", "glmtune.export"], "python -m glmtune.export"),
                         (["-m", "glmtune", "chat"], "python -m glmtune chat")]:
-        done = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+        done = script(*argv, "--help", text=True)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"usage: {usage} [-h]"), done.stdout[:200]
         assert "\n    glmtune " in done.stdout

@@ -11,9 +11,8 @@ import subprocess
 import glmtune.__main__ as command
 from glmtune.core import cli
 
-from conftest import REPO
+from conftest import README, REPO, readme_setup
 
-README = REPO / "README_chatglm_finetuning.md"
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 SCRIPTS = {"chatglm_finetuning.py": "train", "chatglm_finetuning_tst.py": "compare"}
 MENTIONS = re.compile(r"\bglmtune(\.export)?(?![\w./])|chatglm_finetuning(_tst)?\.py")
@@ -31,8 +30,7 @@ def test_the_readme_links_every_docs_page_and_each_link_resolves():
 
 def test_python_snippets_in_the_docs_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    pages = [REPO / "README_chatglm_finetuning.md", *sorted((REPO / "docs").glob("*.md"))]
-    snippets = [snippet for page in pages
+    snippets = [snippet for page in PAGES
                 for snippet in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
     assert snippets
     for snippet in snippets:
@@ -40,8 +38,7 @@ def test_python_snippets_in_the_docs_run_as_written(tmp_path, monkeypatch):
 
 
 def test_ci_runs_the_readme_test_command():
-    setup = re.search(r"```bash\n(.*?)```", readme(), flags=re.S).group(1)
-    test_command = next(line for line in setup.splitlines() if "pytest" in line).split("#")[0].strip()
+    test_command = next(line for line in readme_setup() if "pytest" in line).split("#")[0].strip()
     assert test_command in (REPO / ".ci" / "run").read_text(encoding="utf-8")
 
 
@@ -55,8 +52,6 @@ def test_every_install_of_the_tool_in_the_docs_holds_to_the_pinned_versions():
         assert re.search(r" -[cr] requirements\.txt ", line), f"{page}: {line}"
 
 
-
-
 def test_the_flag_reference_is_up_to_date():
     written = (REPO / "docs" / "flags.md").read_text(encoding="utf-8")
     assert written == command.flag_reference(), "stale: run python -m glmtune --flag-reference > docs/flags.md"
@@ -68,7 +63,7 @@ def test_the_readme_and_the_help_give_one_demo_time():
 
 
 def test_the_readme_is_one_screen_of_reading():
-    assert len(README.read_text(encoding="utf-8").splitlines()) <= 150
+    assert len(readme().splitlines()) <= 150
 
 
 def shown_commands(text: str, page: str) -> list[tuple[str, str]]:

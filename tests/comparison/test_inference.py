@@ -18,7 +18,7 @@ from glmtune.model.loading import chatglm_to_glm_config
 from glmtune.model.prompts import prompt_ids
 from glmtune.training.compiling import record_compile_cost
 
-from conftest import CHATGLM3, plain_peft
+from conftest import CHATGLM3, MEMINFO, plain_peft
 
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
@@ -150,36 +150,6 @@ def test_compile_auto_weighs_the_work_against_the_compile_cost(monkeypatch, tmp_
     assert not plan_compile("on", merged, 27, 2048, 2368, "m", on_gpu=False).on
     assert plan_compile("on", merged, 1, 8, 64, "m", on_gpu=True).on
     assert not plan_compile("off", merged, 27, 2048, 2368, "m", on_gpu=True).on
-
-
-MEMINFO = """MemTotal:       25165824 kB
-MemFree:          314572 kB
-MemAvailable:     838860 kB
-Cached:         20971520 kB
-AnonPages:       2097152 kB
-Shmem:            104857 kB
-SReclaimable:    1048576 kB
-SUnreclaim:       104857 kB
-"""  # 24 GiB, 0.8 GiB "available": most of it page cache the kernel has not yet handed back
-
-
-def test_ram_available_counts_the_page_cache_and_leaves_out_what_processes_hold(tmp_path, monkeypatch):
-    (tmp_path / "meminfo").write_text(MEMINFO, encoding="ascii")
-    monkeypatch.setattr(device, "MEMINFO", str(tmp_path / "meminfo"))
-    monkeypatch.setattr(device, "CGROUP", str(tmp_path / "no-cgroup"))
-    assert device.ram_available() == (25165824 - 2097152 - 104857 - 104857) * 1024
-
-
-def test_a_containers_memory_limit_caps_the_ram_available(tmp_path, monkeypatch):
-    (tmp_path / "meminfo").write_text(MEMINFO, encoding="ascii")
-    monkeypatch.setattr(device, "MEMINFO", str(tmp_path / "meminfo"))
-    monkeypatch.setattr(device, "CGROUP", str(tmp_path))
-    (tmp_path / "memory.max").write_text(f"{4 * GiB}\n", encoding="ascii")
-    (tmp_path / "memory.current").write_text(f"{3 * GiB}\n", encoding="ascii")
-    (tmp_path / "memory.stat").write_text(f"anon {2 * GiB}\nfile {GiB // 2}\n", encoding="ascii")
-    assert device.ram_available() == 4 * GiB - 3 * GiB + GiB // 2  # the host's 21 GiB are not the container's
-    (tmp_path / "memory.max").write_text("max\n", encoding="ascii")
-    assert device.ram_available() == (25165824 - 2097152 - 104857 - 104857) * 1024
 
 
 def test_a_tiny_model_keeps_16_bit_weights_and_whole_batches_on_cpu_whatever_is_free_now():
