@@ -8,6 +8,7 @@ On one GPU, with ../shared beside the repo (or --shared PATH):
     python bench/bench_gpu.py --part export     # compare, then export its run in both layouts; +2 min
     python bench/bench_gpu.py --part ablate     # each speed setting on and off, side by side; ~3 min
     python bench/bench_gpu.py --part gpus       # default command: python, then torchrun on 1, 2, ... GPUs; ~3 min each
+    python bench/bench_gpu.py --part knowledge  # the default comparison with CMMLU's 11 subjects (../shared); ~2 min
 Each part builds (or reuses) a random-weight checkpoint in the ORIGINAL ChatGLM3 layout under
 --workdir, prints a table and merges its numbers into bench/results/latest.json. Then, wherever the
 JSON ends up:
@@ -363,36 +364,46 @@ def part_ablate(args, ckpt: Path, shared: Path) -> dict:
     return results
 
 
-def part_compare(args, ckpt: Path, shared: Path) -> dict:
-    """The comparison script, whole process, as users run it, with a random LoRA adapter of ours:
-    the default command on a default run's held-out split (27 prompts), the same on NF4 (the path
-    for small cards), 200 prompts x 256 tokens, and one prompt at a time."""
+def compare_adapter(args, ckpt: Path, shared: Path) -> Path:
+    """A random LoRA adapter of ours in a finished run folder whose eval split is the one a default
+    run holds out (financial_data.txt, --eval-ratio 0.05, seed 42), and 200 realistic prompts beside it."""
     adapter = args.workdir / "adapter"
     if not (adapter / "adapter_model.safetensors").is_file():
         model = load_model(ckpt, quantization="nf4")
         get_peft_model(model, random_lora()).save_pretrained(adapter, save_embedding_layers=False)
         del model
     glmtune.load_tokenizer(ckpt).save_pretrained(adapter)
-    # the eval split a default training run holds out (financial_data.txt, --eval-ratio 0.05, seed 42)
     _, held_out = split_eval(read_dataset(REPO / "financial_data.txt").examples, 0.05, 42)
     eval_file = write_examples(held_out, adapter)
-    many = args.workdir / "prompts_200.txt"
-    write_qa_lines(realistic_examples(shared)[: args.prompts], many)
+    write_qa_lines(realistic_examples(shared)[: args.prompts], args.workdir / "prompts_200.txt")
     record = RunRecord(TrainConfig(model=str(ckpt), output_dir=adapter), file_sha256(eval_file), FINISHED)
     record.resolved.prompt_format, record.resolved.eval_file = "glm3", eval_file.name
     record.save(adapter)
+    return adapter
+
+
+def compare_process(adapter: Path, folder: Path, flags: list[str]) -> tuple[float, dict]:
+    """The comparison script as a user runs it: (its wall seconds, its JSON report)."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter), *flags,
+                    "--output", str(folder), "--overwrite"], check=True)
+    wall = time.perf_counter() - began
+    return wall, json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
+
+
+def part_compare(args, ckpt: Path, shared: Path) -> dict:
+    """The comparison script, whole process, as users run it, with a random LoRA adapter of ours:
+    the default command on a default run's held-out split (27 prompts), the same on NF4 (the path
+    for small cards), 200 prompts x 256 tokens, and one prompt at a time."""
+    adapter = compare_adapter(args, ckpt, shared)
+    many = args.workdir / "prompts_200.txt"
     results = {}
     for label, flags in (("default", []),
                          ("default_nf4", ["--quantization", "nf4"]),
                          ("batched", ["--data", str(many), "--num-samples", str(args.prompts),
                                       "--max-new-tokens", str(args.new_tokens)]),
                          ("one_at_a_time", ["--num-samples", "8", "--batch-size", "1"])):
-        folder = args.workdir / f"compare_{label}"
-        began = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter), *flags,
-                        "--output", str(folder), "--overwrite"], check=True)
-        wall = time.perf_counter() - began
-        report = json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
+        wall, report = compare_process(adapter, args.workdir / f"compare_{label}", flags)
         timing, settings = report["timing"], report["settings"]
         results[label] = {"flags": " ".join(flags) or "(defaults)", "prompts": settings["prompts"],
                           "max_new_tokens": settings["max_new_tokens"], "process_wall_s": wall,
@@ -400,6 +411,26 @@ def part_compare(args, ckpt: Path, shared: Path) -> dict:
                           "warm_up_s": timing["warm_up_s"], "compiled": timing["compiled"],
                           "load_s": timing["load_s"], "score_s": timing["score_s"],
                           **{f"{side}_{k}": v for side in ("base", "tuned") for k, v in timing[side].items()}}
+    return results
+
+
+def part_knowledge(args, ckpt: Path, shared: Path) -> dict:
+    """The default comparison with the knowledge check on CMMLU's 11 subjects in ../shared (1,501
+    medical and 781 general questions per side), on 16-bit weights (the default here) and on NF4."""
+    adapter = compare_adapter(args, ckpt, shared)
+    cmmlu = shared / "benchmarks" / "cmmlu"
+    results = {}
+    for label, flags in (("default", []), ("nf4", ["--quantization", "nf4"])):
+        wall, report = compare_process(adapter, args.workdir / f"knowledge_{label}", ["--benchmark", str(cmmlu), *flags])
+        k = report["aggregate"]["knowledge"]
+        seconds = k["seconds"]["base"] + k["seconds"]["tuned"]
+        results[label] = {"process_wall_s": wall, "weights": report["timing"]["weights"], "questions": k["questions"],
+                          "base_s": k["seconds"]["base"], "tuned_s": k["seconds"]["tuned"], "check_s": seconds,
+                          "questions_per_s": 2 * k["questions"] / seconds,
+                          "generation_s": report["timing"]["base"]["wall_s"] + report["timing"]["tuned"]["wall_s"],
+                          "groups": [{f: g[f] for f in ("name", "n", "chance", "base", "tuned", "fixed", "broke")}
+                                     | {"difference": g["difference"]} for g in k["groups"]],
+                          "verdict": report["aggregate"]["verdict"]}
     return results
 
 
@@ -597,6 +628,17 @@ def table(results: dict) -> list[str]:
                          f"{r['warm_up_s']:>9.1f} {r['base_tok_per_s']:>10.0f} {r['tuned_tok_per_s']:>11.0f} "
                          f"{r['tuned_tok_per_s'] / r['base_tok_per_s']:>10.2f}  {r['weights'].split(';')[0]}; "
                          f"{r['decoding'].split(' (')[0]}")
+    if "knowledge" in results:
+        for label, r in results["knowledge"].items():
+            lines.append(f"knowledge check ({label}: {r['weights'].split(';')[0]}): {r['questions']} questions per side "
+                         f"in {r['base_s']:.1f} s (base) + {r['tuned_s']:.1f} s (tuned) = {r['questions_per_s']:.0f} "
+                         f"questions/s; generation of both sides {r['generation_s']:.1f} s; whole comparison "
+                         f"{r['process_wall_s']:.1f} s")
+            for g in r["groups"]:
+                d = g["difference"]
+                lines.append(f"  {g['name']:8} n={g['n']:5} chance {g['chance']:.1f}%: {g['base']:.1f}% -> "
+                             f"{g['tuned']:.1f}%, {d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] points, "
+                             f"right->wrong {g['broke']}, wrong->right {g['fixed']}")
     if "gpus" in results:
         g = results["gpus"]
         lines.append(f"default command on financial_data.txt ({g['gpus_available']} GPUs here): {'launcher':12} "
@@ -691,6 +733,12 @@ def main(args):
                                              if "scaling_efficiency" in r}
         out.write_text(json.dumps(results, indent=2))
         print("\n".join(table(results)), flush=True)
+    if args.part in ("knowledge", "all"):
+        results["knowledge"] = part_knowledge(args, ckpt, args.shared)
+        results["knowledge_check_s"] = results["knowledge"]["default"]["check_s"]
+        results["knowledge_questions_per_s"] = results["knowledge"]["default"]["questions_per_s"]
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
     if args.part in ("export", "all"):  # exports the comparison's run
         results["export"] = part_export(args, ckpt, args.shared)
         out.write_text(json.dumps(results, indent=2))
@@ -700,10 +748,12 @@ def main(args):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--part", choices=("train", "cards", "compare", "export", "all", "ablate", "gpus"), default="all",
+    p.add_argument("--part", choices=("train", "cards", "compare", "export", "all", "ablate", "gpus", "knowledge"),
+                   default="all",
                    help="what to measure; ablate: each speed setting on and off, side by side; gpus: the default "
                         "command on 1, 2, ... GPUs (torchrun)")
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with chatglm3/ and realdata/")
+    p.add_argument("--shared", type=Path, default=REPO.parent / "shared",
+                   help="folder with chatglm3/, realdata/ and benchmarks/cmmlu/")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/glmtune-bench"), help="checkpoint and scratch space")
     p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per training mode")
     p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..core.files import write_atomic
 from ..core.terminal import printable
-from .report import SCORING_NOTE, SIDES, Answer, Report, Row
-from .scoring import (DEPARTMENT_COLUMNS, METRIC_COLUMNS, department_rows, distinct_line, flag_line, metric_rows,
+from .report import NO_BENCHMARK_SETTING, SCORING_NOTE, SIDES, Answer, Knowledge, Report, Row
+from .scoring import (DEPARTMENT_COLUMNS, GROUP_COLUMNS, METRIC_COLUMNS, NO_BENCHMARK, SUBJECT_COLUMNS,
+                      accuracy_rows, department_rows, distinct_line, flag_line, knowledge_head, metric_rows,
                       timing_lines)
 
 # Chinese text needs a CJK font: per character the browser takes the first font in the list that has the
@@ -54,7 +55,9 @@ tr.flagged td{{background:#fff8e1}}
 table.figures{{border-collapse:collapse;font-size:13px}}
 table.figures th,table.figures td{{padding:3px 10px;border-bottom:1px solid #d9e2ec;text-align:right}}
 table.figures td:not(:first-child){{white-space:nowrap}}table.figures td:first-child{{min-width:9em}}
-table.figures th{{background:#f0f4f8}}table.figures td:first-child,table.figures th:first-child{{text-align:left}}
+table.figures th{{background:#f0f4f8}}h3{{font-size:14px;margin:16px 0 6px}}
+table.changed td{{text-align:left;vertical-align:top}}table.changed td:first-child{{min-width:16em;max-width:40em}}
+table.changed div.text{{max-height:6em;overflow-y:auto;white-space:pre-wrap;overflow-wrap:anywhere}}table.figures td:first-child,table.figures th:first-child{{text-align:left}}
 .controls{{margin:8px 0}}.controls input[type=search]{{width:min(280px,100%);padding:4px}}
 @media (max-width:{NARROW - 1}px){{
  table.answers,table.answers thead,table.answers tbody{{display:block}}
@@ -146,6 +149,27 @@ def _row(r: Row) -> str:
             f'{_delta(r.change.rougeL)}{_delta(r.change.chars, percent=True, directed=False)}</tr>')
 
 
+CHANGED_COLUMNS = ("question", "subject", "", "right", "base", "fine-tuned")
+
+
+def _knowledge(knowledge: Knowledge | None, asked: bool) -> str:
+    """The knowledge check's section: groups, subjects, and each question whose answer changed
+    (folded: a random-weight model changes hundreds)."""
+    if knowledge is None:
+        return "" if asked else f"<h2>Knowledge check</h2><p class=meta>{escape(NO_BENCHMARK)}</p>"
+    changed = "".join(
+        f'<tr><td><div class="text">{_text(c.question)}</div><div class="score">{escape(c.id)}</div></td>'
+        f'<td>{escape(c.subject)}</td><td>{"wrong→right" if c.tuned == c.answer else "right→wrong" if c.base == c.answer else "wrong→wrong"}</td>'
+        f'<td>{escape(c.answer)}</td><td>{escape(c.base)}</td><td>{escape(c.tuned)}</td></tr>' for c in knowledge.changed)
+    head = "".join(f"<th>{escape(c)}</th>" for c in CHANGED_COLUMNS)
+    return (f'<h2>Knowledge check</h2><div class="meta">{escape(knowledge_head(knowledge))}</div>'
+            f'{_table(GROUP_COLUMNS, accuracy_rows(knowledge.groups))}'
+            f'<h3>By subject</h3>{_table(SUBJECT_COLUMNS, accuracy_rows(knowledge.subjects, subjects=True))}'
+            f'<details><summary>{len(knowledge.changed)} of {knowledge.questions} questions answered otherwise '
+            f'by the fine-tuned model</summary><div class="wide"><table class="figures changed"><thead><tr>{head}'
+            f'</tr></thead><tbody>{changed}</tbody></table></div></details>')
+
+
 def render(report: Report, chart_png: bytes | None) -> str:
     settings, aggregate, rows = report.settings, report.aggregate, report.rows
     verdict = aggregate.verdict
@@ -183,6 +207,7 @@ decoding, at most {settings.max_new_tokens} new tokens · {escape(settings.devic
 <div class="meta">{escape(SCORING_NOTE)}. "better" says which direction is an improvement; "-" where neither is;
 "rel." is the difference relative to the base mean.</div>
 {"<h2>By department (ROUGE-L)</h2>" + _table(DEPARTMENT_COLUMNS, departments) if departments else ""}
+{_knowledge(aggregate.knowledge, settings.benchmark != NO_BENCHMARK_SETTING)}
 {chart}
 <h2>Every prompt</h2>
 <div class="controls"><input type="search" id="search" placeholder="filter by any text">

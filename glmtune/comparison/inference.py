@@ -32,6 +32,7 @@ MARGIN = 1 * GiB  # on a GPU: CUDA context growth, cuBLAS workspaces, CUDA-graph
 CPU_MARGIN = GiB // 4  # on CPU none of those: the allocator's arenas and temporaries outside `row_bytes`
 MIN_ROWS = 8  # the 16-bit path is chosen only if it leaves room for at least this many prompts per batch
 PERPLEXITY_ROWS = 16  # most rows per perplexity forward (its full-vocabulary logits dominate its memory)
+EXAM_TOKENS = 32768  # most tokens per knowledge-check forward: past a few thousand a forward is compute-bound
 NF4_BYTES = 0.53  # per quantized parameter: 4 bits, plus block scales after double quantisation
 CACHE_ROUNDING = 64  # static-cache lengths rounded up, so reruns reuse a compiled shape
 
@@ -79,11 +80,14 @@ class Shape:
         matrices = 2 * self.vocab * self.hidden * element
         return matrices + self.linear_params() * (NF4_BYTES if quantized else element)
 
+    def token_bytes(self, element: int) -> float:
+        """A forward's widest transient per token: the MLP's gate/up output and its activation."""
+        return (3 * self.intermediate + 4 * self.hidden) * element
+
     def row_bytes(self, prompt: int, cache: int, element: int) -> float:
-        """One prompt of a generation batch: its static KV cache, and the prefill's widest transient
-        (the MLP's gate/up output and activation for every prompt token)."""
+        """One prompt of a generation batch: its static KV cache, and the prefill's widest transient."""
         kv = cache * self.layers * 2 * self.kv_heads * self.head_dim * element
-        return kv + prompt * (3 * self.intermediate + 4 * self.hidden) * element
+        return kv + prompt * self.token_bytes(element)
 
     def perplexity_row_bytes(self, length: int, element: int) -> float:
         """One sequence of a perplexity forward: full-vocabulary logits, their fp32 copy and the
@@ -102,6 +106,7 @@ class WeightsPlan:
     batch_size: int  # prompts per generate() call
     perplexity_batch: int
     reason: str
+    exam_tokens: int = EXAM_TOKENS  # tokens per knowledge-check forward (questions batched by length)
 
     @property
     def quantization(self) -> str | None:
@@ -131,10 +136,11 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
         left = max(free - shape.weight_bytes(not merged, element) - margin, 0.0)
         rows = max(least, min(wanted, int(left // row)))
         ppl = max(1, min(PERPLEXITY_ROWS, int(left // ppl_row) if ppl_row else PERPLEXITY_ROWS))
+        exam = max(1, min(EXAM_TOKENS, int(left // shape.token_bytes(element))))
         if rows < wanted:
             reason += (f"; room for {rows} of the {wanted} prompts per batch beside the weights, each needing "
                        f"{gib(row)} of KV cache and prefill")
-        return WeightsPlan(merged, precision, rows, ppl, reason)
+        return WeightsPlan(merged, precision, rows, ppl, reason, exam)
 
     sixteen = f"{precision} weights {gib(shape.weight_bytes(False, element))}"
     needed = shape.weight_bytes(False, element) + margin + min(MIN_ROWS, wanted) * row

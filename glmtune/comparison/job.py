@@ -22,13 +22,14 @@ from ..model.sources import needs_gpu
 from ..core.folders import claim, foreign, free, numbered, place, publish, remove, replaceable, reserve, scratch_for
 from ..model.lora import check_adapter_files
 from ..training.runs import REPORT_STEM as STEM, RunRecord, is_report_file
-from .report import Report, Settings, SideTiming, Timing
+from .report import NO_BENCHMARK_SETTING, Both, Report, Settings, SideTiming, Timing
 
 if TYPE_CHECKING:  # these load torch; the job imports them when a stage needs them
     from transformers import PreTrainedTokenizerBase
 
     from .generation import Decoding, Generated
     from .inference import CompilePlan, Sides, WeightsPlan
+    from .knowledge import EncodedExam, Exam, SideExam
     from .metrics import Lexicon
     from ..model.prompts import Encoded
 
@@ -69,6 +70,7 @@ class Loaded:
     compiling: CompilePlan
     decoding: Decoding
     sides: Sides
+    exam: EncodedExam | None  # the knowledge check's questions as each side reads them
 
     def lines(self) -> list[str]:
         """Which weights and decoding run, and why."""
@@ -90,6 +92,7 @@ class Answers:
     load_s: float  # from the job's start until the base side could answer
     warm_up_s: float
     merge_s: float
+    exam: Both[SideExam] | None  # each side's answers to the knowledge check
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Compared:
     """A finished comparison: every stage's record, and where the report went."""
     run: TrainedRun
     prompts: Prompts
+    exam: Exam | None
     loaded: Loaded
     answers: Answers
     report: Report
@@ -180,11 +184,20 @@ class Comparison:
         return Prompts(items, str(path),
                        overlap_fact(c.adapter, seen, len(examples) - len(held_out), len(examples), "left out"), [])
 
-    def load_model(self, run: TrainedRun, prompts: Prompts) -> Loaded:
+    def load_exam(self) -> Exam | None:
+        """The knowledge check's questions (--benchmark; a hub name fetched into the cache), every file
+        read whole before any model loads; None without one."""
+        from .knowledge import read_exam
+
+        c = self.config
+        return read_exam(c.benchmark, c.benchmark_shots, c.benchmark_questions)
+
+    def load_model(self, run: TrainedRun, prompts: Prompts, exam: Exam | None) -> Loaded:
         """The tokenizer saved with the adapter; how to hold the weights and decode (from the free
         memory and the work); the report's folder, reserved; the model."""
         from .generation import Decoding
         from .inference import Shape, Sides, cache_length, plan_compile, plan_weights
+        from .knowledge import encode_exam
         from ..model.prompts import encode, example_prompt_ids
         from ..model.tokenizer import load_tokenizer
 
@@ -198,6 +211,7 @@ class Comparison:
             raise DataError(f"prompt {longest + 1} ({items[longest][0].question[:30]}...) is {width} tokens; with "
                             f"--max-new-tokens {c.max_new_tokens} the context ({tokenizer.model_max_length}) has "
                             f"room for {room}. Shorten it, or lower --max-new-tokens")
+        exam_ids = None if exam is None else encode_exam(tokenizer, exam, run.prompt_format)
         cache_len = cache_length(width, c.max_new_tokens)
         scored = {} if c.no_perplexity else {
             i: encode(tokenizer, ex, run.prompt_format, run.record.config.max_length)
@@ -216,13 +230,20 @@ class Comparison:
         weights, compiling, self.output = distributed.on_main(plan)
         decoding = Decoding(c.max_new_tokens, c.do_sample, c.temperature, c.top_p, c.seed, cache_len, compiling.on)
         return Loaded(tokenizer, ids, scored, mine, weights, compiling, decoding,
-                      Sides.load(run.base, c.adapter, weights))
+                      Sides.load(run.base, c.adapter, weights), exam_ids)
 
-    def generate(self, loaded: Loaded) -> Answers:
-        """Both sides' answers (and reference perplexities), each timed on its own; the base side
-        first, then the fine-tuned side (merging the adapter, where the weights are 16-bit)."""
+    def generate(self, loaded: Loaded, exam: Exam | None) -> Answers:
+        """Both sides' answers (and reference perplexities, and the exam's answers), each timed on its
+        own; the base side first, then the fine-tuned side (merging the adapter, where the weights are
+        16-bit)."""
         from .generation import warm_up
+        from .knowledge import answer_exam
         from ..training.compiling import record_compile_cost
+
+        def take_exam(model) -> SideExam | None:
+            if exam is None:
+                return None
+            return answer_exam(model, loaded.exam, exam, loaded.weights.exam_tokens, loaded.tokenizer.pad_token_id)
 
         with loaded.sides.base_side() as model:
             load_s = time.perf_counter() - self.began
@@ -232,13 +253,17 @@ class Comparison:
             if loaded.compiling.on and distributed.is_main():
                 record_compile_cost(loaded.compiling.key, warm_up_s)
             base = answer_side(model, "base", loaded)
+            base_exam = take_exam(model)
         began = time.perf_counter()
         model = loaded.sides.tuned_side()
         merge_s = time.perf_counter() - began
-        return Answers(base, answer_side(model, "tuned", loaded), load_s, warm_up_s, merge_s)
+        tuned = answer_side(model, "tuned", loaded)
+        exams = None if exam is None else Both(base_exam, take_exam(model))
+        return Answers(base, tuned, load_s, warm_up_s, merge_s, exams)
 
-    def score(self, run: TrainedRun, prompts: Prompts, loaded: Loaded, answers: Answers) -> Report:
+    def score(self, run: TrainedRun, prompts: Prompts, loaded: Loaded, answers: Answers, exam: Exam | None) -> Report:
         """Both sides scored, with the timing and settings: the whole report, not yet written."""
+        from .knowledge import summarize
         from .scoring import Sample, score
 
         c = self.config
@@ -246,7 +271,10 @@ class Comparison:
         samples = [Sample(ex.question, reference, {"base": answers.base.answers[i], "tuned": answers.tuned.answers[i]},
                           {"base": answers.base.ppl[i], "tuned": answers.tuned.ppl[i]}, ex.department)
                    for i, (ex, reference) in enumerate(prompts.items)]
-        rows, aggregate = score(samples, run.lexicon, one_per_batch=loaded.weights.batch_size == 1)
+        knowledge = None if answers.exam is None else \
+            summarize(exam, run.prompt_format, answers.exam.base, answers.exam.tuned)
+        rows, aggregate = score(samples, run.lexicon, one_per_batch=loaded.weights.batch_size == 1,
+                                knowledge=knowledge)
         timing = Timing(answers.base.timing, answers.tuned.timing, answers.load_s, answers.warm_up_s,
                         loaded.compiling.on, answers.merge_s, loaded.weights.describe(), loaded.compiling.reason,
                         time.perf_counter() - scoring)
@@ -255,7 +283,8 @@ class Comparison:
             compile=loaded.compiling.reason, prompt_format=run.prompt_format, prompts=len(prompts.items),
             prompt_source=prompts.source, decoding="sampling" if c.do_sample else "greedy",
             max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=c.seed, terms_file=str(run.terms_file),
-            device=device.name(), processes=distributed.world_size(), seen_in_training=prompts.overlap)
+            device=device.name(), processes=distributed.world_size(), seen_in_training=prompts.overlap,
+            benchmark=benchmark_setting(c))
         return Report(settings, aggregate, timing, rows)
 
     def write(self, report: Report, summary: list[str]) -> None:
@@ -323,6 +352,16 @@ def answer_side(model, side: str, loaded: Loaded) -> SideAnswers:
     new_tokens = sum(a.new_tokens for a in every)
     return SideAnswers(every, ppl, SideTiming(wall, new_tokens, new_tokens / wall if wall else 0.0,
                                               max(share[4] for share in shares) if device.cuda() else None))
+
+
+def benchmark_setting(config: CompareConfig) -> str:
+    """The knowledge check's sources and how they were asked, as the settings record them."""
+    if not config.benchmark:
+        return NO_BENCHMARK_SETTING
+    if config.benchmark == ["none"]:
+        return "none (--benchmark none)"
+    per_subject = f", the first {config.benchmark_questions} per subject" if config.benchmark_questions else ""
+    return f"{', '.join(config.benchmark)}; {config.benchmark_shots}-shot{per_subject}"
 
 
 def overlap_fact(adapter: Path, seen: set[str] | None, count: int, total: int, done: str) -> str:
@@ -399,11 +438,12 @@ def comparison(config: CompareConfig, show: Callable[[list[str]], None]) -> Comp
             talk(start(config, run.record, run.base, sys.stdout), sys.stdin)
             return None
         prompts = job.load_prompts(run)  # --prompt, --data, or the eval split held out at training time
-        loaded = job.load_model(run, prompts)
+        exam = job.load_exam()  # --benchmark: the knowledge check's questions
+        loaded = job.load_model(run, prompts, exam)
         show(loaded.lines())
-        answers = job.generate(loaded)  # base side, then the fine-tuned side; answers and reference perplexities
-        report = job.score(run, prompts, loaded, answers)
-        summary = summary_lines(report.aggregate, report.timing, prompts.notes)
+        answers = job.generate(loaded, exam)  # base side, then fine-tuned: answers, perplexities, exam answers
+        report = job.score(run, prompts, loaded, answers, exam)
+        summary = summary_lines(report.aggregate, report.timing, prompts.notes, hint=not config.benchmark)
         try:
             job.write(report, summary)  # published whole, before printing can fail
         finally:  # then on screen, also when the write failed (a full disk), before its error
@@ -411,7 +451,7 @@ def comparison(config: CompareConfig, show: Callable[[list[str]], None]) -> Comp
                 show(side_by_side(report.rows, shutil.get_terminal_size().columns))
             show(summary)
     show(job.closing_lines(report.timing))
-    return Compared(run, prompts, loaded, answers, report, summary, job.output, job.outputs)
+    return Compared(run, prompts, exam, loaded, answers, report, summary, job.output, job.outputs)
 
 
 def compare(config: CompareConfig) -> Compared | None:

@@ -13,6 +13,7 @@ from typing import Callable, Generic, TypeVar
 from .verdict import Interval, Verdict
 
 SIDES = ("base", "tuned")
+NO_BENCHMARK_SETTING = "none (no --benchmark)"  # Settings.benchmark where the user asked for no knowledge check
 HIGHER, LOWER = "higher", "lower"
 SCORING_NOTE = ("ROUGE on jieba words and BLEU-4 on characters, both with punctuation and symbols removed; "
                 "intervals: 95% percentile bootstrap over prompts of the paired difference tuned - base; "
@@ -141,6 +142,57 @@ class DepartmentResult:
 
 
 @dataclass(frozen=True)
+class Accuracy:
+    """Exam accuracy of both sides over a group's or a subject's questions, in percent, and the
+    paired difference in points (tuned - base, each question right 100 or wrong 0)."""
+    name: str  # the group, or the subject
+    group: str
+    n: int
+    chance: float  # percent a blind pick gets right
+    base: float
+    tuned: float
+    difference: Interval | None
+    fixed: int  # questions the base got wrong and the fine-tuned model right
+    broke: int  # right before, wrong after
+
+    def difference_text(self) -> str:
+        return "-" if self.difference is None else f"{self.difference.text(POINTS_SCALE)} points"
+
+
+POINTS_SCALE = 10  # accuracy differences are read to a tenth of a point
+
+
+@dataclass(frozen=True)
+class ChangedAnswer:
+    """A question the fine-tuned side answered otherwise than the base."""
+    id: str
+    subject: str
+    group: str
+    question: str
+    answer: str  # the right letters
+    base: str  # each side's letters
+    tuned: str
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """The knowledge check: both sides on the same exam questions, scored by the likelihood of each
+    option's letter as the answer's first token."""
+    sources: list[str]
+    shots: int
+    layout: str  # the prompt layout both sides read, the run's own
+    questions: int
+    unmapped: int  # questions of subjects outside the built-in map, counted as medical
+    groups: list[Accuracy]  # medical, then general: the groups that have questions
+    subjects: list[Accuracy]  # medical subjects first, then general, each by name
+    changed: list[ChangedAnswer]
+    seconds: Both[float]  # each side's time to answer every question
+
+    def group(self, name: str) -> Accuracy | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+
+@dataclass(frozen=True)
 class Aggregate:
     """Everything measured over all prompts."""
     prompts: int
@@ -151,6 +203,7 @@ class Aggregate:
     rougeL_wins_ties_losses: tuple[int, int, int] | None  # None without references
     distinct: Both[Distinct]
     departments: list[DepartmentResult]  # largest first; empty without references
+    knowledge: Knowledge | None = None  # None without --benchmark
 
 
 @dataclass(frozen=True)
@@ -191,6 +244,7 @@ class Settings:
     device: str
     processes: int
     seen_in_training: str
+    benchmark: str  # the knowledge check's sources and shots, or why none ran
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from ..core.files import write_atomic
 from ..core.terminal import printable
 from .metrics import (FLAGS, Lexicon, answer_flags, change_rate, char_bleu4, char_len, distinct_n, is_degenerate,
                       prompt_overlap, rouge_zh, summarize)
-from .report import (METRICS, SCORING_NOTE, SIDES, Aggregate, Answer, Both, Change, DepartmentResult, Distinct,
-                     MetricResult, Report, Row, Stats, Timing)
+from .report import (METRICS, SCORING_NOTE, SIDES, Accuracy, Aggregate, Answer, Both, Change, DepartmentResult,
+                     Distinct, Knowledge, MetricResult, Report, Row, Stats, Timing)
 from .verdict import ROUGE_SCALE, batch_difference, decide, number, paired_interval, wins_ties_losses
 
 if TYPE_CHECKING:  # generation loads torch; scoring runs without it
@@ -52,9 +52,11 @@ def score_answer(sample: Sample, side: str, lexicon: Lexicon) -> Answer:
     return Answer(answer.text, answer_flags(answer.text, answer.stopped), scores)
 
 
-def score(samples: list[Sample], lexicon: Lexicon, one_per_batch: bool = False) -> tuple[list[Row], Aggregate]:
+def score(samples: list[Sample], lexicon: Lexicon, one_per_batch: bool = False,
+          knowledge: Knowledge | None = None) -> tuple[list[Row], Aggregate]:
     """Per-prompt rows and the aggregate: per metric both sides' summaries and the paired
-    difference with its interval; flags, distinct-n, per-department results and the verdict.
+    difference with its interval; flags, distinct-n, per-department results and the verdict (which
+    weighs the knowledge check too, where one ran).
     one_per_batch: every prompt had a generate() call of its own, so its timing is its own and gets
     an interval too; else the timing metrics are batch figures."""
     rows = []
@@ -75,14 +77,14 @@ def score(samples: list[Sample], lexicon: Lexicon, one_per_batch: bool = False) 
     has_reference = any(r.reference is not None for r in rows)
     rouge = Both.of(lambda side: [r.answers[side].scores["rougeL"] for r in rows])
     wtl = wins_ties_losses(rouge.base, rouge.tuned) if has_reference else None
-    verdict = decide(len(rows), metrics, wtl, flags, degenerate)
+    verdict = decide(len(rows), metrics, wtl, flags, degenerate, knowledge)
     texts = Both.of(lambda side: [r.answers[side].text for r in rows])
     aggregate = Aggregate(
         prompts=len(rows), verdict=verdict, metrics=metrics,
         flags=Both.of(lambda side: {flag: sum(flag in f for f in flags[side]) for flag in FLAGS}),
         degenerate=degenerate, rougeL_wins_ties_losses=wtl,
         distinct=Both.of(lambda side: Distinct(distinct_n(texts[side], 1), distinct_n(texts[side], 2))),
-        departments=by_department(rows) if has_reference else [],
+        departments=by_department(rows) if has_reference else [], knowledge=knowledge,
     )
     return rows, aggregate
 
@@ -128,6 +130,40 @@ def department_rows(aggregate: Aggregate) -> list[tuple[str, ...]]:
     return [(dep.department, str(dep.n), number(dep.base, ROUGE_SCALE), number(dep.tuned, ROUGE_SCALE),
              "-" if dep.difference is None else dep.difference.text(ROUGE_SCALE),
              "/".join(map(str, dep.wins_ties_losses))) for dep in aggregate.departments]
+
+
+GROUP_COLUMNS = ("exam group", "n", "chance", "base", "tuned", "tuned - base [95% CI]", "right→wrong", "wrong→right")
+SUBJECT_COLUMNS = ("subject", "group", "n", "base", "tuned", "tuned - base [95% CI]", "right→wrong", "wrong→right")
+
+
+def accuracy_rows(results: list[Accuracy], subjects: bool = False) -> list[tuple[str, ...]]:
+    """Exam accuracy as GROUP_COLUMNS cells, or SUBJECT_COLUMNS cells with `subjects`."""
+    return [(r.name, *((r.group,) if subjects else ()), str(r.n), *(() if subjects else (f"{r.chance:.1f}%",)),
+             f"{r.base:.1f}%", f"{r.tuned:.1f}%", r.difference_text(), str(r.broke), str(r.fixed)) for r in results]
+
+
+def knowledge_head(knowledge: Knowledge) -> str:
+    return (f"knowledge check: {knowledge.questions} multiple-choice questions from {', '.join(knowledge.sources)}, "
+            f"{knowledge.shots}-shot, both sides in the run's {knowledge.layout} layout; an answer is the option "
+            "whose letter the model finds most likely")
+
+
+def knowledge_lines(knowledge: Knowledge) -> list[str]:
+    """The knowledge check's block: groups, subjects, changed answers, time."""
+    fixed = sum(g.fixed for g in knowledge.groups)
+    broke = sum(g.broke for g in knowledge.groups)
+    seconds = knowledge.seconds
+    pace = 2 * knowledge.questions / (seconds.base + seconds.tuned) if seconds.base + seconds.tuned else 0.0
+    lines = [knowledge_head(knowledge), *text_table(GROUP_COLUMNS, accuracy_rows(knowledge.groups)), "",
+             *text_table(SUBJECT_COLUMNS, accuracy_rows(knowledge.subjects, subjects=True), rule=False),
+             f"changed answers: {len(knowledge.changed)} of {knowledge.questions} ({fixed} wrong→right, {broke} "
+             f"right→wrong, {len(knowledge.changed) - fixed - broke} wrong→another wrong; each in the JSON and HTML "
+             "report)",
+             f"answered in {seconds.base:.1f} s (base) and {seconds.tuned:.1f} s (fine-tuned), {pace:.0f} questions/s"]
+    if knowledge.unmapped:
+        lines.append(f"{knowledge.unmapped} questions of subjects outside the built-in map were counted as medical; "
+                     "give them a group column or field (medical or general) to change that")
+    return lines
 
 
 def flag_line(aggregate: Aggregate) -> str:
@@ -178,12 +214,18 @@ def timing_lines(timing: Timing) -> list[str]:
     return lines
 
 
-def summary_lines(aggregate: Aggregate, timing: Timing, notes: tuple[str, ...] = ()) -> list[str]:
+NO_BENCHMARK = ("knowledge check: not run; add --benchmark cmmlu (downloaded once) or --benchmark FOLDER to see "
+                "whether it learned medicine and forgot the rest (--benchmark none hides this line)")
+
+
+def summary_lines(aggregate: Aggregate, timing: Timing, notes: tuple[str, ...] = (), hint: bool = False) -> list[str]:
     """What the console shows and the log opens with: verdict (with `notes` on what it stands on),
-    metrics, departments, timing."""
+    metrics, departments, the knowledge check (or with `hint`, how to add one), timing."""
     departments = department_table(aggregate)
+    knowledge = knowledge_lines(aggregate.knowledge) if aggregate.knowledge else [NO_BENCHMARK] if hint else []
     return [*verdict_lines(aggregate), *(f"  - {n}" for n in notes), "", *metric_table(aggregate),
-            *([""] + departments if departments else []), "", *timing_lines(timing)]
+            *([""] + departments if departments else []), *([""] + knowledge if knowledge else []), "",
+            *timing_lines(timing)]
 
 
 def display_width(text: str) -> int:

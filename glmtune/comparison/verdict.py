@@ -17,7 +17,7 @@ import numpy as np
 from .metrics import FLAGS
 
 if TYPE_CHECKING:  # for annotations only: the report's records import this module
-    from .report import Both, MetricResult
+    from .report import Accuracy, Both, Knowledge, MetricResult
 
 CONFIDENCE = 0.95
 RESAMPLES = 4000
@@ -129,13 +129,58 @@ def _flag_counts(flags: list[list[str]], n: int) -> str:
     return ", ".join(f"{count} of {n} {name}" for name, count in counts.items() if count) or "none"
 
 
+def _exam_shift(result: Accuracy) -> str:
+    """'medical exam accuracy 25.3% → 29.0%, +3.7 points [+1.9, +5.5] over 1501 questions (chance 25.0%)'."""
+    return (f"{result.name} exam accuracy {result.base:.1f}% → {result.tuned:.1f}%, {result.difference_text()} over "
+            f"{result.n} questions (chance {result.chance:.1f}%)")
+
+
+def _moved(result: Accuracy | None) -> str:
+    """'up', 'down' or '' (no reliable change, or no such questions)."""
+    d = None if result is None else result.difference
+    if d is None or not d.reliable:
+        return ""
+    return "up" if d.mean > 0 else "down"
+
+
+def knowledge_sentences(knowledge: Knowledge) -> list[str]:
+    """What the exam says: medicine learned or lost, general knowledge kept or forgotten."""
+    medical, general = knowledge.group("medical"), knowledge.group("general")
+    out = []
+    if medical is not None:
+        said = {"up": "knows more medicine", "down": "knows less medicine"}.get(_moved(medical),
+                                                                             "no reliable change in medical knowledge")
+        out.append(f"{said}: {_exam_shift(medical)}")
+    if general is not None:
+        said = {"up": "general knowledge improved too", "down": "forgot general knowledge"}.get(
+            _moved(general), "no reliable change in general knowledge")
+        out.append(f"{said}: {_exam_shift(general)}")
+    else:
+        out.append("forgetting not checked: the benchmark has no general subjects (add --benchmark with some, "
+                   "e.g. CMMLU's)")
+    return out
+
+
+def _losses(knowledge: Knowledge | None) -> list[str]:
+    """The knowledge the fine-tune lost, each with its figure: 'forgot general knowledge (-4.1 points [...])'."""
+    if knowledge is None:
+        return []
+    lost = []
+    for name, words in (("medical", "knows less medicine"), ("general", "forgot general knowledge")):
+        result = knowledge.group(name)
+        if _moved(result) == "down":
+            lost.append(f"{words} ({result.difference_text()})")
+    return lost
+
+
 def decide(n: int, metrics: dict[str, MetricResult], rouge_wtl: tuple | None, flags: Both[list[list[str]]],
-           degenerate: Both[int]) -> Verdict:
+           degenerate: Both[int], knowledge: Knowledge | None = None) -> Verdict:
     """The verdict from the comparison's numbers.
 
     n: prompts compared. metrics: by metric key, both sides' means and the paired difference (None
     when not measured). rouge_wtl: ROUGE-L wins/ties/losses or None without references. flags:
-    each answer's flags, per side. degenerate: degenerate answers, per side.
+    each answer's flags, per side. degenerate: degenerate answers, per side. knowledge: the exam's
+    results, or None without one. A fine-tune that lost knowledge is never plainly HELPED.
     """
     sentences: list[str] = []
     broken = degenerate.tuned >= DEGENERATE_SHARE * n  # even if the base's answers are as bad
@@ -179,20 +224,44 @@ def decide(n: int, metrics: dict[str, MetricResult], rouge_wtl: tuple | None, fl
     if truncated >= DEGENERATE_SHARE * n:
         sentences.append(f"{truncated} of {n} fine-tuned answers were cut off at the token limit; raise "
                          "--max-new-tokens to score whole answers")
+    if knowledge is not None:
+        sentences += knowledge_sentences(knowledge)
     if n < FEW_PROMPTS:
         sentences.append(f"only {n} prompts: too few to call any difference reliable; compare on {FEW_PROMPTS} or "
                          "more (--num-samples 0 takes the whole eval split, --data FILE another set)")
 
     if broken:
-        headline = "NOT HELPED: the fine-tuned model's answers degenerate"
-    elif rouge is None:
-        headline = "CANNOT TELL: no reference answers to judge against; read the answers side by side"
+        return Verdict("NOT HELPED: the fine-tuned model's answers degenerate", sentences)
+    if rouge is None:
+        answers = "CANNOT TELL: no reference answers to judge against; read the answers side by side"
     elif n < FEW_PROMPTS:
-        headline = f"CANNOT TELL: {n} prompts are too few; compare on {FEW_PROMPTS} or more"
+        answers = f"CANNOT TELL: {n} prompts are too few; compare on {FEW_PROMPTS} or more"
     elif rouge.reliable and rouge.mean > 0:
-        headline = "HELPED: fine-tuned answers are closer to the reference answers"
+        answers = "HELPED: fine-tuned answers are closer to the reference answers"
     elif rouge.reliable:
-        headline = "HURT: fine-tuned answers are further from the reference answers"
+        answers = "HURT: fine-tuned answers are further from the reference answers"
     else:
-        headline = "NO RELIABLE DIFFERENCE from the base model on these prompts"
-    return Verdict(headline, sentences)
+        answers = "NO RELIABLE DIFFERENCE from the base model on these prompts"
+    return Verdict(_with_knowledge(answers, knowledge), sentences)
+
+
+def _with_knowledge(answers: str, knowledge: Knowledge | None) -> str:
+    """The headline from the answers (`answers`: what they alone say) and the exam: knowledge lost
+    turns HELPED into MIXED and anything else into HURT; medicine learned turns a no-difference or
+    cannot-tell into HELPED, and HURT into MIXED."""
+    lost = _losses(knowledge)
+    medical = None if knowledge is None else knowledge.group("medical")
+    learned = f"knows more medicine ({medical.difference_text()})" if _moved(medical) == "up" else ""
+    closer, further = answers.startswith("HELPED"), answers.startswith("HURT")
+    if lost:
+        if closer:
+            return f"MIXED: answers closer to the references, but {' and '.join(lost)}"
+        return f"HURT: {' and '.join(lost)}" + ("; answers further from the references" if further else "")
+    if learned:
+        if closer:
+            return f"HELPED: answers closer to the references, and {learned}"
+        if further:
+            return f"MIXED: {learned}, but answers further from the references"
+        return f"HELPED: {learned}; " + ("no reliable difference in the answers" if answers.startswith("NO RELIABLE")
+                                         else answers.split(": ", 1)[1])
+    return answers

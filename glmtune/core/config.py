@@ -341,6 +341,15 @@ class CompareConfig(Settings):
                           "folder", group="metrics and outputs")
     examples: int = opt(5, "side-by-side examples written to the log (the HTML report holds them all)",
                         group="metrics and outputs")
+    # knowledge check
+    benchmark: list[str] = opt(help="multiple-choice exam questions both sides answer (repeatable): a folder in "
+                               "CMMLU's or C-Eval's layout, a CMB .json or a .jsonl file, a hub name (cmmlu, ceval, "
+                               "cmb: downloaded once into the cache), or none; medical and general subjects are "
+                               "reported apart: did it learn medicine, did it forget the rest?",
+                               group="knowledge check", metavar="PATH", factory=list)
+    benchmark_shots: int = opt(0, "worked examples from the benchmark's dev split before each question (K-shot)",
+                               group="knowledge check")
+    benchmark_questions: int = opt(0, "the first N questions of each subject (0 = all)", group="knowledge check")
     # chat
     chat: bool = opt(False, "talk with the fine-tuned model (streamed, multi-turn, ChatGLM3's chat layout) instead of "
                      "comparing; /base, /tuned, /both, /reset, /exit; reads one turn per line from a pipe too",
@@ -356,6 +365,8 @@ class CompareConfig(Settings):
                                                       "answer drop --do-sample)"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("examples", self.examples >= 0, "must be 0 or more"),
+            ("benchmark_shots", self.benchmark_shots >= 0, "must be 0 (zero-shot) or more"),
+            ("benchmark_questions", self.benchmark_questions >= 0, "must be 0 (all) or more"),
         ]
         self.check_numbers()
         for name, ok, message in checks:
@@ -367,6 +378,7 @@ class CompareConfig(Settings):
             check_file(self.data, "data")
         if self.terms_file is not None:
             check_file(self.terms_file, "terms_file")
+        check_benchmarks(self.benchmark)
         if self.chat and distributed.world_size() > 1:
             raise ConfigError("chat", "is one conversation in one process; start it with python, not torchrun or "
                                       "accelerate launch")
@@ -380,6 +392,19 @@ class CompareConfig(Settings):
             except UnicodeEncodeError:  # bytes that were not UTF-8 reach argv as lone surrogates
                 raise ConfigError("prompt", f"{question!r} is not valid UTF-8 text; set the terminal to UTF-8 "
                                             "(e.g. export LANG=C.UTF-8) or pass the questions with --data FILE") from None
+
+
+BENCHMARK_SUITES = {"cmmlu": "CMMLU", "ceval": "C-Eval", "cmb": "CMB"}  # --benchmark NAME: downloaded
+
+
+def check_benchmarks(values: list[str]) -> None:
+    """Each --benchmark a hub name, an existing file or folder, or none (alone)."""
+    if "none" in values and len(values) > 1:
+        raise ConfigError("benchmark", "none skips the knowledge check; give it alone, or drop it")
+    for value in values:
+        if value != "none" and value.lower() not in BENCHMARK_SUITES and not Path(value).expanduser().exists():
+            raise ConfigError("benchmark", f"{value}: no such file or folder; give a benchmark folder or file, or "
+                                           f"one of {', '.join(BENCHMARK_SUITES)} (downloaded), or none")
 
 
 def check_choices(config: Settings) -> None:

@@ -495,7 +495,7 @@ def _reads_as_chinese(text: str) -> bool:
     return bool(wide) and cjk >= len(wide) / 2
 
 
-def _decode(path: Path) -> tuple[str, str]:
+def decode_file(path: Path) -> tuple[str, str]:
     """The text of a data file and the encoding it was read in: UTF-8, else the legacy encoding whose
     common characters it clearly is; DataError, with how to convert it, when none clearly is."""
     try:
@@ -759,7 +759,7 @@ def _sidecar_departments(path: Path, lines: int) -> list[str | None] | None:
     sidecar = departments_file(path)
     if not sidecar.is_file():
         return None
-    names = _lines(_decode(sidecar)[0])
+    names = _lines(decode_file(sidecar)[0])
     if len(names) != lines:
         raise DataError(f"{sidecar}: {len(names)} lines, but {path} has {lines}; it must name one department per "
                         "line of the data file (or be deleted)")
@@ -775,7 +775,7 @@ def read_dataset(path: str | Path) -> Dataset:
     """
     path = Path(path)
     fmt = _FORMATS.get(path.suffix.lower(), _QA_LINES)
-    text, encoding = _decode(path)
+    text, encoding = decode_file(path)
     data = Dataset(path=path, format=fmt.name, encoding=encoding, lines_read=_count_lines(text))
     departments = _sidecar_departments(path, data.lines_read) if fmt is _QA_LINES else None
     seen: dict[tuple, int] = {}

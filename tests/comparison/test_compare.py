@@ -9,7 +9,7 @@ import pytest
 import glmtune
 from glmtune.comparison.generation import Decoding, generate_answers, reference_perplexity
 from glmtune.comparison.job import compare, output_dir
-from glmtune.comparison.scoring import display_width, side_by_side
+from glmtune.comparison.scoring import NO_BENCHMARK, display_width, side_by_side
 from glmtune.core import cli
 from glmtune.core.config import CompareConfig
 from glmtune.core.errors import ConfigError, DataError, ModelLoadError
@@ -17,7 +17,7 @@ from glmtune.data.reading import Example
 from glmtune.model.prompts import encode, prompt_ids
 from glmtune.training.runs import RunRecord
 
-from conftest import compare_config, plain_peft
+from conftest import compare_config, plain_peft, write_jsonl
 
 
 QUESTIONS = ["头痛三天怎么办？", "孩子发烧38度要吃药吗？ 孩子2岁。", "高血压", "胃痛反酸是什么原因？ 饭后明显，已经一周。"]
@@ -80,9 +80,19 @@ def run_compare(adapter, tmp_path, **settings):
     return compare(config)
 
 
+def exam_file(tmp_path):
+    """A knowledge check of 24 medical questions (a subject outside the built-in map) and 20 general ones."""
+    medical = [{"question": f"第{i}题：阿司匹林属于哪类药物？", "options": ["抗血小板药", "抗生素", "降糖药", "利尿剂"],
+                "answer": "A", "subject": "pharmacology"} for i in range(24)]
+    general = [{"question": f"第{i}题：中国的首都是？", "options": ["上海", "北京"], "answer": "B", "group": "general",
+                "subject": "geography"} for i in range(20)]
+    return write_jsonl(tmp_path / "exam.jsonl", medical + general)
+
+
 def test_compare_writes_log_json_chart_and_html_into_a_folder(trained, tmp_path):
     out, _ = trained
-    job = run_compare(out, tmp_path, max_new_tokens=24, batch_size=4)
+    exam = exam_file(tmp_path)
+    job = run_compare(out, tmp_path, max_new_tokens=24, batch_size=4, benchmark=[str(exam)])
     folder = tmp_path / "comparison"
     log = (folder / "chatglm_comparison.log").read_text(encoding="utf-8")
     assert log.splitlines()[2].startswith("VERDICT (")
@@ -112,13 +122,24 @@ def test_compare_writes_log_json_chart_and_html_into_a_folder(trained, tmp_path)
     # departments come from the eval split that training wrote
     departments = {ex.department for ex in eval_examples} - {None}
     assert {d["department"] for d in report["aggregate"]["departments"]} == departments
+    # the knowledge check, in the verdict, the log's block, the JSON, the HTML report
+    knowledge = job.report.aggregate.knowledge
+    assert [(g.name, g.n, g.chance) for g in knowledge.groups] == [("medical", 24, 25.0), ("general", 20, 50.0)]
+    assert knowledge.unmapped == 24  # "pharmacology" is no subject of a known suite
+    assert sum("medical exam accuracy" in s or "general exam accuracy" in s for s in job.report.aggregate.verdict.sentences) == 2
+    assert "knowledge check: 44 multiple-choice questions" in log and "24 questions of subjects outside" in log
+    assert report["aggregate"]["knowledge"]["groups"][1]["n"] == 20
+    assert report["settings"]["benchmark"] == f"{exam}; 0-shot"
+    assert "<h2>Knowledge check</h2>" in (folder / "chatglm_comparison.html").read_text(encoding="utf-8")
 
 
 def test_a_rerun_numbers_its_folder_and_overwrite_replaces(trained, tmp_path):
     out, _ = trained
     first = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2)
-    again = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2)
+    again = run_compare(out, tmp_path, max_new_tokens=4, num_samples=2, benchmark=["none"])
     assert (first.output.name, again.output.name) == ("comparison", "comparison-2")
+    # no --benchmark: one line says how to add the knowledge check; --benchmark none: not a word
+    assert [NO_BENCHMARK in first.summary, NO_BENCHMARK in again.summary] == [True, False]
     # a comparison still running holds its folder: one started meanwhile numbers past it
     config = CompareConfig(adapter=out, output=tmp_path / "busy")
     busy = [output_dir(config), output_dir(config)]
@@ -205,7 +226,7 @@ def test_max_new_tokens_beyond_the_context_blames_the_flag(trained, tmp_path):
     run = job.load_run()
     prompts = job.load_prompts(run)
     with pytest.raises(ConfigError) as refused:
-        job.load_model(run, prompts)
+        job.load_model(run, prompts, None)
     assert refused.value.field == "max_new_tokens"
     assert cli.message(refused.value).startswith(f"--max-new-tokens {context + 100} leaves no room for a prompt: "
                                                  f"this model's context holds {context} tokens")

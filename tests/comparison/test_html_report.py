@@ -10,6 +10,8 @@ import subprocess
 import pytest
 
 from glmtune.comparison.generation import Generated
+from glmtune.comparison.knowledge import Exam, SideExam, summarize
+from glmtune.data.benchmarks import Question
 from glmtune.comparison.html_report import CJK_FONTS, NARROW, render
 from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon
 from glmtune.comparison.plots import plot_aggregate
@@ -25,6 +27,15 @@ TIMING = Timing(SideTiming(1.0, 10, 10.0, None), SideTiming(1.0, 10, 10.0, None)
                 decoding="eager (test)", score_s=0.2)
 
 
+def exam_results():
+    """A knowledge check with long subject names and a long changed question."""
+    questions = [Question(f"cmmlu/{s}/{i}", s, g, "下列关于" + "高血压" * 30 + "的说法正确的是", {"A": "甲", "B": "乙"}, "A")
+                 for s, g in (("traditional_chinese_medicine", "medical"), ("elementary_information_and_technology",
+                                                                       "general")) for i in range(20)]
+    exam = Exam(questions, [""] * 40, ["cmmlu"], 0)
+    return summarize(exam, "glm3", SideExam(["A", "B"] * 20, [], 1.0), SideExam(["B", "A"] * 20, [], 1.0))
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     """A report with long answers, departments, a long adapter path and the real chart."""
@@ -32,9 +43,10 @@ def page(tmp_path_factory):
                       {"base": Generated(b, max(1, len(b)), 1.0, 0.1, True),
                        "tuned": Generated(t, max(1, len(t)), 1.0, 0.1, False)},
                       department=("心血管内科", "儿科", None)[i % 3]) for i, (b, t) in enumerate(ANSWERS)]
-    rows, aggregate = score(samples, Lexicon.load(DEFAULT_LEXICON_PATH))
+    rows, aggregate = score(samples, Lexicon.load(DEFAULT_LEXICON_PATH), knowledge=exam_results())
     settings = Settings("/data/runs/" + "长" * 40 + "/chatglm3-medical-lora-2024", "tiny", "fp32", "eager", "glm3",
-                        len(rows), "eval.jsonl", "greedy", 8, 4, 42, "terms.txt", "cpu", 1, "0 of 12 prompts were seen")
+                        len(rows), "eval.jsonl", "greedy", 8, 4, 42, "terms.txt", "cpu", 1, "0 of 12 prompts were seen",
+                        "cmmlu; 0-shot")
     chart = tmp_path_factory.mktemp("chart") / "chart.png"
     plot_aggregate(chart, aggregate)
     return render(Report(settings, aggregate, TIMING, rows), chart.read_bytes())
@@ -49,7 +61,8 @@ def test_the_report_is_responsive_by_construction(page):
                          for f in fonts if "," in f)
     assert '"Noto Sans CJK SC"' in CJK_FONTS and '"Microsoft YaHei"' in CJK_FONTS
     # the figures tables scroll in their own box, never the page
-    assert page.count('<div class="wide"><table class="figures">') == page.count('<table class="figures">') == 2
+    # (metrics, departments, the knowledge check's groups, subjects and changed answers)
+    assert page.count('<div class="wide"><table class="figures') == page.count('<table class="figures') == 5
     assert re.search(r"\.wide\{[^}]*overflow-x:auto", style)
     # the answers table reflows into cards on a narrow screen, each cell labelled with its column
     narrow = style.split(f"@media (max-width:{NARROW - 1}px)")[1]

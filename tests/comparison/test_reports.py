@@ -105,8 +105,8 @@ def test_a_comparison_scores_before_it_writes_and_writes_whole(trained, tmp_path
     job = Comparison(compare_config(run, "--output", str(folder)))
     trained_run = job.load_run()
     prompts = job.load_prompts(trained_run)
-    loaded = job.load_model(trained_run, prompts)
-    report = job.score(trained_run, prompts, loaded, job.generate(loaded))
+    loaded = job.load_model(trained_run, prompts, None)
+    report = job.score(trained_run, prompts, loaded, job.generate(loaded, None), None)
     summary = summary_lines(report.aggregate, report.timing, prompts.notes)
     assert summary[0].startswith("VERDICT") and not list(folder.glob("chatglm_comparison.*"))  # before any file
 

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from glmtune.comparison.generation import Generated
+from glmtune.comparison.knowledge import Exam, SideExam, summarize
+from glmtune.data.benchmarks import Question
 from glmtune.comparison.html_report import render
 from glmtune.comparison.report import Both, Report, Settings, SideTiming, Timing
 from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon, answer_flags, char_bleu4, rouge_zh
@@ -142,6 +144,40 @@ def test_verdict_no_difference(lexicon):
     assert "wins 15, ties 0, losses 15 of 30" in aggregate.verdict.sentences[0]
 
 
+def exam(medical: tuple[int, int], general: tuple[int, int], n: int = 200):
+    """The knowledge check's results where of `n` questions per group the base gets the first number
+    right and the fine-tuned model the second (the right ones first on both sides)."""
+    questions = [Question(f"t/{g}/{i}", g, g, "题", {"A": "甲", "B": "乙", "C": "丙", "D": "丁"}, "A")
+                 for g in ("medical", "general") for i in range(n)]
+    base = [("A" if i < right else "B") for right, _ in (medical, general) for i in range(n)]
+    tuned = [("A" if i < right else "C") for _, right in (medical, general) for i in range(n)]
+    return summarize(Exam(questions, [""] * len(questions), ["t"], 0), "glm3", SideExam(base, [], 1.0),
+                     SideExam(tuned, [], 1.0))
+
+
+def test_a_fine_tune_that_forgets_is_never_plainly_helped(lexicon):
+    forgot = exam(medical=(60, 62), general=(100, 80))  # -10 points of general knowledge
+    _, closer = score(samples([(POOR, GOOD)] * 25 + [(GOOD, GOOD)] * 5), lexicon, knowledge=forgot)
+    assert closer.verdict.headline.startswith("MIXED: answers closer to the references, but forgot general "
+                                              "knowledge (-10.0 [")
+    assert "forgot general knowledge: general exam accuracy 50.0% → 40.0%, -10.0 [" in "\n".join(closer.verdict.sentences)
+    pairs = [(GOOD, POOR), (POOR, GOOD)] * 15
+    _, alike = score(samples(pairs), lexicon, knowledge=forgot)
+    assert alike.verdict.headline.startswith("HURT: forgot general knowledge")
+    assert any(s.startswith("no reliable change in medical knowledge: medical exam accuracy 30.0% → 31.0%")
+               for s in alike.verdict.sentences)
+
+
+def test_medicine_learned_helps_where_the_answers_alone_cannot_tell(lexicon):
+    learned = exam(medical=(50, 80), general=(100, 100))
+    pairs = [(GOOD, POOR), (POOR, GOOD)] * 15
+    _, aggregate = score(samples(pairs), lexicon, knowledge=learned)
+    assert aggregate.verdict.headline.startswith("HELPED: knows more medicine (+15.0 [")
+    assert "no reliable change in general knowledge" in "\n".join(aggregate.verdict.sentences)
+    _, unchanged = score(samples(pairs), lexicon, knowledge=exam(medical=(50, 50), general=(100, 100)))
+    assert unchanged.verdict.headline.startswith("NO RELIABLE DIFFERENCE")
+
+
 def test_degenerate_side_never_reads_as_an_improvement(lexicon):
     # the tuned side prints punctuation, yet its (teacher-forced) perplexity fell: still not helped
     data = samples([(POOR, "，。" * 30)] * 27)
@@ -204,7 +240,7 @@ def test_html_report_parses_and_holds_every_prompt(lexicon):
     pairs = [(POOR, GOOD), (GOOD, "<script>alert(1)</script> & 头痛\x1b[31m"), ("", "，。")] * 67  # 201 prompts
     rows, aggregate = score(samples(pairs, departments=("心血管内科", "儿科", None)), lexicon)
     settings = Settings("run", "tiny", "fp32", "eager", "glm3", 201, "eval.txt", "greedy", 8, 4, 42, "terms.txt", "cpu",
-                        1, "0 of 201 prompts were seen in training")
+                        1, "0 of 201 prompts were seen in training", "none (no --benchmark)")
     page = render(Report(settings, aggregate, TIMING, rows), b"\x89PNG fake")
     parser = Cells()
     parser.feed(page)
