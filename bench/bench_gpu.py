@@ -424,7 +424,8 @@ def part_knowledge(args, ckpt: Path, shared: Path) -> dict:
         wall, report = compare_process(adapter, args.workdir / f"knowledge_{label}", ["--benchmark", str(cmmlu), *flags])
         k = report["aggregate"]["knowledge"]
         seconds = k["seconds"]["base"] + k["seconds"]["tuned"]
-        results[label] = {"process_wall_s": wall, "weights": report["timing"]["weights"], "questions": k["questions"],
+        results[label] = {"device": report["settings"]["device"], "date": time.strftime("%Y-%m-%d"),
+                          "process_wall_s": wall, "weights": report["timing"]["weights"], "questions": k["questions"],
                           "base_s": k["seconds"]["base"], "tuned_s": k["seconds"]["tuned"], "check_s": seconds,
                           "questions_per_s": 2 * k["questions"] / seconds,
                           "generation_s": report["timing"]["base"]["wall_s"] + report["timing"]["tuned"]["wall_s"],
