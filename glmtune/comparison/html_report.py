@@ -1,6 +1,9 @@
 """The comparison as one self-contained HTML page (no server, no network: styles, script and chart
-inline): the verdict, the metrics with directions and intervals, departments, the chart, and every
-prompt with its reference and both answers side by side, sortable and filterable."""
+inline): the verdict, the metrics with directions and intervals, departments, the knowledge check,
+the blind review's results, the chart, and every prompt with its reference and both answers side by
+side, sortable and filterable. Its second view is the blind review itself (`#review`): one prompt at
+a time, the answers as "Answer 1" and "Answer 2" in `review.first`'s order, ratings kept in the
+browser's local storage under the report's id and downloaded as a JSON file for `--ratings`."""
 
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ from pathlib import Path
 
 from ..core.files import write_atomic
 from ..core.terminal import printable
-from .report import NO_BENCHMARK_SETTING, SCORING_NOTE, SIDES, Answer, Knowledge, Report, Row
-from .scoring import (DEPARTMENT_COLUMNS, GROUP_COLUMNS, METRIC_COLUMNS, NO_BENCHMARK, SUBJECT_COLUMNS,
-                      accuracy_rows, department_rows, distinct_line, flag_line, knowledge_head, metric_rows,
-                      timing_lines)
+from .report import NO_BENCHMARK_SETTING, SCORING_NOTE, SIDES, Answer, Knowledge, Report, Review, Row
+from .review import FORMAT, first
+from .scoring import (DEPARTMENT_COLUMNS, GROUP_COLUMNS, METRIC_COLUMNS, NO_BENCHMARK, NO_REVIEW, REVIEW_COLUMNS,
+                      SUBJECT_COLUMNS, accuracy_rows, agreement_line, department_rows, disagreement_lines,
+                      distinct_line, flag_line, knowledge_head, metric_rows, preference_rows, timing_lines)
 
 # Chinese text needs a CJK font: per character the browser takes the first font in the list that has the
 # glyph, so these come before the generic family, which without one draws boxes (tofu).
@@ -74,6 +78,24 @@ table.changed div.text{{max-height:6em;overflow-y:auto;white-space:pre-wrap;over
  table.answers tbody td:nth-child(n+3):nth-child(-n+6)::before{{display:block}}
 }}
 @media (max-width:600px){{body{{margin:12px auto;padding:0 10px}}table.figures th,table.figures td{{padding:3px 6px}}}}
+nav.modes{{display:flex;gap:6px;margin:10px 0}}nav.modes a{{padding:5px 12px;border:1px solid #bcccdc;border-radius:4px;
+ text-decoration:none;color:#243b53}}nav.modes a.on{{background:#243b53;color:#fff;border-color:#243b53}}
+#review-view{{max-width:1200px}}#review-view .bar{{display:flex;flex-wrap:wrap;gap:8px 16px;align-items:center;margin:8px 0}}
+#review-view progress{{width:min(240px,100%)}}
+#review-view .prompt{{background:#f0f4f8;border-radius:6px;padding:10px 12px;white-space:pre-wrap;overflow-wrap:anywhere}}
+#review-view .pair{{display:grid;grid-template-columns:1fr 1fr;gap:12px;margin:12px 0}}
+#review-view .answer{{border:2px solid #d9e2ec;border-radius:6px;padding:8px 12px;min-width:0}}
+#review-view .answer.picked{{border-color:#2f7ed8;background:#f5f9ff}}
+#review-view .answer h3{{margin:0 0 6px;font-size:14px}}#review-view .answer .label{{color:#b42318;font-weight:600}}
+#review-view .answer div.text{{white-space:pre-wrap;overflow-wrap:anywhere;max-height:60vh;overflow-y:auto}}
+#review-view .choices{{display:flex;flex-wrap:wrap;gap:8px;position:sticky;bottom:0;background:#fff;padding:8px 0;
+ border-top:1px solid #d9e2ec}}#review-view code{{white-space:nowrap}}
+#review-view button{{font:inherit;padding:6px 12px;border:1px solid #829ab1;border-radius:4px;background:#fff;cursor:pointer}}
+#review-view button[aria-pressed=true]{{background:#2f7ed8;color:#fff;border-color:#2f7ed8}}
+#review-view textarea{{width:100%;min-height:3em;margin:8px 0;font:inherit}}
+#review-view kbd{{border:1px solid #bcccdc;border-radius:3px;padding:0 4px;font-size:11px}}
+#review-view form{{margin:12px 0}}#review-view input[type=text]{{font:inherit;padding:4px;width:min(260px,100%)}}
+@media (max-width:700px){{#review-view .pair{{grid-template-columns:1fr}}}}
 """
 
 
@@ -98,6 +120,63 @@ function filter(){const q=search.value.trim().toLowerCase();let shown=0;
 search.addEventListener('input',filter);onlyFlagged.addEventListener('change',filter);
 const chart=document.querySelector('.chart img');
 if(chart)chart.addEventListener('click',()=>chart.classList.toggle('full'));
+"""
+
+# The blind review: one prompt at a time from the embedded data, ratings in localStorage under the
+# report's id (so a reload, or coming back another day in the same browser, keeps them).
+REVIEW_SCRIPT = """
+const data=JSON.parse(document.getElementById('review-data').textContent);
+const $=id=>document.getElementById(id),KEY='glmtune-review:'+data.report,NAME='glmtune-reviewer';
+const state=Object.assign({reviewer:localStorage.getItem(NAME)||'',ratings:{},at:0},
+  JSON.parse(localStorage.getItem(KEY)||'{}'));
+const save=()=>localStorage.setItem(KEY,JSON.stringify(state));
+const count=()=>data.prompts.filter(p=>state.ratings[p.id]).length;
+function show(i){
+  state.at=Math.max(0,Math.min(data.prompts.length-1,i));save();
+  const p=data.prompts[state.at],r=state.ratings[p.id],reveal=$('rv-reveal').checked;
+  $('rv-pos').textContent=state.at+1;$('rv-prompt').textContent=p.prompt;
+  $('rv-reference').hidden=!$('rv-show-ref').checked;$('rv-ref-text').textContent=p.reference??'(no reference answer)';
+  [1,2].forEach(k=>{$('rv-a'+k).textContent=p.answers[k-1]||'(empty)';
+    $('rv-l'+k).textContent=reveal?(p.labels[k-1]==='tuned'?'fine-tuned':'base'):'';
+    $('rv-box'+k).classList.toggle('picked',!!r&&r.choice===String(k));});
+  document.querySelectorAll('#review-view [data-choice]').forEach(b=>b.setAttribute('aria-pressed',String(!!r&&r.choice===b.dataset.choice)));
+  $('rv-note').value=r?r.note:'';$('rv-count').textContent=count();$('rv-bar').value=count();
+  $('rv-dept').textContent=p.department?' · '+p.department:'';}
+function choose(choice){
+  const p=data.prompts[state.at];
+  state.ratings[p.id]={choice,note:$('rv-note').value.trim(),at:new Date().toISOString()};save();
+  show(state.at+1<data.prompts.length?state.at+1:state.at);}
+function next(){const i=data.prompts.findIndex((p,j)=>j>state.at&&!state.ratings[p.id]);
+  const k=i>=0?i:data.prompts.findIndex(p=>!state.ratings[p.id]);show(k>=0?k:state.at);}
+function named(){const has=!!state.reviewer;$('rv-name-form').hidden=has;$('rv-main').hidden=!has;
+  $('rv-who').textContent=state.reviewer;if(!has)$('rv-name').focus();}
+$('rv-name-form').addEventListener('submit',e=>{e.preventDefault();const v=$('rv-name').value.trim();if(!v)return;
+  state.reviewer=v;localStorage.setItem(NAME,v);save();named();show(state.at);});
+$('rv-rename').addEventListener('click',()=>{$('rv-name').value=state.reviewer;state.reviewer='';named();});
+document.querySelectorAll('#review-view [data-choice]').forEach(b=>b.addEventListener('click',()=>choose(b.dataset.choice)));
+$('rv-prev').addEventListener('click',()=>show(state.at-1));$('rv-next').addEventListener('click',()=>show(state.at+1));
+$('rv-unrated').addEventListener('click',next);
+['rv-reveal','rv-show-ref'].forEach(id=>$(id).addEventListener('change',()=>show(state.at)));
+$('rv-note').addEventListener('input',()=>{const r=state.ratings[data.prompts[state.at].id];
+  if(r){r.note=$('rv-note').value.trim();save();}});
+$('rv-download').addEventListener('click',()=>{
+  const out={format:data.format,report:data.report,reviewer:state.reviewer,saved:new Date().toISOString(),
+    ratings:data.prompts.filter(p=>state.ratings[p.id]).map(p=>({prompt:p.id,choice:state.ratings[p.id].choice,
+      note:state.ratings[p.id].note}))};
+  const a=document.createElement('a');
+  a.href=URL.createObjectURL(new Blob([JSON.stringify(out,null,1)],{type:'application/json'}));
+  a.download='ratings-'+state.reviewer.replace(/[^\\w\u4e00-\u9fff-]+/g,'_')+'-'+data.report.slice(0,8)+'.json';
+  document.body.appendChild(a);a.click();a.remove();});
+function mode(){const review=location.hash==='#review';
+  $('report-view').hidden=review;$('review-view').hidden=!review;
+  document.querySelectorAll('nav.modes a').forEach(a=>a.classList.toggle('on',(a.hash==='#review')===review));
+  if(review){named();show(state.at);}}
+addEventListener('hashchange',mode);mode();
+document.addEventListener('keydown',e=>{
+  if($('review-view').hidden||!state.reviewer||e.target.matches('textarea,input')||e.ctrlKey||e.metaKey||e.altKey)return;
+  if(['1','0','2'].includes(e.key)){choose(e.key);e.preventDefault();}
+  else if(e.key==='ArrowRight'){show(state.at+1);e.preventDefault();}
+  else if(e.key==='ArrowLeft'){show(state.at-1);e.preventDefault();}});
 """
 
 
@@ -170,6 +249,57 @@ def _knowledge(knowledge: Knowledge | None, asked: bool) -> str:
             f'</tr></thead><tbody>{changed}</tbody></table></div></details>')
 
 
+def _review_results(review: Review | None) -> str:
+    """The review's results in the report view, or how to start one."""
+    if review is None:
+        return f'<h2>Blind review</h2><p class="meta">{escape(NO_REVIEW)}</p>'
+    return (f'<h2>Blind review</h2><div class="meta">{len(review.ratings)} ratings by {escape(", ".join(review.reviewers))}; '
+            "a prompt scores the mean of its ratings (fine-tuned 1, tie 1/2, base 0)</div>"
+            f"{_table(REVIEW_COLUMNS, preference_rows([review.overall, *review.departments]))}"
+            f"<p>{escape(agreement_line(review))}</p><pre>{escape(chr(10).join(disagreement_lines(review)))}</pre>")
+
+
+def _review_data(report: Report) -> str:
+    """The blind review's prompts as JSON inside a script element, with <, > and & as JSON escapes:
+    no answer can end the element or open another."""
+    prompts = []
+    for r in report.rows:
+        order = (first(report.settings.report_id, r.id),)
+        order += tuple(s for s in SIDES if s != order[0])
+        prompts.append({"id": r.id, "prompt": r.prompt, "reference": r.reference, "department": r.department,
+                        "answers": [r.answers[side].text for side in order], "labels": list(order)})
+    data = {"format": FORMAT, "report": report.settings.report_id, "prompts": prompts}
+    text = json.dumps(data, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+REVIEW_VIEW = """<section id="review-view" hidden>
+<form id="rv-name-form" hidden><label>Your name, saved with your ratings: <input type="text" id="rv-name"
+ maxlength="60" autocomplete="name"></label> <button type="submit">start</button></form>
+<div id="rv-main" hidden>
+<div class="bar"><span>reviewer <b id="rv-who"></b> <button type="button" id="rv-rename">change</button></span>
+<span><progress id="rv-bar" max="{n}" value="0"></progress> <span id="rv-count">0</span> of {n} rated</span>
+<span>prompt <b id="rv-pos">1</b> of {n}<span id="rv-dept"></span></span></div>
+<div class="prompt" id="rv-prompt"></div>
+<div id="rv-reference" hidden><h3>Reference answer</h3><div class="prompt" id="rv-ref-text"></div></div>
+<div class="pair"><div class="answer" id="rv-box1"><h3>Answer 1 <span class="label" id="rv-l1"></span></h3>
+<div class="text" id="rv-a1"></div></div><div class="answer" id="rv-box2"><h3>Answer 2 <span class="label"
+ id="rv-l2"></span></h3><div class="text" id="rv-a2"></div></div></div>
+<div class="choices"><button type="button" data-choice="1" aria-pressed="false">Answer 1 is better <kbd>1</kbd></button>
+<button type="button" data-choice="0" aria-pressed="false">Tie <kbd>0</kbd></button>
+<button type="button" data-choice="2" aria-pressed="false">Answer 2 is better <kbd>2</kbd></button></div>
+<textarea id="rv-note" maxlength="500" placeholder="a short note (optional)"></textarea>
+<div class="bar"><button type="button" id="rv-prev">← previous</button><button type="button" id="rv-next">next →</button>
+<button type="button" id="rv-unrated">next unrated</button>
+<label><input type="checkbox" id="rv-show-ref"> show the reference answer</label>
+<label><input type="checkbox" id="rv-reveal"> reveal which answer is which</label>
+<button type="button" id="rv-download">download ratings</button></div>
+<p class="meta">The order of the two answers is drawn per prompt. Keys: <kbd>1</kbd> <kbd>0</kbd> <kbd>2</kbd> rate and
+move on, <kbd>←</kbd> <kbd>→</kbd> move. Ratings stay in this browser until you download them; then:
+<code>glmtune compare --adapter ADAPTER --ratings FILE</code></p></div>
+</section>"""
+
+
 def render(report: Report, chart_png: bytes | None) -> str:
     settings, aggregate, rows = report.settings, report.aggregate, report.rows
     verdict = aggregate.verdict
@@ -201,6 +331,9 @@ def render(report: Report, chart_png: bytes | None) -> str:
 <div class="meta">adapter {escape(settings.adapter)} · base {escape(settings.base_model)} ·
 {aggregate.prompts} prompts from {escape(settings.prompt_source)} · {escape(settings.decoding)}
 decoding, at most {settings.max_new_tokens} new tokens · {escape(settings.device)}</div>
+<nav class="modes"><a href="#report">Report</a><a href="#review">Blind review</a></nav>
+{REVIEW_VIEW.format(n=len(rows))}
+<main id="report-view">
 <div class="verdict {tone}"><b>{escape(verdict.headline)}</b><ul>{sentences}</ul></div>
 <h2>Metrics</h2>{_table(METRIC_COLUMNS, metric_rows(aggregate))}
 <p>{escape(flag_line(aggregate))}<br>{escape(distinct_line(aggregate))}</p>
@@ -208,6 +341,7 @@ decoding, at most {settings.max_new_tokens} new tokens · {escape(settings.devic
 "rel." is the difference relative to the base mean.</div>
 {"<h2>By department (ROUGE-L)</h2>" + _table(DEPARTMENT_COLUMNS, departments) if departments else ""}
 {_knowledge(aggregate.knowledge, settings.benchmark != NO_BENCHMARK_SETTING)}
+{_review_results(aggregate.review)}
 {chart}
 <h2>Every prompt</h2>
 <div class="controls"><input type="search" id="search" placeholder="filter by any text">
@@ -218,7 +352,9 @@ decoding, at most {settings.max_new_tokens} new tokens · {escape(settings.devic
 </tbody></table>
 <h2>Timing</h2><pre>{escape(chr(10).join(timing_lines(report.timing)))}</pre>
 <h2>Settings</h2><pre>{settings_json}</pre>
-<script>{SCRIPT}</script>
+</main>
+<script type="application/json" id="review-data">{_review_data(report)}</script>
+<script>{SCRIPT}{REVIEW_SCRIPT}</script>
 </body></html>
 """
 

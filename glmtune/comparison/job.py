@@ -285,7 +285,7 @@ class Comparison:
             max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=c.seed, terms_file=str(run.terms_file),
             device=device.name(), processes=distributed.world_size(), seen_in_training=prompts.overlap,
             benchmark=benchmark_setting(c))
-        return Report(settings, aggregate, timing, rows)
+        return Report(settings, aggregate, timing, rows, prompts.notes)
 
     def write(self, report: Report, summary: list[str]) -> None:
         """The log (opening with `summary`), the JSON report, the chart and the HTML report, each
@@ -425,10 +425,79 @@ def report_folder(config: CompareConfig) -> Path:
     return config.adapter / "comparison" if config.output is None else place(config.output)
 
 
+def reviewed_report(config: CompareConfig) -> Path:
+    """The report folder the ratings belong to: --output, or the one of ADAPTER/comparison,
+    comparison-2, ... whose report id the first ratings file names."""
+    import json
+
+    if config.output is not None:
+        return place(config.output)
+    try:
+        wanted = json.loads(config.ratings[0].read_text(encoding="utf-8")).get("report")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        wanted = None  # read_ratings says what is wrong with the file
+    looked = []
+    for folder in numbered(config.adapter / "comparison"):
+        report = folder / f"{STEM}.json"
+        if not report.is_file():
+            break
+        looked.append(folder)
+        try:
+            if json.loads(report.read_text(encoding="utf-8"))["settings"].get("report_id") == wanted:
+                return folder
+        except (OSError, UnicodeDecodeError, ValueError, KeyError):
+            continue
+    if not looked:
+        raise DataError(f"{config.adapter} has no comparison report to fold ratings into; run glmtune compare --adapter "
+                        f"{config.adapter} first, or pass --output REPORT_FOLDER")
+    raise DataError(f"{config.ratings[0]}: these ratings are for a report that is not in {few(looked)}; pass the "
+                    "report's folder with --output")
+
+
+def fold_ratings(config: CompareConfig, show: Callable[[list[str]], None]) -> Report:
+    """--ratings: reviewers' ratings folded into a finished comparison's verdict, no model loaded; its
+    log, JSON and HTML rewritten in place, each atomically, the JSON (which keeps every rating) last."""
+    import json
+
+    from .html_report import write_html
+    from .review import fold
+    from .scoring import rejudge, summary_lines, write_log, write_report
+
+    folder = reviewed_report(config)
+    json_report = folder / f"{STEM}.json"
+    if not json_report.is_file():
+        raise DataError(f"{folder}: no {json_report.name}; pass the folder of a comparison report with --output")
+    held = claim(folder, "folding ratings into the report")
+    try:
+        try:
+            data = json.loads(json_report.read_text(encoding="utf-8"))
+            report = Report.from_json(data)
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{json_report}: not a report this version of glmtune can read ({type(err).__name__}: "
+                            f"{err}); run the comparison again") from None
+        if "report_id" not in data["settings"]:
+            raise DataError(f"{json_report}: written before reports had a blind review; run the comparison again")
+        report = rejudge(report, fold(report, config.ratings))
+        summary = summary_lines(report.aggregate, report.timing, report.notes,
+                                hint=report.settings.benchmark == NO_BENCHMARK_SETTING)
+        write_log(folder / f"{STEM}.log", report, summary, config.examples)
+        write_html(folder / f"{STEM}.html", report, folder / f"{STEM}.png")
+        write_report(json_report, report)
+    finally:
+        held.abandon()  # the lock file goes too: the folder holds the report's files alone again
+    show([*summary, f"updated {folder}/: {STEM}.log, {STEM}.json, {STEM}.html"])
+    return report
+
+
 def comparison(config: CompareConfig, show: Callable[[list[str]], None]) -> Compared | None:
     """Every stage of a comparison, in order; `show` gets what the command prints, as it is known.
-    With --chat, a conversation after the first stage instead (None)."""
+    With --chat, a conversation after the first stage instead (None); with --ratings, the ratings
+    folded into an earlier report instead (None), no model loaded."""
     from .scoring import side_by_side, summary_lines
+
+    if config.ratings:
+        fold_ratings(config, show)
+        return None
 
     with Comparison(config) as job:  # on leaving: the run folder free again, no half-written report
         run = job.load_run()  # the training run: base model, quantization, prompt layout

@@ -7,7 +7,12 @@ A new metric is one line in METRICS and its computation in `scoring.score_answer
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
+import hashlib
+import types
+import typing
+import uuid
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from .verdict import Interval, Verdict
@@ -73,6 +78,10 @@ class Answer:
     def to_json(self) -> dict:
         return {"answer": self.text, "flags": self.flags, **self.scores}
 
+    @classmethod
+    def from_json(cls, data: dict) -> Answer:
+        return cls(data["answer"], data["flags"], {m.key: data.get(m.key) for m in METRICS})
+
 
 @dataclass(frozen=True)
 class Change:
@@ -90,10 +99,21 @@ class Row:
     answers: Both[Answer]
     change: Change
 
+    @property
+    def id(self) -> str:
+        """The prompt's name in reviewers' ratings: its number and a digest of its text, so that a
+        rating never lands on another prompt that happens to have the same number."""
+        return f"p{self.index + 1}-{hashlib.sha256(self.prompt.encode()).hexdigest()[:8]}"
+
     def to_json(self) -> dict:
-        return {"index": self.index, "prompt": self.prompt, "reference": self.reference,
+        return {"index": self.index, "id": self.id, "prompt": self.prompt, "reference": self.reference,
                 "department": self.department, **{side: self.answers[side].to_json() for side in SIDES},
                 "change": asdict(self.change)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Row:
+        return cls(data["index"], data["prompt"], data["reference"], data["department"],
+                   Both(*(Answer.from_json(data[side]) for side in SIDES)), Change(**data["change"]))
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,65 @@ class Knowledge:
 
 
 @dataclass(frozen=True)
+class Rating:
+    """One reviewer's blind choice on one prompt, unblinded."""
+    reviewer: str
+    prompt: str  # the prompt's id (Row.id)
+    better: str  # "base", "tie" or "tuned"
+    note: str
+    source: str  # the ratings file it was folded in from
+
+
+@dataclass(frozen=True)
+class Preference:
+    """The reviewers' preference over a set of prompts: each prompt scores the mean of its ratings
+    (fine-tuned preferred 1, tie 1/2, base 0); `share` is the mean over prompts in percent, and
+    `difference` its distance from an even 50% with a bootstrap interval over prompts."""
+    name: str  # "all prompts", or the department
+    prompts: int
+    tuned: int  # ratings preferring each side, and ties
+    ties: int
+    base: int
+    share: float
+    difference: Interval | None
+
+    def share_text(self) -> str:
+        """'68% [55%, 80%]', or '68%' without an interval."""
+        d = self.difference
+        if d is None or d.low is None or d.high is None:
+            return f"{self.share:.0f}%"
+        return f"{self.share:.0f}% [{50 + d.low:.0f}%, {50 + d.high:.0f}%]"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    measure: str  # "Cohen's kappa" (two reviewers) or "Fleiss' kappa" (more)
+    value: float | None  # None where it is undefined: every rating the same
+    prompts: int  # the prompts every reviewer counted here rated
+    reviewers: int
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A prompt where the reviewers and ROUGE-L point opposite ways."""
+    index: int
+    prompt: str
+    reviewers: float  # the reviewers' mean: +1 fine-tuned preferred, 0 tie, -1 base
+    rouge: float  # tuned - base ROUGE-L
+
+
+@dataclass(frozen=True)
+class Review:
+    """The blind A/B review folded into the report (`review.fold`)."""
+    reviewers: list[str]
+    ratings: list[Rating]  # every rating folded in so far, the latest per reviewer and prompt
+    overall: Preference
+    departments: list[Preference]  # largest first
+    agreement: Agreement | None  # None with one reviewer, or no prompt rated by every reviewer
+    disagreements: list[Disagreement]  # strongest first
+
+
+@dataclass(frozen=True)
 class Aggregate:
     """Everything measured over all prompts."""
     prompts: int
@@ -204,6 +283,7 @@ class Aggregate:
     distinct: Both[Distinct]
     departments: list[DepartmentResult]  # largest first; empty without references
     knowledge: Knowledge | None = None  # None without --benchmark
+    review: Review | None = None  # None until reviewers' ratings are folded in (--ratings)
 
 
 @dataclass(frozen=True)
@@ -245,6 +325,7 @@ class Settings:
     processes: int
     seen_in_training: str
     benchmark: str  # the knowledge check's sources and shots, or why none ran
+    report_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names it in reviewers' ratings
 
 
 @dataclass(frozen=True)
@@ -253,7 +334,38 @@ class Report:
     aggregate: Aggregate
     timing: Timing
     rows: list[Row]
+    notes: tuple[str, ...] = ()  # what the verdict stands on (the prompts seen in training), said under it
 
     def to_json(self) -> dict:
         return {"settings": asdict(self.settings), "scoring": SCORING_NOTE, "aggregate": asdict(self.aggregate),
-                "timing": asdict(self.timing), "samples": [row.to_json() for row in self.rows]}
+                "timing": asdict(self.timing), "notes": list(self.notes),
+                "samples": [row.to_json() for row in self.rows]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Report:
+        """The report as `to_json` wrote it, its records whole again."""
+        return cls(_load(Settings, data["settings"]), _load(Aggregate, data["aggregate"]),
+                   _load(Timing, data["timing"]), [Row.from_json(r) for r in data["samples"]],
+                   tuple(data.get("notes", ())))
+
+
+def _load(kind, value):
+    """A JSON value as the type `kind` (a record, Both[...], a list, tuple or dict of them, optional
+    or plain) that asdict wrote it from."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return _load(next(a for a in args if a is not type(None)), value)
+    if origin is Both:
+        return Both(*(_load(args[0], value[side]) for side in SIDES))
+    if origin is list:
+        return [_load(args[0], v) for v in value]
+    if origin is tuple:
+        return tuple(value)
+    if origin is dict:
+        return {k: _load(args[1], v) for k, v in value.items()}
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind, globals())
+        return kind(**{f.name: _load(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.name in value})
+    return value

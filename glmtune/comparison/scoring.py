@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import dataclasses
 import json
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ from ..core.terminal import printable
 from .metrics import (FLAGS, Lexicon, answer_flags, change_rate, char_bleu4, char_len, distinct_n, is_degenerate,
                       prompt_overlap, rouge_zh, summarize)
 from .report import (METRICS, SCORING_NOTE, SIDES, Accuracy, Aggregate, Answer, Both, Change, DepartmentResult,
-                     Distinct, Knowledge, MetricResult, Report, Row, Stats, Timing)
+                     Distinct, Knowledge, MetricResult, Preference, Report, Review, Row, Stats, Timing)
 from .verdict import ROUGE_SCALE, batch_difference, decide, number, paired_interval, wins_ties_losses
 
 if TYPE_CHECKING:  # generation loads torch; scoring runs without it
@@ -214,6 +215,44 @@ def timing_lines(timing: Timing) -> list[str]:
     return lines
 
 
+REVIEW_COLUMNS = ("blind review", "prompts", "fine-tuned preferred [95% CI]", "fine-tuned", "ties", "base")
+NO_REVIEW = ("blind review: none yet; open the HTML report, choose Blind review, rate, download the ratings, then "
+             "glmtune compare --adapter ADAPTER --ratings FILE")
+
+
+def preference_rows(preferences: list[Preference]) -> list[tuple[str, ...]]:
+    return [(p.name, str(p.prompts), p.share_text(), str(p.tuned), str(p.ties), str(p.base)) for p in preferences]
+
+
+def agreement_line(review: Review) -> str:
+    a = review.agreement
+    if a is None:
+        return "agreement between reviewers: one reviewer, nothing to compare"
+    if not a.prompts:
+        return f"agreement between reviewers: no prompt was rated by all {a.reviewers}"
+    value = "undefined (every rating the same)" if a.value is None else f"{a.value:.2f}"
+    return f"agreement between reviewers: {a.measure} {value} over the {a.prompts} prompts all {a.reviewers} rated"
+
+
+def disagreement_lines(review: Review) -> list[str]:
+    if not review.disagreements:
+        return ["reviewers and ROUGE-L point the same way on every rated prompt (or it has no reference)"]
+    return ["reviewers and ROUGE-L disagree most on:",
+            *(f"  prompt {d.index + 1}: reviewers lean {'fine-tuned' if d.reviewers > 0 else 'base'} "
+              f"({d.reviewers:+.2f}), ROUGE-L favours {'fine-tuned' if d.rouge > 0 else 'base'} ({d.rouge:+.3f}): "
+              f"{printable(d.prompt)[:40]}" for d in review.disagreements)]
+
+
+def review_lines(review: Review) -> list[str]:
+    """The blind review's block: preference overall and per department, agreement, disagreements."""
+    names = ", ".join(review.reviewers)
+    return [f"blind review: {len(review.ratings)} ratings by {len(review.reviewers)} reviewer"
+            f"{'s' if len(review.reviewers) > 1 else ''} ({names}); a prompt scores the mean of its ratings "
+            "(fine-tuned 1, tie 1/2, base 0)",
+            *text_table(REVIEW_COLUMNS, preference_rows([review.overall, *review.departments])),
+            agreement_line(review), *disagreement_lines(review)]
+
+
 NO_BENCHMARK = ("knowledge check: not run; add --benchmark cmmlu (downloaded once) or --benchmark FOLDER to see "
                 "whether it learned medicine and forgot the rest (--benchmark none hides this line)")
 
@@ -223,9 +262,19 @@ def summary_lines(aggregate: Aggregate, timing: Timing, notes: tuple[str, ...] =
     metrics, departments, the knowledge check (or with `hint`, how to add one), timing."""
     departments = department_table(aggregate)
     knowledge = knowledge_lines(aggregate.knowledge) if aggregate.knowledge else [NO_BENCHMARK] if hint else []
+    review = review_lines(aggregate.review) if aggregate.review else [NO_REVIEW]
     return [*verdict_lines(aggregate), *(f"  - {n}" for n in notes), "", *metric_table(aggregate),
-            *([""] + departments if departments else []), *([""] + knowledge if knowledge else []), "",
+            *([""] + departments if departments else []), *([""] + knowledge if knowledge else []), "", *review, "",
             *timing_lines(timing)]
+
+
+def rejudge(report: Report, review: Review) -> Report:
+    """The report with the reviewers' ratings folded into its verdict: the same decision, now
+    weighing what people preferred too."""
+    a = report.aggregate
+    flags = Both.of(lambda side: [r.answers[side].flags for r in report.rows])
+    verdict = decide(a.prompts, a.metrics, a.rougeL_wins_ties_losses, flags, a.degenerate, a.knowledge, review)
+    return dataclasses.replace(report, aggregate=dataclasses.replace(a, verdict=verdict, review=review))
 
 
 def display_width(text: str) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from .metrics import FLAGS
 
 if TYPE_CHECKING:  # for annotations only: the report's records import this module
-    from .report import Accuracy, Both, Knowledge, MetricResult
+    from .report import Accuracy, Both, Knowledge, MetricResult, Preference, Review
 
 CONFIDENCE = 0.95
 RESAMPLES = 4000
@@ -80,22 +80,26 @@ def _pairs(base: list, tuned: list) -> list[tuple[float, float]]:
     return [(b, t) for b, t in zip(base, tuned) if b is not None and t is not None]
 
 
-def paired_interval(base: list, tuned: list, seed: int = 0) -> Interval | None:
-    """Bootstrap interval of the mean of tuned - base over the prompts where both have a value.
+def mean_interval(values: list[float], seed: int = 0) -> Interval | None:
+    """The mean of `values` (one per prompt) and its 95% percentile bootstrap interval over prompts.
     (scipy.stats.bootstrap does this too, but would be a 40 MB dependency for these lines.)"""
-    pairs = _pairs(base, tuned)
-    if not pairs:
+    if not values:
         return None
-    diffs = np.array([t - b for b, t in pairs], dtype=float)
-    if diffs.min() == diffs.max():  # one prompt, or all alike: resampling has nothing to vary
-        return Interval(float(diffs.mean()), None, None, len(diffs))
+    data = np.array(values, dtype=float)
+    if data.min() == data.max():  # one prompt, or all alike: resampling has nothing to vary
+        return Interval(float(data.mean()), None, None, len(data))
     rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(0, len(diffs), size=(RESAMPLES, len(diffs)))].mean(axis=1)
+    means = data[rng.integers(0, len(data), size=(RESAMPLES, len(data)))].mean(axis=1)
     alpha = (1 - CONFIDENCE) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
-    if low == high:  # differences a rounding apart: still nothing to vary, and no [x, x] to print
-        return Interval(float(diffs.mean()), None, None, len(diffs))
-    return Interval(float(diffs.mean()), float(low), float(high), len(diffs))
+    if low == high:  # values a rounding apart: still nothing to vary, and no [x, x] to print
+        return Interval(float(data.mean()), None, None, len(data))
+    return Interval(float(data.mean()), float(low), float(high), len(data))
+
+
+def paired_interval(base: list, tuned: list, seed: int = 0) -> Interval | None:
+    """Bootstrap interval of the mean of tuned - base over the prompts where both have a value."""
+    return mean_interval([t - b for b, t in _pairs(base, tuned)], seed)
 
 
 def batch_difference(base: list, tuned: list) -> Interval | None:
@@ -135,8 +139,8 @@ def _exam_shift(result: Accuracy) -> str:
             f"{result.n} questions (chance {result.chance:.1f}%)")
 
 
-def _moved(result: Accuracy | None) -> str:
-    """'up', 'down' or '' (no reliable change, or no such questions)."""
+def _moved(result: Accuracy | Preference | None) -> str:
+    """'up', 'down' or '' (no reliable change, or nothing measured)."""
     d = None if result is None else result.difference
     if d is None or not d.reliable:
         return ""
@@ -173,14 +177,26 @@ def _losses(knowledge: Knowledge | None) -> list[str]:
     return lost
 
 
+def review_sentence(review: Review) -> str:
+    """What the reviewers said: 'reviewers prefer the fine-tuned answers: 68% [55%, 80%] of 27 prompts ...'."""
+    pref = review.overall
+    said = {"up": "reviewers prefer the fine-tuned answers", "down": "reviewers prefer the base answers"}.get(
+        _moved(pref), "no reliable preference between the answers")
+    people = f"{len(review.reviewers)} reviewer{'s' if len(review.reviewers) > 1 else ''}"
+    ties = f"{pref.ties} tie{'s' if pref.ties != 1 else ''}"
+    return (f"{said}: fine-tuned preferred {pref.share_text()} over {pref.prompts} rated prompts ({pref.tuned} "
+            f"ratings for fine-tuned, {ties}, {pref.base} for base; {people}, ties count half)")
+
+
 def decide(n: int, metrics: dict[str, MetricResult], rouge_wtl: tuple | None, flags: Both[list[list[str]]],
-           degenerate: Both[int], knowledge: Knowledge | None = None) -> Verdict:
+           degenerate: Both[int], knowledge: Knowledge | None = None, review: Review | None = None) -> Verdict:
     """The verdict from the comparison's numbers.
 
     n: prompts compared. metrics: by metric key, both sides' means and the paired difference (None
     when not measured). rouge_wtl: ROUGE-L wins/ties/losses or None without references. flags:
     each answer's flags, per side. degenerate: degenerate answers, per side. knowledge: the exam's
-    results, or None without one. A fine-tune that lost knowledge is never plainly HELPED.
+    results, or None without one. review: the reviewers' blind preferences, or None. A fine-tune
+    that lost knowledge, or whose answers reviewers like less, is never plainly HELPED.
     """
     sentences: list[str] = []
     broken = degenerate.tuned >= DEGENERATE_SHARE * n  # even if the base's answers are as bad
@@ -224,6 +240,8 @@ def decide(n: int, metrics: dict[str, MetricResult], rouge_wtl: tuple | None, fl
     if truncated >= DEGENERATE_SHARE * n:
         sentences.append(f"{truncated} of {n} fine-tuned answers were cut off at the token limit; raise "
                          "--max-new-tokens to score whole answers")
+    if review is not None:
+        sentences.insert(1 if broken else 0, review_sentence(review))
     if knowledge is not None:
         sentences += knowledge_sentences(knowledge)
     if n < FEW_PROMPTS:
@@ -242,26 +260,31 @@ def decide(n: int, metrics: dict[str, MetricResult], rouge_wtl: tuple | None, fl
         answers = "HURT: fine-tuned answers are further from the reference answers"
     else:
         answers = "NO RELIABLE DIFFERENCE from the base model on these prompts"
-    return Verdict(_with_knowledge(answers, knowledge), sentences)
+    return Verdict(_headline(answers, knowledge, review), sentences)
 
 
-def _with_knowledge(answers: str, knowledge: Knowledge | None) -> str:
-    """The headline from the answers (`answers`: what they alone say) and the exam: knowledge lost
-    turns HELPED into MIXED and anything else into HURT; medicine learned turns a no-difference or
-    cannot-tell into HELPED, and HURT into MIXED."""
-    lost = _losses(knowledge)
+def _headline(answers: str, knowledge: Knowledge | None, review: Review | None) -> str:
+    """The headline from what the answers alone say (`answers`), the exam and the reviewers: gains
+    alone are HELPED, losses alone HURT, both MIXED; without either, what the answers say."""
+    gains, losses = [], list(_losses(knowledge))
+    if answers.startswith("HELPED"):
+        gains.append("answers closer to the references")
+    elif answers.startswith("HURT"):
+        losses.insert(0, "answers further from the references")
     medical = None if knowledge is None else knowledge.group("medical")
-    learned = f"knows more medicine ({medical.difference_text()})" if _moved(medical) == "up" else ""
-    closer, further = answers.startswith("HELPED"), answers.startswith("HURT")
-    if lost:
-        if closer:
-            return f"MIXED: answers closer to the references, but {' and '.join(lost)}"
-        return f"HURT: {' and '.join(lost)}" + ("; answers further from the references" if further else "")
-    if learned:
-        if closer:
-            return f"HELPED: answers closer to the references, and {learned}"
-        if further:
-            return f"MIXED: {learned}, but answers further from the references"
-        return f"HELPED: {learned}; " + ("no reliable difference in the answers" if answers.startswith("NO RELIABLE")
-                                         else answers.split(": ", 1)[1])
-    return answers
+    if _moved(medical) == "up":
+        gains.append(f"knows more medicine ({medical.difference_text()})")
+    if review is not None and _moved(review.overall):
+        preferred = "fine-tuned" if _moved(review.overall) == "up" else "base"
+        said = f"reviewers prefer the {preferred} answers ({review.overall.share_text()} fine-tuned)"
+        (gains if preferred == "fine-tuned" else losses).insert(0, said)
+    if (gains, losses) in (([], []), (["answers closer to the references"], []),
+                           ([], ["answers further from the references"])):
+        return answers  # the answers alone decide, in their own words
+    if gains and losses:
+        return f"MIXED: {' and '.join(gains)}, but {' and '.join(losses)}"
+    if losses:
+        return f"HURT: {' and '.join(losses)}"
+    rest = answers.split(": ", 1)[1] if answers.startswith("CANNOT TELL") else \
+        "no reliable difference from the references" if answers.startswith("NO RELIABLE") else ""
+    return f"HELPED: {' and '.join(gains)}" + (f"; {rest}" if rest else "")

@@ -83,8 +83,10 @@ def build_parser(cls, description: str, epilog: str | None = None, prog: str | N
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=meta["help"] + shown)
         if kind is bool:
             kwargs["action"] = "store_true"
-        elif typing.get_origin(kind) is list:
-            kwargs |= dict(action="append", metavar=meta["metavar"])
+        elif typing.get_origin(kind) is list:  # repeatable, and with nargs "+" several values after one flag too
+            item = typing.get_args(kind)[0]
+            kwargs |= dict(action="extend" if meta["nargs"] == "+" else "append", nargs=meta["nargs"],
+                           metavar=meta["metavar"], type=lambda text, item=item: from_text(item, text, False))
         else:
             def typed(text, kind=kind, optional=optional, normalize=meta["normalize"] or (lambda v: v)):
                 return from_text(kind, normalize(text), optional)
@@ -121,7 +123,7 @@ def reference(cls, only=None) -> list[str]:
         if kind is bool:
             value = "switch"
         elif typing.get_origin(kind) is list:
-            value = f"{meta['metavar']}, repeatable"
+            value = f"{meta['metavar']} [{meta['metavar']} ...]" if meta["nargs"] == "+" else f"{meta['metavar']}, repeatable"
         else:
             value = " | ".join(meta["choices"]) if meta["choices"] else meta["metavar"] or kind.__name__.lower()
             if meta["nargs"] == "?":

@@ -115,7 +115,8 @@ def convert(cls, f: dataclasses.Field, value):
             raise ValueError(f"must be true or false, not {value!r}")
         return value
     if typing.get_origin(kind) is list:
-        return [str(v) for v in (value if isinstance(value, list) else [value])]
+        item = typing.get_args(kind)[0]
+        return [from_text(item, str(v), False) for v in (value if isinstance(value, list) else [value])]
     if isinstance(value, (bool, list, dict)):
         raise ValueError(f"must be a {kind.__name__}, not {value!r}")
     if kind is int and isinstance(value, float):
@@ -350,6 +351,12 @@ class CompareConfig(Settings):
     benchmark_shots: int = opt(0, "worked examples from the benchmark's dev split before each question (K-shot)",
                                group="knowledge check")
     benchmark_questions: int = opt(0, "the first N questions of each subject (0 = all)", group="knowledge check")
+    # blind review
+    ratings: list[Path] = opt(help="fold reviewers' ratings (the JSON files the HTML report's blind review downloads) "
+                              "into that comparison's verdict: preference for the fine-tuned side with its interval, "
+                              "per department, agreement between reviewers; loads no model. The report is found by "
+                              "its id under ADAPTER/comparison* (or give --output)", group="blind review",
+                              metavar="FILE", nargs="+", factory=list)
     # chat
     chat: bool = opt(False, "talk with the fine-tuned model (streamed, multi-turn, ChatGLM3's chat layout) instead of "
                      "comparing; /base, /tuned, /both, /reset, /exit; reads one turn per line from a pipe too",
@@ -379,6 +386,11 @@ class CompareConfig(Settings):
         if self.terms_file is not None:
             check_file(self.terms_file, "terms_file")
         check_benchmarks(self.benchmark)
+        for path in self.ratings:
+            check_file(path, "ratings")
+        if self.ratings and (self.chat or self.prompt or self.data is not None or self.benchmark):
+            raise ConfigError("ratings", "folds reviewers' ratings into an earlier report and loads no model; drop "
+                                         "--chat, --prompt, --data and --benchmark")
         if self.chat and distributed.world_size() > 1:
             raise ConfigError("chat", "is one conversation in one process; start it with python, not torchrun or "
                                       "accelerate launch")

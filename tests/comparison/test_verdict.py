@@ -2,6 +2,7 @@
 crafted data, the verdict says helped / hurt / no difference when it should, and the HTML report
 holds every prompt."""
 
+import json
 import random
 import re
 from html.parser import HTMLParser
@@ -251,6 +252,10 @@ def test_html_report_parses_and_holds_every_prompt(lexicon):
     body = page.split("<table class=\"answers\">")[1].split("</table>")[0]
     assert "<script>alert(1)</script>" not in body and "头痛\\x1b[31m" in body  # text, never markup or escapes
     assert page.count("<script>") == 1 and "http" not in page.replace("http-equiv", "")  # no network
+    # the blind review's data: every prompt, an answer holding markup kept as text
+    data = json.loads(page.split('<script type="application/json" id="review-data">')[1].split("</script>")[0])
+    assert len(data["prompts"]) == 201 and data["report"] == settings.report_id
+    assert "<script>alert(1)</script> & 头痛\x1b[31m" in data["prompts"][1]["answers"]
     flagged = [r for r in parser.rows if r["attrs"].get("class") == "flagged"]
     assert len(flagged) == 67  # the ("", "，。") rows
 

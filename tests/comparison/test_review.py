@@ -1,0 +1,145 @@
+"""The blind review's arithmetic and its checks: the blind order, ratings unblinded, preference with
+ties counted half and its interval, agreement on hand-computed examples, a report read back whole,
+ratings from elsewhere refused, and the verdict weighing what people preferred."""
+
+import json
+from fractions import Fraction
+
+import pytest
+
+from glmtune.comparison.generation import Generated
+from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon
+from glmtune.comparison.report import Report, Settings, SideTiming, Timing
+from glmtune.comparison.review import FORMAT, cohen_kappa, first, fleiss_kappa, fold, unblind
+from glmtune.comparison.scoring import Sample, rejudge, score
+from glmtune.core.errors import DataError
+
+GOOD = "低盐饮食，规律服用降压药，监测血压，有胸痛及时就医。"
+POOR = "多喝热水，注意休息。"
+TIMING = Timing(SideTiming(1.0, 10, 10.0, None), SideTiming(1.0, 10, 10.0, None), 0.5, 0.1, False, 0.1, "fp32", "eager",
+                0.2)
+
+
+@pytest.fixture(scope="module")
+def lexicon():
+    return Lexicon.load(DEFAULT_LEXICON_PATH)
+
+
+def make_report(lexicon, pairs, departments=("心血管内科", "儿科")) -> Report:
+    samples = [Sample(f"问题{i}：高血压能喝咖啡吗？", GOOD, {"base": Generated(b, 10, 1.0, 0.1, True),
+                                                    "tuned": Generated(t, 10, 1.0, 0.1, True)},
+                      department=departments[i % len(departments)]) for i, (b, t) in enumerate(pairs)]
+    rows, aggregate = score(samples, lexicon)
+    settings = Settings("run", "tiny", "fp32", "eager", "glm3", len(rows), "eval.jsonl", "greedy", 8, 4, 42,
+                        "terms.txt", "cpu", 1, "0 of 30 prompts were seen in training", "none (no --benchmark)")
+    return Report(settings, aggregate, TIMING, rows, ("0 of 30 prompts were seen in training",))
+
+
+def ratings_file(path, report, reviewer, better: dict[int, str], report_id=None):
+    """A ratings file as the page downloads it: for prompt i the reviewer prefers better[i] (base,
+    tie or tuned), pressed as the key the blind order puts that side under."""
+    rid = report.settings.report_id
+    rows = {r.index: r for r in report.rows}
+    ratings = [{"prompt": rows[i].id, "note": "",
+                "choice": "0" if side == "tie" else "1" if first(rid, rows[i].id) == side else "2"}
+               for i, side in better.items()]
+    path.write_text(json.dumps({"format": FORMAT, "report": report_id or rid, "reviewer": reviewer,
+                                "ratings": ratings}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_the_blind_order_is_fixed_per_report_and_drawn_per_prompt():
+    order = [first("report-a", f"p{i}") for i in range(200)]
+    assert order == [first("report-a", f"p{i}") for i in range(200)]  # the page and the fold agree
+    assert 70 < order.count("tuned") < 130  # about half each way
+    assert order != [first("report-b", f"p{i}") for i in range(200)]
+    shown_first = first("r", "p1")
+    other = "base" if shown_first == "tuned" else "tuned"
+    assert [unblind("r", "p1", c) for c in "102"] == [shown_first, "tie", other]
+
+
+def test_preference_counts_ties_half_with_an_interval_over_prompts(lexicon, tmp_path):
+    report = make_report(lexicon, [(POOR, GOOD)] * 30)
+    better = {i: "tuned" if i < 20 else "tie" if i < 25 else "base" for i in range(30)}
+    review = fold(report, [ratings_file(tmp_path / "r.json", report, "张医生", better)])
+    overall = review.overall
+    assert (overall.prompts, overall.tuned, overall.ties, overall.base) == (30, 20, 5, 5)
+    assert overall.share == pytest.approx(75.0)
+    # per-prompt values 50 / 0 / -50 points from even: sd 38.2, standard error 7.0 points
+    assert 58 < 50 + overall.difference.low < 64 and 86 < 50 + overall.difference.high < 92
+    assert overall.difference.reliable
+    assert [(d.name, d.prompts) for d in review.departments] == [("儿科", 15), ("心血管内科", 15)]
+    assert review.agreement is None  # one reviewer
+
+
+def test_agreement_on_hand_computed_examples():
+    # Cohen: 50 prompts, both "tuned" 20, A tuned / B base 5, A base / B tuned 10, both base 15:
+    # observed 0.7, chance 0.5 * 0.6 + 0.5 * 0.4 = 0.5, kappa 0.4
+    a = ["tuned"] * 20 + ["tuned"] * 5 + ["base"] * 10 + ["base"] * 15
+    b = ["tuned"] * 20 + ["base"] * 5 + ["tuned"] * 10 + ["base"] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    assert cohen_kappa(["tie"] * 5, ["tie"] * 5) is None  # chance agreement is certain: undefined
+    # Fleiss, 3 raters: per-prompt agreement 1, 1/3, 1/3, 1 (mean 2/3); category shares 5/12, 3/12, 4/12
+    # (chance 50/144): kappa (2/3 - 25/72) / (1 - 25/72) = 23/47
+    items = [["tuned"] * 3, ["tuned", "tuned", "base"], ["base", "base", "tie"], ["tie"] * 3]
+    assert fleiss_kappa(items) == pytest.approx(float(Fraction(23, 47)))
+
+
+def test_two_reviewers_agree_and_later_ratings_replace_earlier_ones(lexicon, tmp_path):
+    report = make_report(lexicon, [(POOR, GOOD)] * 30)
+    first_pass = ratings_file(tmp_path / "a1.json", report, "甲", {i: "tuned" for i in range(30)})
+    review = fold(report, [first_pass])
+    report = rejudge(report, review)
+    # 甲 changes their mind on prompt 0 in a later session; 乙 rates 10 prompts
+    again = ratings_file(tmp_path / "a2.json", report, "甲", {0: "base"})
+    other = ratings_file(tmp_path / "b.json", report, "乙", {i: "tuned" if i % 2 else "tie" for i in range(10)})
+    review = fold(report, [again, other])
+    assert review.reviewers == ["甲", "乙"] and len(review.ratings) == 40
+    assert next(r for r in review.ratings if r.reviewer == "甲" and r.prompt == report.rows[0].id).better == "base"
+    assert review.agreement.measure == "Cohen's kappa" and review.agreement.prompts == 10
+    assert (review.overall.tuned, review.overall.ties, review.overall.base) == (34, 5, 1)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(report="0" * 32), r"r.json: these ratings are for report 00000000, not this one"),
+    (lambda d: d["ratings"].append({"prompt": "p99-deadbeef", "choice": "1"}),
+     r"r.json: ratings for prompts this report does not have \(p99-deadbeef\)"),
+    (lambda d: d.update(ratings=[]), r"r.json: no ratings in it"),
+    (lambda d: d.update(reviewer=" "), r"r.json: no reviewer name"),
+    (lambda d: d.pop("format"), r"r.json: not a ratings file of a glmtune report"),
+    (lambda d: d["ratings"][0].update(choice="3"), r"r.json: prompt p1-\w+ has choice '3'"),
+])
+def test_ratings_that_do_not_belong_are_refused_in_one_line(lexicon, tmp_path, change, message):
+    report = make_report(lexicon, [(POOR, GOOD)] * 4)
+    path = ratings_file(tmp_path / "r.json", report, "甲", {0: "tuned", 1: "base"})
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DataError, match=message) as refused:
+        fold(report, [path])
+    assert "\n" not in str(refused.value)
+
+
+def test_a_report_reads_back_whole_and_rejudged_without_ratings_says_the_same(lexicon):
+    report = make_report(lexicon, [(POOR, GOOD)] * 25 + [("", "，。")] * 5)
+    again = Report.from_json(json.loads(json.dumps(report.to_json())))
+    assert again == report
+    flags = [r.answers.tuned.flags for r in again.rows]
+    assert flags == [r.answers.tuned.flags for r in report.rows]
+
+
+def test_people_weigh_in_the_verdict(lexicon, tmp_path):
+    closer = make_report(lexicon, [(POOR, GOOD)] * 30)  # ROUGE-L: the fine-tuned side is closer
+    assert closer.aggregate.verdict.headline.startswith("HELPED: fine-tuned answers are closer")
+    disliked = rejudge(closer, fold(closer, [ratings_file(tmp_path / "r.json", closer, "甲",
+                                                          {i: "base" for i in range(30)})]))
+    assert disliked.aggregate.verdict.headline.startswith(
+        "MIXED: answers closer to the references, but reviewers prefer the base answers (0% fine-tuned)")
+    worst = disliked.aggregate.review.disagreements  # people against ROUGE-L, on every prompt
+    assert len(worst) == 5 and all(d.reviewers == -1 and d.rouge > 0 for d in worst)
+    alike = make_report(lexicon, [(GOOD, POOR), (POOR, GOOD)] * 15)
+    liked = rejudge(alike, fold(alike, [ratings_file(tmp_path / "s.json", alike, "甲",
+                                                     {i: "tuned" if i % 3 else "tie" for i in range(30)})]))
+    assert liked.aggregate.verdict.headline.startswith("HELPED: reviewers prefer the fine-tuned answers (83% [")
+    assert liked.aggregate.verdict.sentences[0].startswith("reviewers prefer the fine-tuned answers: fine-tuned "
+                                                           "preferred 83% [")
