@@ -25,11 +25,11 @@ def lexicon():
     return Lexicon.load(DEFAULT_LEXICON_PATH)
 
 
-def make_report(lexicon, pairs, departments=("心血管内科", "儿科")) -> Report:
+def make_report(lexicon, pairs, departments=("心血管内科", "儿科"), knowledge=None) -> Report:
     samples = [Sample(f"问题{i}：高血压能喝咖啡吗？", GOOD, {"base": Generated(b, 10, 1.0, 0.1, True),
                                                     "tuned": Generated(t, 10, 1.0, 0.1, True)},
                       department=departments[i % len(departments)]) for i, (b, t) in enumerate(pairs)]
-    rows, aggregate = score(samples, lexicon)
+    rows, aggregate = score(samples, lexicon, knowledge=knowledge)
     settings = Settings("run", "tiny", "fp32", "eager", "glm3", len(rows), "eval.jsonl", "greedy", 8, 4, 42,
                         "terms.txt", "cpu", 1, "0 of 30 prompts were seen in training", "none (no --benchmark)")
     return Report(settings, aggregate, TIMING, rows, ("0 of 30 prompts were seen in training",))
@@ -121,11 +121,17 @@ def test_ratings_that_do_not_belong_are_refused_in_one_line(lexicon, tmp_path, c
 
 
 def test_a_report_reads_back_whole_and_rejudged_without_ratings_says_the_same(lexicon):
-    report = make_report(lexicon, [(POOR, GOOD)] * 25 + [("", "，。")] * 5)
+    from glmtune.comparison.knowledge import Exam, SideExam, summarize
+    from glmtune.data.benchmarks import Question
+
+    questions = [Question(f"t/{g}/{i}", g, g, "题", {"A": "甲", "B": "乙"}, "A") for g in ("medical", "general")
+                 for i in range(20)]
+    exam = summarize(Exam(questions, [""] * 40, ["t"], 0), "glm3", SideExam(["A", "B"] * 20, [], 1.0),
+                     SideExam(["A"] * 40, [], 2.0))
+    report = make_report(lexicon, [(POOR, GOOD)] * 25 + [("", "，。")] * 5, knowledge=exam)
     again = Report.from_json(json.loads(json.dumps(report.to_json())))
-    assert again == report
-    flags = [r.answers.tuned.flags for r in again.rows]
-    assert flags == [r.answers.tuned.flags for r in report.rows]
+    assert again == report  # every record, the knowledge check's included
+    assert rejudge(again, None).aggregate.verdict == report.aggregate.verdict
 
 
 def test_people_weigh_in_the_verdict(lexicon, tmp_path):
@@ -143,3 +149,36 @@ def test_people_weigh_in_the_verdict(lexicon, tmp_path):
     assert liked.aggregate.verdict.headline.startswith("HELPED: reviewers prefer the fine-tuned answers (83% [")
     assert liked.aggregate.verdict.sentences[0].startswith("reviewers prefer the fine-tuned answers: fine-tuned "
                                                            "preferred 83% [")
+
+
+def test_folding_rewrites_the_report_in_place_and_keeps_what_is_not_its_own(lexicon, tmp_path):
+    from glmtune.comparison.html_report import write_html
+    from glmtune.comparison.job import fold_ratings
+    from glmtune.comparison.scoring import summary_lines, write_log, write_report
+    from glmtune.core.config import CompareConfig
+
+    report = make_report(lexicon, [(POOR, GOOD)] * 30)
+    adapter = tmp_path / "run"
+    folders = [adapter / "comparison", adapter / "comparison-2"]
+    for folder, written in zip(folders, [make_report(lexicon, [(POOR, GOOD)] * 3), report]):
+        folder.mkdir(parents=True)
+        write_log(folder / "chatglm_comparison.log", written, summary_lines(written.aggregate, written.timing), 5)
+        write_html(folder / "chatglm_comparison.html", written, None)
+        write_report(folder / "chatglm_comparison.json", written)
+    (folders[1] / "notes.txt").write_text("my notes", encoding="utf-8")
+    first_file = ratings_file(tmp_path / "a.json", report, "甲", {i: "tuned" for i in range(30)})
+    fold_ratings(CompareConfig(adapter=adapter, ratings=[first_file]), lambda lines: None)  # found by its id
+    second = ratings_file(tmp_path / "b.json", report, "乙", {i: "base" for i in range(5)})
+    fold_ratings(CompareConfig(adapter=adapter, ratings=[second]), lambda lines: None)
+    written = json.loads((folders[1] / "chatglm_comparison.json").read_text(encoding="utf-8"))
+    assert written["aggregate"]["review"]["reviewers"] == ["甲", "乙"] and len(written["aggregate"]["review"]["ratings"]) == 35
+    assert sorted(p.name for p in folders[1].iterdir()) == ["chatglm_comparison.html", "chatglm_comparison.json",
+                                                           "chatglm_comparison.log", "notes.txt"]  # no lock left
+    assert (folders[1] / "notes.txt").read_text(encoding="utf-8") == "my notes"
+    assert "blind review: 35 ratings by 2 reviewers" in (folders[1] / "chatglm_comparison.log").read_text("utf-8")
+    untouched = json.loads((folders[0] / "chatglm_comparison.json").read_text(encoding="utf-8"))
+    assert untouched["aggregate"]["review"] is None  # the other report keeps no rating of this one's
+    elsewhere = ratings_file(tmp_path / "c.json", report, "丙", {0: "tie"}, report_id="f" * 32)
+    with pytest.raises(DataError, match=r"c.json: these ratings are for a report that is not in comparison, "
+                                        r"comparison-2; pass the report's folder with --output"):
+        fold_ratings(CompareConfig(adapter=adapter, ratings=[elsewhere]), lambda lines: None)
