@@ -7,6 +7,7 @@ reports. Each stage returns what it found as a frozen record that the next stage
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import time
@@ -385,15 +386,26 @@ def room_for_prompts(context: int, max_new_tokens: int, shortest: int) -> int:
 
 
 def load_lexicon(path: Path):
-    """The medical-term lexicon; a bad file is a DataError naming its line."""
-    from .metrics import Lexicon
-
+    """The medical-term lexicon; a bad file is a DataError naming its line. Read once per process
+    while the file is unchanged: building its jieba dictionary takes most of a second, which a
+    library caller comparing run after run would otherwise pay each time."""
     try:
-        return Lexicon.load(path)
+        stat = path.stat()
+        return _lexicon(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; give a term list, one term per line") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; save the term list as UTF-8, one term per line") from None
     except ValueError as err:  # Lexicon.load names the file and line
         raise DataError(f"{err}; fix the term list (one term per line, '#' for comments)") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _lexicon(path: str, mtime_ns: int, size: int):
+    """The lexicon in `path` as it was at (mtime_ns, size): a changed file is read again."""
+    from .metrics import Lexicon
+
+    return Lexicon.load(Path(path))
 
 
 def output_dir(config: CompareConfig):
