@@ -19,7 +19,8 @@ from .report import NO_BENCHMARK_SETTING, SCORING_NOTE, SIDES, Answer, Knowledge
 from .review import FORMAT, first
 from .scoring import (DEPARTMENT_COLUMNS, GROUP_COLUMNS, METRIC_COLUMNS, NO_BENCHMARK, NO_REVIEW, REVIEW_COLUMNS,
                       SUBJECT_COLUMNS, accuracy_rows, agreement_line, department_rows, disagreement_lines,
-                      distinct_line, flag_line, knowledge_head, metric_rows, preference_rows, timing_lines)
+                      distinct_line, flag_line, knowledge_head, metric_rows, preference_rows, review_head,
+                      review_table, timing_lines)
 
 # Chinese text needs a CJK font: per character the browser takes the first font in the list that has the
 # glyph, so these come before the generic family, which without one draws boxes (tofu).
@@ -126,54 +127,63 @@ if(chart)chart.addEventListener('click',()=>chart.classList.toggle('full'));
 # report's id (so a reload, or coming back another day in the same browser, keeps them).
 REVIEW_SCRIPT = """
 const data=JSON.parse(document.getElementById('review-data').textContent);
-const $=id=>document.getElementById(id),KEY='glmtune-review:'+data.report,NAME='glmtune-reviewer';
-const state=Object.assign({reviewer:localStorage.getItem(NAME)||'',ratings:{},at:0},
-  JSON.parse(localStorage.getItem(KEY)||'{}'));
-const save=()=>localStorage.setItem(KEY,JSON.stringify(state));
+const $=id=>document.getElementById(id),NAME='glmtune-reviewer',memory={};
+const store={get(k){try{return localStorage.getItem(k);}catch(e){return memory[k]??null;}},
+  set(k,v){try{localStorage.setItem(k,v);}catch(e){memory[k]=v;$('rv-volatile').hidden=false;}}};
+try{localStorage.getItem(NAME);}catch(e){$('rv-volatile').hidden=false;}
+let reviewer=store.get(NAME)||'',state;
+function load(){let saved={};try{saved=JSON.parse(store.get('glmtune-review:'+data.report+':'+reviewer)||'{}');}catch(e){}
+  state=Object.assign({ratings:{},drafts:{},at:0},saved);}
+const save=()=>store.set('glmtune-review:'+data.report+':'+reviewer,JSON.stringify(state));
 const count=()=>data.prompts.filter(p=>state.ratings[p.id]).length;
 function show(i){
-  state.at=Math.max(0,Math.min(data.prompts.length-1,i));save();
-  const p=data.prompts[state.at],r=state.ratings[p.id],reveal=$('rv-reveal').checked;
-  $('rv-pos').textContent=state.at+1;$('rv-prompt').textContent=p.prompt;
+  const at=Math.max(0,Math.min(data.prompts.length-1,i));
+  if(at!==state.at)$('rv-reveal').checked=false;  // the names are shown for one prompt at a time
+  state.at=at;save();
+  const p=data.prompts[at],r=state.ratings[p.id],reveal=$('rv-reveal').checked;
+  $('rv-pos').textContent=at+1;$('rv-prompt').textContent=p.prompt;
   $('rv-reference').hidden=!$('rv-show-ref').checked;$('rv-ref-text').textContent=p.reference??'(no reference answer)';
   [1,2].forEach(k=>{$('rv-a'+k).textContent=p.answers[k-1]||'(empty)';
     $('rv-l'+k).textContent=reveal?(p.labels[k-1]==='tuned'?'fine-tuned':'base'):'';
     $('rv-box'+k).classList.toggle('picked',!!r&&r.choice===String(k));});
   document.querySelectorAll('#review-view [data-choice]').forEach(b=>b.setAttribute('aria-pressed',String(!!r&&r.choice===b.dataset.choice)));
-  $('rv-note').value=r?r.note:'';$('rv-count').textContent=count();$('rv-bar').value=count();
+  $('rv-note').value=r?r.note:(state.drafts[p.id]||'');$('rv-count').textContent=count();$('rv-bar').value=count();
   $('rv-dept').textContent=p.department?' · '+p.department:'';}
 function choose(choice){
   const p=data.prompts[state.at];
-  state.ratings[p.id]={choice,note:$('rv-note').value.trim(),at:new Date().toISOString()};save();
+  state.ratings[p.id]={choice,note:$('rv-note').value.trim(),at:new Date().toISOString(),revealed:$('rv-reveal').checked};
+  delete state.drafts[p.id];save();
   show(state.at+1<data.prompts.length?state.at+1:state.at);}
 function next(){const i=data.prompts.findIndex((p,j)=>j>state.at&&!state.ratings[p.id]);
   const k=i>=0?i:data.prompts.findIndex(p=>!state.ratings[p.id]);show(k>=0?k:state.at);}
-function named(){const has=!!state.reviewer;$('rv-name-form').hidden=has;$('rv-main').hidden=!has;
-  $('rv-who').textContent=state.reviewer;if(!has)$('rv-name').focus();}
+function named(){const has=!!reviewer&&data.prompts.length>0;$('rv-name-form').hidden=!!reviewer||!data.prompts.length;
+  $('rv-main').hidden=!has;$('rv-empty').hidden=data.prompts.length>0;$('rv-who').textContent=reviewer;
+  if(!reviewer&&data.prompts.length)$('rv-name').focus();}
 $('rv-name-form').addEventListener('submit',e=>{e.preventDefault();const v=$('rv-name').value.trim();if(!v)return;
-  state.reviewer=v;localStorage.setItem(NAME,v);save();named();show(state.at);});
-$('rv-rename').addEventListener('click',()=>{$('rv-name').value=state.reviewer;state.reviewer='';named();});
-document.querySelectorAll('#review-view [data-choice]').forEach(b=>b.addEventListener('click',()=>choose(b.dataset.choice)));
+  reviewer=v;store.set(NAME,v);load();$('rv-reveal').checked=false;named();show(state.at);});
+$('rv-rename').addEventListener('click',()=>{$('rv-name').value=reviewer;reviewer='';named();});
+document.querySelectorAll('#review-view [data-choice]').forEach(b=>b.addEventListener('click',()=>{b.blur();choose(b.dataset.choice);}));
 $('rv-prev').addEventListener('click',()=>show(state.at-1));$('rv-next').addEventListener('click',()=>show(state.at+1));
 $('rv-unrated').addEventListener('click',next);
 ['rv-reveal','rv-show-ref'].forEach(id=>$(id).addEventListener('change',()=>show(state.at)));
-$('rv-note').addEventListener('input',()=>{const r=state.ratings[data.prompts[state.at].id];
-  if(r){r.note=$('rv-note').value.trim();save();}});
+$('rv-note').addEventListener('input',()=>{const id=data.prompts[state.at].id,r=state.ratings[id],note=$('rv-note').value.trim();
+  if(r)r.note=note;else state.drafts[id]=note;save();});
 $('rv-download').addEventListener('click',()=>{
-  const out={format:data.format,report:data.report,reviewer:state.reviewer,saved:new Date().toISOString(),
-    ratings:data.prompts.filter(p=>state.ratings[p.id]).map(p=>({prompt:p.id,choice:state.ratings[p.id].choice,
-      note:state.ratings[p.id].note}))};
+  const out={format:data.format,report:data.report,reviewer,saved:new Date().toISOString(),
+    ratings:data.prompts.filter(p=>state.ratings[p.id]).map(p=>{const r=state.ratings[p.id];
+      return {prompt:p.id,choice:r.choice,note:r.note,at:r.at,revealed:!!r.revealed};})};
   const a=document.createElement('a');
   a.href=URL.createObjectURL(new Blob([JSON.stringify(out,null,1)],{type:'application/json'}));
-  a.download='ratings-'+state.reviewer.replace(/[^\\w\u4e00-\u9fff-]+/g,'_')+'-'+data.report.slice(0,8)+'.json';
+  a.download='ratings-'+reviewer.replace(/[^\\w\u4e00-\u9fff-]+/g,'_')+'-'+data.report.slice(0,8)+'.json';
   document.body.appendChild(a);a.click();a.remove();});
 function mode(){const review=location.hash==='#review';
   $('report-view').hidden=review;$('review-view').hidden=!review;
   document.querySelectorAll('nav.modes a').forEach(a=>a.classList.toggle('on',(a.hash==='#review')===review));
-  if(review){named();show(state.at);}}
-addEventListener('hashchange',mode);mode();
+  if(review){named();if(reviewer&&data.prompts.length)show(state.at);}}
+load();addEventListener('hashchange',mode);mode();
 document.addEventListener('keydown',e=>{
-  if($('review-view').hidden||!state.reviewer||e.target.matches('textarea,input')||e.ctrlKey||e.metaKey||e.altKey)return;
+  if($('review-view').hidden||!reviewer||!data.prompts.length||e.repeat||e.target.matches('textarea,input,button')||
+     e.ctrlKey||e.metaKey||e.altKey)return;
   if(['1','0','2'].includes(e.key)){choose(e.key);e.preventDefault();}
   else if(e.key==='ArrowRight'){show(state.at+1);e.preventDefault();}
   else if(e.key==='ArrowLeft'){show(state.at-1);e.preventDefault();}});
@@ -253,9 +263,8 @@ def _review_results(review: Review | None) -> str:
     """The review's results in the report view, or how to start one."""
     if review is None:
         return f'<h2>Blind review</h2><p class="meta">{escape(NO_REVIEW)}</p>'
-    return (f'<h2>Blind review</h2><div class="meta">{len(review.ratings)} ratings by {escape(", ".join(review.reviewers))}; '
-            "a prompt scores the mean of its ratings (fine-tuned 1, tie 1/2, base 0)</div>"
-            f"{_table(REVIEW_COLUMNS, preference_rows([review.overall, *review.departments]))}"
+    return (f'<h2>Blind review</h2><div class="meta">{escape(review_head(review))}</div>'
+            f"{_table(REVIEW_COLUMNS, preference_rows(review_table(review)))}"
             f"<p>{escape(agreement_line(review))}</p><pre>{escape(chr(10).join(disagreement_lines(review)))}</pre>")
 
 
@@ -274,6 +283,9 @@ def _review_data(report: Report) -> str:
 
 
 REVIEW_VIEW = """<section id="review-view" hidden>
+<p id="rv-empty" hidden>This report has no prompts to review.</p>
+<p id="rv-volatile" class="verdict bad" hidden>This browser does not let the page keep your ratings (its storage is
+blocked): download them before you close or reload it.</p>
 <form id="rv-name-form" hidden><label>Your name, saved with your ratings: <input type="text" id="rv-name"
  maxlength="60" autocomplete="name"></label> <button type="submit">start</button></form>
 <div id="rv-main" hidden>

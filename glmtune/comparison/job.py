@@ -297,6 +297,9 @@ class Comparison:
     def _reserve_output(self) -> Path:
         self.output, self.scratch, held = output_dir(self.config)
         self.claims.append(held)
+        if self.config.overwrite and self.output.is_dir() and any(map(is_report_file, self.output.iterdir())):
+            # held until the new report replaces it: no ratings are folded into the report on its way out
+            self.claims.append(claim(self.output, "comparing (replacing its report)"))
         return self.output
 
     def _write(self, report: Report, summary: list[str]) -> None:
@@ -483,12 +486,13 @@ def fold_ratings(config: CompareConfig, show: Callable[[list[str]], None]) -> Re
     try:
         try:
             data = json.loads(json_report.read_text(encoding="utf-8"))
+            if "report_id" not in data["settings"]:
+                raise DataError(f"{json_report}: written before reports had a blind review; run the comparison "
+                                "again")
             report = Report.from_json(data)
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
             raise DataError(f"{json_report}: not a report this version of glmtune can read ({type(err).__name__}: "
                             f"{err}); run the comparison again") from None
-        if "report_id" not in data["settings"]:
-            raise DataError(f"{json_report}: written before reports had a blind review; run the comparison again")
         report = rejudge(report, fold(report, config.ratings))
         summary = summary_lines(report.aggregate, report.timing, report.notes,
                                 hint=report.settings.benchmark == NO_BENCHMARK_SETTING)

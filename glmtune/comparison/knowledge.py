@@ -41,8 +41,9 @@ def read_exam(values: list[str], shots: int, per_subject: int) -> Exam | None:
         return None
     questions, texts, names = [], [], []
     for value in values:
-        path = suite_path(value) if value.lower() in SUITES else Path(value).expanduser()
-        name = value.lower() if value.lower() in SUITES else path.name
+        hub = value.lower() in SUITES and not Path(value).expanduser().exists()  # a folder named cmmlu is read
+        path = suite_path(value) if hub else Path(value).expanduser()
+        name = value.lower() if hub else path.name
         while name in names:  # two files of one name: their questions' ids must still differ
             name += "+"
         names.append(name)

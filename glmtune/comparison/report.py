@@ -220,6 +220,8 @@ class Rating:
     better: str  # "base", "tie" or "tuned"
     note: str
     source: str  # the ratings file it was folded in from
+    at: str = ""  # when it was given (the browser's clock, ISO 8601): the latest per reviewer and prompt counts
+    revealed: bool = False  # given while the sides' names were shown: kept, but no blind rating
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,8 @@ class Review:
     """The blind A/B review folded into the report (`review.fold`)."""
     reviewers: list[str]
     ratings: list[Rating]  # every rating folded in so far, the latest per reviewer and prompt
-    overall: Preference
+    revealed: int  # of them given with the names shown, which the figures below leave out
+    overall: Preference | None  # None where every rating was given with the names shown
     departments: list[Preference]  # largest first
     agreement: Agreement | None  # None with one reviewer, or no prompt rated by every reviewer
     disagreements: list[Disagreement]  # strongest first

@@ -62,7 +62,8 @@ def read_ratings(path: Path, report: Report) -> list[Rating]:
     if not reviewer:
         raise DataError(f"{path}: no reviewer name; rate again and give a name when the review asks")
     ids = {row.id for row in report.rows}
-    unknown = [str(r.get("prompt")) for r in data["ratings"] if not isinstance(r, dict) or r.get("prompt") not in ids]
+    unknown = [str(r.get("prompt") if isinstance(r, dict) else r) for r in data["ratings"]
+               if not isinstance(r, dict) or not isinstance(r.get("prompt"), str) or r["prompt"] not in ids]
     if unknown:
         raise DataError(f"{path}: ratings for prompts this report does not have ({few(unknown)}); they came from "
                         "another comparison")
@@ -72,16 +73,19 @@ def read_ratings(path: Path, report: Report) -> list[Rating]:
         if choice not in CHOICES:
             raise DataError(f"{path}: prompt {r['prompt']} has choice {choice!r}; a rating is 1, 0 or 2")
         out.append(Rating(reviewer, r["prompt"], unblind(report_id, r["prompt"], choice), str(r.get("note") or ""),
-                          path.name))
+                          path.name, str(r.get("at") or ""), bool(r.get("revealed"))))
     return out
 
 
 def merge(earlier: list[Rating], new: list[Rating]) -> list[Rating]:
-    """Every rating, the latest per reviewer and prompt (a reviewer who came back to a prompt
-    changed their mind), in the order first given."""
+    """Every rating, the latest given per reviewer and prompt (a reviewer who came back to a prompt
+    changed their mind), whatever order the files come in; where the times are equal or missing,
+    the one folded in last."""
     latest: dict[tuple[str, str], Rating] = {}
     for rating in [*earlier, *new]:
-        latest[(rating.reviewer, rating.prompt)] = rating
+        key = (rating.reviewer, rating.prompt)
+        if key not in latest or rating.at >= latest[key].at:
+            latest[key] = rating
     return list(latest.values())
 
 
@@ -152,12 +156,13 @@ def fold(report: Report, files: list[Path]) -> Review:
     """The report's earlier ratings with those in `files`, summed up."""
     earlier = report.aggregate.review.ratings if report.aggregate.review else []
     ratings = merge(earlier, [r for path in files for r in read_ratings(path, report)])
-    reviewers = list(dict.fromkeys(r.reviewer for r in ratings))
+    blind = [r for r in ratings if not r.revealed]  # a rating given with the names shown is not blind
+    reviewers = list(dict.fromkeys(r.reviewer for r in blind))
     departments: dict[str, list[Row]] = {}
     for row in report.rows:
         if row.department:
             departments.setdefault(row.department, []).append(row)
     by_department = [p for name, rows in sorted(departments.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-                     if (p := preference(name, rows, ratings)) is not None]
-    return Review(reviewers, ratings, preference("all prompts", report.rows, ratings), by_department,
-                  agreement(reviewers, ratings), disagreements(report.rows, ratings))
+                     if (p := preference(name, rows, blind)) is not None]
+    return Review(reviewers, ratings, len(ratings) - len(blind), preference("all prompts", report.rows, blind),
+                  by_department, agreement(reviewers, blind), disagreements(report.rows, blind))

@@ -245,12 +245,21 @@ def disagreement_lines(review: Review) -> list[str]:
 
 def review_lines(review: Review) -> list[str]:
     """The blind review's block: preference overall and per department, agreement, disagreements."""
-    names = ", ".join(review.reviewers)
-    return [f"blind review: {len(review.ratings)} ratings by {len(review.reviewers)} reviewer"
-            f"{'s' if len(review.reviewers) > 1 else ''} ({names}); a prompt scores the mean of its ratings "
-            "(fine-tuned 1, tie 1/2, base 0)",
-            *text_table(REVIEW_COLUMNS, preference_rows([review.overall, *review.departments])),
+    return [review_head(review), *text_table(REVIEW_COLUMNS, preference_rows(review_table(review))),
             agreement_line(review), *disagreement_lines(review)]
+
+
+def review_table(review: Review) -> list[Preference]:
+    return [p for p in (review.overall, *review.departments) if p is not None]
+
+
+def review_head(review: Review) -> str:
+    blind = len(review.ratings) - review.revealed
+    shown = (f"; {review.revealed} more given with the sides' names shown are kept but not counted"
+             if review.revealed else "")
+    return (f"blind review: {blind} ratings by {len(review.reviewers)} reviewer{'s' if len(review.reviewers) != 1 else ''}"
+            f" ({', '.join(review.reviewers)}){shown}; a prompt scores the mean of its ratings (fine-tuned 1, tie 1/2, "
+            "base 0)")
 
 
 NO_BENCHMARK = ("knowledge check: not run; add --benchmark cmmlu (downloaded once) or --benchmark FOLDER to see "

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # for annotations only: the report's records import this modu
 
 CONFIDENCE = 0.95
 RESAMPLES = 4000
+FEW_VALUES = 8  # data of at most this many distinct values is resampled by their counts
 DEGENERATE_SHARE = 0.2  # at least this share of the tuned answers degenerate: broken
 FEW_PROMPTS = 20  # fewer, and no difference is called reliable (see Interval.reliable)
 TIE = 1e-9
@@ -89,7 +90,11 @@ def mean_interval(values: list[float], seed: int = 0) -> Interval | None:
     if data.min() == data.max():  # one prompt, or all alike: resampling has nothing to vary
         return Interval(float(data.mean()), None, None, len(data))
     rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), size=(RESAMPLES, len(data)))].mean(axis=1)
+    values, counts = np.unique(data, return_counts=True)
+    if len(values) <= FEW_VALUES:  # exam answers, ratings: resampling their counts is the same bootstrap, in far less memory
+        means = rng.multinomial(len(data), counts / len(data), size=RESAMPLES) @ values / len(data)
+    else:
+        means = data[rng.integers(0, len(data), size=(RESAMPLES, len(data)))].mean(axis=1)
     alpha = (1 - CONFIDENCE) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     if low == high:  # values a rounding apart: still nothing to vary, and no [x, x] to print
@@ -151,15 +156,14 @@ def knowledge_sentences(knowledge: Knowledge) -> list[str]:
     """What the exam says: medicine learned or lost, general knowledge kept or forgotten."""
     medical, general = knowledge.group("medical"), knowledge.group("general")
     out = []
-    if medical is not None:
-        said = {"up": "knows more medicine", "down": "knows less medicine"}.get(_moved(medical),
-                                                                             "no reliable change in medical knowledge")
-        out.append(f"{said}: {_exam_shift(medical)}")
-    if general is not None:
-        said = {"up": "general knowledge improved too", "down": "forgot general knowledge"}.get(
-            _moved(general), "no reliable change in general knowledge")
-        out.append(f"{said}: {_exam_shift(general)}")
-    else:
+    for result, up, down in ((medical, "knows more medicine", "knows less medicine"),
+                             (general, "general knowledge improved", "forgot general knowledge")):
+        if result is None:
+            continue
+        few_questions = f" (fewer than {FEW_PROMPTS} questions: too few to tell)" if result.n < FEW_PROMPTS else ""
+        said = {"up": up, "down": down}.get(_moved(result), f"no reliable change in {result.name} knowledge")
+        out.append(f"{said}: {_exam_shift(result)}{few_questions}")
+    if general is None:
         out.append("forgetting not checked: the benchmark has no general subjects (add --benchmark with some, "
                    "e.g. CMMLU's)")
     return out
@@ -180,6 +184,8 @@ def _losses(knowledge: Knowledge | None) -> list[str]:
 def review_sentence(review: Review) -> str:
     """What the reviewers said: 'reviewers prefer the fine-tuned answers: 68% [55%, 80%] of 27 prompts ...'."""
     pref = review.overall
+    if pref is None:
+        return f"no blind rating yet: all {len(review.ratings)} ratings were given with the sides' names shown"
     said = {"up": "reviewers prefer the fine-tuned answers", "down": "reviewers prefer the base answers"}.get(
         _moved(pref), "no reliable preference between the answers")
     people = f"{len(review.reviewers)} reviewer{'s' if len(review.reviewers) > 1 else ''}"
@@ -274,7 +280,7 @@ def _headline(answers: str, knowledge: Knowledge | None, review: Review | None) 
     medical = None if knowledge is None else knowledge.group("medical")
     if _moved(medical) == "up":
         gains.append(f"knows more medicine ({medical.difference_text()})")
-    if review is not None and _moved(review.overall):
+    if review is not None and review.overall is not None and _moved(review.overall):
         preferred = "fine-tuned" if _moved(review.overall) == "up" else "base"
         said = f"reviewers prefer the {preferred} answers ({review.overall.share_text()} fine-tuned)"
         (gains if preferred == "fine-tuned" else losses).insert(0, said)

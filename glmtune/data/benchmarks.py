@@ -116,7 +116,7 @@ def prompt_text(question: Question, shots: list[Question]) -> str:
 def group_of(subject: str, given: str | None, where: str) -> tuple[str, bool]:
     """(the group, whether it was known): `given` (a group field) wins, then the built-in map."""
     if given:
-        group = given.strip().lower()
+        group = str(given).strip().lower()
         if group not in GROUPS:
             raise DataError(f"{where}: group {given!r} is not one of {', '.join(GROUPS)}")
         return group, True
@@ -147,7 +147,7 @@ def _options(value, where: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise DataError(f"{where}: options must be a list or a letter→text object, not {type(value).__name__}")
     options = {str(k).strip().upper(): str(v).strip() for k, v in value.items() if v is not None and str(v).strip()}
-    if len(options) < 2 or any(k not in LETTERS for k in options):
+    if len(options) < 2 or any(len(k) != 1 or k not in LETTERS for k in options):
         raise DataError(f"{where}: missing options; a question needs at least two, lettered A, B, ... "
                         f"(found {few(list(options)) or 'none'})")
     return dict(sorted(options.items()))
@@ -183,7 +183,7 @@ def read_csv(path: Path, source: str, scored: bool = True) -> list[Question]:
     col = {name: header.index(name) for name in ("question", "answer", "group", "subject") if name in header}
     subject_default = _subject_of(path)
     questions = []
-    for n, row in enumerate(rows):
+    for n, row in enumerate(_csv_rows(rows, path)):
         if not any(cell.strip() for cell in row):
             continue
         cells = {name: row[i] for name, i in col.items() if i < len(row)}
@@ -194,6 +194,14 @@ def read_csv(path: Path, source: str, scored: bool = True) -> list[Question]:
     if not questions:
         raise DataError(f"{path}: no questions below the header")
     return questions
+
+
+def _csv_rows(rows, path: Path):
+    """The CSV reader's rows, its errors (a field past the size limit, a NUL byte) as DataError."""
+    try:
+        yield from rows
+    except csv.Error as err:
+        raise DataError(f"{path}:{rows.line_num}: not readable as CSV ({err})") from None
 
 
 def _records(path: Path):
@@ -219,7 +227,7 @@ def _records(path: Path):
 
 def read_json(path: Path, source: str) -> list[Question]:
     """CMB's records or plain ones (`question`, `options`, `answer`, optional `subject`, `group`)."""
-    questions = []
+    questions, seen = [], set()
     for n, (where, obj) in enumerate(_records(path)):
         if not isinstance(obj, dict):
             raise DataError(f"{where}: not a question object (a JSON {type(obj).__name__})")
@@ -229,9 +237,12 @@ def read_json(path: Path, source: str) -> list[Question]:
         cmb = "exam_subject" in obj or "exam_type" in obj
         subject = str(obj.get("subject") or obj.get("exam_subject") or obj.get("exam_class") or path.stem).strip()
         group = obj.get("group") or ("medical" if cmb else None)
-        ident = obj.get("id", n)
-        questions.append(make_question(source, subject, ident, obj.get("question"), options, obj.get("answer"), group,
-                                       where))
+        question = make_question(source, subject, obj.get("id", n), obj.get("question"), options, obj.get("answer"),
+                                 group, where)
+        if question.id in seen:
+            raise DataError(f"{where}: id {obj.get('id')!r} is given twice in {subject}; each question needs its own")
+        seen.add(question.id)
+        questions.append(question)
     if not questions:
         raise DataError(f"{path}: no questions in it")
     return questions

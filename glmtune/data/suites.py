@@ -53,22 +53,38 @@ def suite_path(name: str, download=None) -> Path:
         raise DataError(f"cannot download {BENCHMARK_SUITES[name]} ({suite.repo}: {suite.file}) from the Hugging Face "
                         f"hub ({reason[:160]}); connect to the network, or set HF_ENDPOINT=https://hf-mirror.com, or "
                         "get the files yourself and pass --benchmark FOLDER") from None
+    try:
+        unpack(fetched, folder, name, suite.file.endswith(".zip"))
+    except OSError as err:  # an unwritable cache, a full disk
+        raise DataError(f"cannot keep {BENCHMARK_SUITES[name]} in {folder.parent} ({err.strerror or err}); set "
+                        "GLMTUNE_CACHE to a writable folder") from None
+    return target
+
+
+def unpack(fetched: Path, folder: Path, name: str, archive: bool) -> None:
+    """The fetched file (a zip unpacked) into `folder`, whole or not at all: written into a scratch
+    folder beside it, which a process killed meanwhile leaves for the next to clear."""
+    for stale in folder.parent.glob(f".{name}.partial-*") if folder.parent.is_dir() else []:
+        pid = stale.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     scratch = folder.with_name(f".{name}.partial-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        if suite.file.endswith(".zip"):
+        if archive:
             try:
-                with zipfile.ZipFile(fetched) as archive:
-                    archive.extractall(scratch)
+                with zipfile.ZipFile(fetched) as zipped:
+                    zipped.extractall(scratch)
             except zipfile.BadZipFile:
                 raise DataError(f"{fetched}: the downloaded {BENCHMARK_SUITES[name]} archive is damaged; delete it "
                                 "and run again") from None
         else:
             shutil.copyfile(fetched, scratch / fetched.name)
-        inner = list(scratch.iterdir())
+        # a zip of one top folder (macOS adds __MACOSX beside it): that folder's content
+        inner = [p for p in scratch.iterdir() if not p.name.startswith((".", "__MACOSX"))]
         one_folder = len(inner) == 1 and inner[0].is_dir() and inner[0].name not in ("dev", "val", "test")
-        root = inner[0] if one_folder else scratch  # a zip of one top folder: its content
+        root = inner[0] if one_folder else scratch
         try:
             root.replace(folder)  # whole or not at all; another process may have got there first
         except OSError:
@@ -76,4 +92,13 @@ def suite_path(name: str, download=None) -> Path:
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return target
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

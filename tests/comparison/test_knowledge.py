@@ -58,3 +58,16 @@ def test_accuracy_difference_and_interval_on_a_crafted_pair():
     assert len(knowledge.changed) == 70 and knowledge.group("general") is None
     alike = summarize(exam, "glm3", SideExam(base, [], 1.0), SideExam(base, [], 1.0)).group("medical")
     assert alike.difference.mean == 0 and not alike.difference.reliable
+
+
+def test_a_folder_named_like_a_suite_is_read_not_downloaded(tmp_path, monkeypatch):
+    from glmtune.comparison.knowledge import read_exam
+
+    (tmp_path / "cmmlu" / "test").mkdir(parents=True)
+    (tmp_path / "cmmlu" / "test" / "anatomy.csv").write_text(",Question,A,B,C,D,Answer\n0,女性生殖腺是,卵巢,前庭大腺,前庭球,乳腺,A\n",
+                                                             encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GLMTUNE_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download would fail
+    exam = read_exam(["cmmlu"], shots=0, per_subject=0)
+    assert [q.id for q in exam.questions] == ["cmmlu/anatomy/0"]

@@ -35,12 +35,12 @@ def make_report(lexicon, pairs, departments=("心血管内科", "儿科"), knowl
     return Report(settings, aggregate, TIMING, rows, ("0 of 30 prompts were seen in training",))
 
 
-def ratings_file(path, report, reviewer, better: dict[int, str], report_id=None):
+def ratings_file(path, report, reviewer, better: dict[int, str], report_id=None, at="", revealed=False):
     """A ratings file as the page downloads it: for prompt i the reviewer prefers better[i] (base,
     tie or tuned), pressed as the key the blind order puts that side under."""
     rid = report.settings.report_id
     rows = {r.index: r for r in report.rows}
-    ratings = [{"prompt": rows[i].id, "note": "",
+    ratings = [{"prompt": rows[i].id, "note": "", "at": at, "revealed": revealed,
                 "choice": "0" if side == "tie" else "1" if first(rid, rows[i].id) == side else "2"}
                for i, side in better.items()]
     path.write_text(json.dumps({"format": FORMAT, "report": report_id or rid, "reviewer": reviewer,
@@ -100,6 +100,20 @@ def test_two_reviewers_agree_and_later_ratings_replace_earlier_ones(lexicon, tmp
     assert (review.overall.tuned, review.overall.ties, review.overall.base) == (34, 5, 1)
 
 
+def test_the_latest_rating_counts_and_ratings_made_with_names_shown_do_not(lexicon, tmp_path):
+    report = make_report(lexicon, [(POOR, GOOD)] * 30)
+    newer = ratings_file(tmp_path / "new.json", report, "甲", {0: "tuned", 1: "tuned"}, at="2026-12-07T10:00:00.000Z")
+    older = ratings_file(tmp_path / "old.json", report, "甲", {0: "base"}, at="2026-12-06T10:00:00.000Z")
+    shown = ratings_file(tmp_path / "shown.json", report, "乙", {i: "base" for i in range(30)}, revealed=True)
+    review = fold(report, [newer, older, shown])  # the older file folded last still loses
+    assert [r.better for r in review.ratings if r.reviewer == "甲"] == ["tuned", "tuned"]
+    assert review.revealed == 30 and review.reviewers == ["甲"]  # 乙 saw the names on every prompt
+    assert (review.overall.tuned, review.overall.base) == (2, 0)
+    everyone_saw = fold(report, [shown])
+    assert everyone_saw.overall is None
+    assert rejudge(report, everyone_saw).aggregate.verdict.sentences[0].startswith("no blind rating yet")
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(report="0" * 32), r"r.json: these ratings are for report 00000000, not this one"),
     (lambda d: d["ratings"].append({"prompt": "p99-deadbeef", "choice": "1"}),
@@ -108,6 +122,7 @@ def test_two_reviewers_agree_and_later_ratings_replace_earlier_ones(lexicon, tmp
     (lambda d: d.update(reviewer=" "), r"r.json: no reviewer name"),
     (lambda d: d.pop("format"), r"r.json: not a ratings file of a glmtune report"),
     (lambda d: d["ratings"][0].update(choice="3"), r"r.json: prompt p1-\w+ has choice '3'"),
+    (lambda d: d["ratings"][0].update(prompt=["p1"]), r"r.json: ratings for prompts this report does not have"),
 ])
 def test_ratings_that_do_not_belong_are_refused_in_one_line(lexicon, tmp_path, change, message):
     report = make_report(lexicon, [(POOR, GOOD)] * 4)
@@ -182,3 +197,25 @@ def test_folding_rewrites_the_report_in_place_and_keeps_what_is_not_its_own(lexi
     with pytest.raises(DataError, match=r"c.json: these ratings are for a report that is not in comparison, "
                                         r"comparison-2; pass the report's folder with --output"):
         fold_ratings(CompareConfig(adapter=adapter, ratings=[elsewhere]), lambda lines: None)
+
+
+def test_a_fold_in_and_an_overwriting_comparison_never_write_one_report_at_once(trained, tmp_path, lexicon):
+    from conftest import copy_run
+    from glmtune.comparison.job import compare, fold_ratings
+    from glmtune.core.config import CompareConfig
+    from glmtune.core.errors import RunDirError
+    from glmtune.core.folders import claim
+
+    run = copy_run(trained, tmp_path)
+    job = compare(CompareConfig(adapter=run, max_new_tokens=2, num_samples=2, no_perplexity=True))
+    rated = ratings_file(tmp_path / "r.json", job.report, "甲", {0: "tuned"})
+    folding = claim(job.output, "folding ratings into the report")  # a fold-in under way
+    with pytest.raises(RunDirError, match="folding ratings into the report"):
+        compare(CompareConfig(adapter=run, max_new_tokens=2, num_samples=2, no_perplexity=True, overwrite=True))
+    folding.abandon()
+    comparing = claim(job.output, "comparing (replacing its report)")  # an overwrite under way
+    with pytest.raises(RunDirError, match="comparing \\(replacing its report\\)"):
+        fold_ratings(CompareConfig(adapter=run, ratings=[rated]), lambda lines: None)
+    comparing.abandon()
+    fold_ratings(CompareConfig(adapter=run, ratings=[rated]), lambda lines: None)
+    assert not (job.output / ".glmtune.lock").exists()

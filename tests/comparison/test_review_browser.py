@@ -1,6 +1,8 @@
 """The blind review in a real browser (headless Chromium through Selenium): a reviewer names
 themselves, rates every prompt of a tiny comparison by key and by click, reloads midway (the ratings
-survive), downloads them, and the fold-in's preference numbers are the clicks made, unblinded.
+survive), downloads them; the sides' names, revealed one prompt at a time, say what was picked; a
+second reviewer in the same browser starts afresh; and the fold-in's preference numbers are the
+clicks made.
 Skipped where Chromium or its driver is missing, except in CI, which installs both (.ci/run)."""
 
 import json
@@ -23,6 +25,17 @@ QUESTIONS = ["牙龈出血是怎么回事？ 刷牙时出血一周。,可能是�
              "耳鸣是什么原因？ 夜里明显。,可能与疲劳噪音有关，持续不缓解查听力。"]
 # The reviewer's choices, prompt by prompt, as pressed: 1 / 2 answer better, 0 tie
 CHOICES = ["1", "2", "0", "1", "2", "1"]
+
+
+def download(element, folder, reviewer):
+    """Press 'download ratings' and read the file it saves."""
+    element("rv-download").click()
+    for _ in range(50):
+        found = list(folder.glob(f"ratings-{reviewer}-*.json")) if folder.is_dir() else []
+        if found and not list(folder.glob("*.crdownload")):
+            return json.loads(found[0].read_text(encoding="utf-8"))
+        time.sleep(0.1)
+    raise AssertionError(f"no ratings file for {reviewer} in {folder}")
 
 
 def browser():
@@ -90,35 +103,45 @@ def test_a_reviewer_rates_reloads_downloads_and_the_verdict_counts_the_clicks(tr
     for choice in CHOICES[3:]:
         chrome.find_element(By.CSS_SELECTOR, f'[data-choice="{choice}"]').click()
     assert element("rv-count").text == str(len(QUESTIONS))
-    element("rv-reveal").click()
-    # what the reviewer picked, read off the revealed labels, prompt by prompt from the last back
+    wang = download(element, tmp_path / "downloads", "王医生")  # every rating blind: no name was shown
+    assert wang["reviewer"] == "王医生" and wang["report"] == job.report.settings.report_id
+    assert [r["choice"] for r in wang["ratings"]] == CHOICES and wang["ratings"][0]["note"] == "两个都不够具体"
+    assert not any(r["revealed"] for r in wang["ratings"])
+    # what the reviewer picked, read off the names revealed prompt by prompt (from the last back), which
+    # hide again on the next prompt
     picked = {}
     for position in range(len(QUESTIONS), 0, -1):
-        assert element("rv-pos").text == str(position)
+        assert element("rv-pos").text == str(position) and element("rv-l1").text == ""
+        element("rv-reveal").click()
         labels = {"1": element("rv-l1").text, "2": element("rv-l2").text}
         assert set(labels.values()) == {"base", "fine-tuned"}
         choice = CHOICES[position - 1]
         picked[position] = "tie" if choice == "0" else {"fine-tuned": "tuned", "base": "base"}[labels[choice]]
         press("\ue012")
-    element("rv-download").click()
-    downloads = tmp_path / "downloads"
-    for _ in range(50):
-        files = list(downloads.glob("*.json")) if downloads.is_dir() else []
-        if files:
-            break
-        time.sleep(0.1)
-    saved = json.loads(files[0].read_text(encoding="utf-8"))
-    assert saved["reviewer"] == "王医生" and saved["report"] == job.report.settings.report_id
-    assert [r["choice"] for r in saved["ratings"]] == CHOICES and saved["ratings"][0]["note"] == "两个都不够具体"
+    # a second reviewer on the same browser starts with none of the first one's ratings
+    element("rv-rename").click()
+    element("rv-name").clear()
+    element("rv-name").send_keys("李医生")
+    element("rv-name-form").submit()
+    assert element("rv-count").text == "0"
+    press("2")
+    li = download(element, tmp_path / "downloads", "李医生")
+    assert [r["choice"] for r in li["ratings"]] == ["2"]
 
+    files = sorted((tmp_path / "downloads").glob("*.json"))
     report = fold_ratings(CompareConfig(adapter=run, ratings=files), lambda lines: None)
     preferred = [picked[i] for i in range(1, len(QUESTIONS) + 1)]
     assert preferred == [unblind(job.report.settings.report_id, p, c) for p, c in zip(prompts, CHOICES)]
-    overall = report.aggregate.review.overall
-    assert (overall.tuned, overall.ties, overall.base) == tuple(preferred.count(s) for s in ("tuned", "tie", "base"))
-    assert overall.share == pytest.approx(100 * (preferred.count("tuned") + preferred.count("tie") / 2) / 6)
+    review = report.aggregate.review
+    assert sorted(review.reviewers) == ["李医生", "王医生"] and review.agreement.prompts == 1
+    wang_rated = [r.better for r in review.ratings if r.reviewer == "王医生"]
+    assert wang_rated == preferred
+    li_rated = [r.better for r in review.ratings if r.reviewer == "李医生"]
+    overall = review.overall
+    assert (overall.tuned, overall.ties, overall.base) == tuple((preferred + li_rated).count(s)
+                                                                for s in ("tuned", "tie", "base"))
     written = json.loads((job.output / "chatglm_comparison.json").read_text(encoding="utf-8"))
-    assert [r["better"] for r in written["aggregate"]["review"]["ratings"]] == preferred
+    assert len(written["aggregate"]["review"]["ratings"]) == 7
     assert any(s.startswith(("reviewers prefer", "no reliable preference")) for s in
                written["aggregate"]["verdict"]["sentences"])
     assert "<h2>Blind review</h2>" in page.read_text(encoding="utf-8") and "王医生" in page.read_text(encoding="utf-8")

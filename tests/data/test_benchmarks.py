@@ -95,6 +95,11 @@ def test_plain_jsonl_groups_from_the_field_the_map_or_the_medical_default(tmp_pa
     ('{"question": "q", "options": ["x", "y"], "answer": "A", "group": "surgery"}\n', "i.jsonl",
      r"i.jsonl:1: group 'surgery' is not one of medical, general"),
     ('{"question": "q", "options": [\n', "j.jsonl", r"j.jsonl:1: invalid JSON"),
+    ('{"question": "q", "options": {"AB": "x", "C": "y"}, "answer": "C"}\n', "k.jsonl", r"k.jsonl:1: missing options"),
+    ('{"question": "q", "options": ["x", "y"], "answer": "A", "group": 3}\n', "l.jsonl", r"l.jsonl:1: group 3 is not"),
+    (",Question,A,B,C,D,Answer\n0," + "长" * 200_000 + ",a,b,c,d,A\n", "m.csv", r"m.csv:\d+: not readable as CSV"),
+    ('{"id": 7, "question": "q", "options": ["x", "y"], "answer": "A"}\n' * 2, "n.jsonl",
+     r"n.jsonl:2: id 7 is given twice"),
 ])
 def test_a_bad_file_is_named_with_its_line(tmp_path, content, name, message):
     path = tmp_path / name
@@ -106,9 +111,10 @@ def test_a_bad_file_is_named_with_its_line(tmp_path, content, name, message):
 def test_a_suite_is_fetched_once_into_the_cache_and_offline_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("GLMTUNE_CACHE", str(tmp_path / "cache"))
     archive = tmp_path / "cmmlu_v1_0_1.zip"
-    with zipfile.ZipFile(archive, "w") as z:
+    with zipfile.ZipFile(archive, "w") as z:  # one top folder, and the __MACOSX that macOS zips add beside it
         for split in ("dev", "test"):
-            z.writestr(f"{split}/anatomy.csv", ",Question,A,B,C,D,Answer\n0,女性生殖腺是,卵巢,前庭大腺,前庭球,乳腺,A\n")
+            z.writestr(f"cmmlu/{split}/anatomy.csv", ",Question,A,B,C,D,Answer\n0,女性生殖腺是,卵巢,前庭大腺,前庭球,乳腺,A\n")
+        z.writestr("__MACOSX/cmmlu/._dev", "")
     calls = []
 
     def download(repo_id, filename, repo_type):
