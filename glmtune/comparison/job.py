@@ -8,6 +8,7 @@ reports. Each stage returns what it found as a frozen record that the next stage
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import sys
 import time
@@ -451,11 +452,12 @@ def reviewed_report(config: CompareConfig) -> Path:
         wanted = json.loads(config.ratings[0].read_text(encoding="utf-8")).get("report")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         wanted = None  # read_ratings says what is wrong with the file
+    # comparison, comparison-2, ... in their order, gaps (a report the user deleted) included
+    reports = [p for p in config.adapter.glob("comparison*/" + f"{STEM}.json")
+               if re.fullmatch(r"comparison(-\d+)?", p.parent.name)]
     looked = []
-    for folder in numbered(config.adapter / "comparison"):
-        report = folder / f"{STEM}.json"
-        if not report.is_file():
-            break
+    for report in sorted(reports, key=lambda p: int(p.parent.name.partition("-")[2] or 1)):
+        folder = report.parent
         looked.append(folder)
         try:
             if json.loads(report.read_text(encoding="utf-8"))["settings"].get("report_id") == wanted:

@@ -174,7 +174,7 @@ def test_folding_rewrites_the_report_in_place_and_keeps_what_is_not_its_own(lexi
 
     report = make_report(lexicon, [(POOR, GOOD)] * 30)
     adapter = tmp_path / "run"
-    folders = [adapter / "comparison", adapter / "comparison-2"]
+    folders = [adapter / "comparison", adapter / "comparison-3"]  # comparison-2 deleted by the user
     for folder, written in zip(folders, [make_report(lexicon, [(POOR, GOOD)] * 3), report]):
         folder.mkdir(parents=True)
         write_log(folder / "chatglm_comparison.log", written, summary_lines(written.aggregate, written.timing), 5)
@@ -195,7 +195,7 @@ def test_folding_rewrites_the_report_in_place_and_keeps_what_is_not_its_own(lexi
     assert untouched["aggregate"]["review"] is None  # the other report keeps no rating of this one's
     elsewhere = ratings_file(tmp_path / "c.json", report, "丙", {0: "tie"}, report_id="f" * 32)
     with pytest.raises(DataError, match=r"c.json: these ratings are for a report that is not in comparison, "
-                                        r"comparison-2; pass the report's folder with --output"):
+                                        r"comparison-3; pass the report's folder with --output"):
         fold_ratings(CompareConfig(adapter=adapter, ratings=[elsewhere]), lambda lines: None)
 
 
