@@ -11,7 +11,6 @@ Set HF_ENDPOINT to use a mirror (https://hf-mirror.com)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from ..core.config import BENCHMARK_SUITES
 from ..core.errors import DataError
 from ..core.files import cache_root
+from ..core.folders import publish, remove, reserve
 
 
 @dataclass(frozen=True)
@@ -62,43 +62,34 @@ def suite_path(name: str, download=None) -> Path:
 
 
 def unpack(fetched: Path, folder: Path, name: str, archive: bool) -> None:
-    """The fetched file (a zip unpacked) into `folder`, whole or not at all: written into a scratch
-    folder beside it, which a process killed meanwhile leaves for the next to clear."""
-    for stale in folder.parent.glob(f".{name}.partial-*") if folder.parent.is_dir() else []:
-        pid = stale.name.rsplit("-", 1)[1]
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    scratch = folder.with_name(f".{name}.partial-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    """The fetched file (a zip unpacked) into `folder`, whole or not at all, through the output-folder
+    protocol: written into its reserved scratch beside it (one a killed process left is cleared),
+    then published by one rename."""
+    display = BENCHMARK_SUITES[name]
+    reserved = reserve(folder, f"fetching {display}")
+    if reserved is None:
+        raise DataError(f"another process is fetching {display} into {folder} now; let it finish, then run this again")
+    scratch, held = reserved
     try:
         if archive:
             try:
                 with zipfile.ZipFile(fetched) as zipped:
                     zipped.extractall(scratch)
             except zipfile.BadZipFile:
-                raise DataError(f"{fetched}: the downloaded {BENCHMARK_SUITES[name]} archive is damaged; delete it "
-                                "and run again") from None
+                raise DataError(f"{fetched}: the downloaded {display} archive is damaged; delete it and run "
+                                "again") from None
         else:
             shutil.copyfile(fetched, scratch / fetched.name)
-        # a zip of one top folder (macOS adds __MACOSX beside it): that folder's content
-        inner = [p for p in scratch.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        one_folder = len(inner) == 1 and inner[0].is_dir() and inner[0].name not in ("dev", "val", "test")
-        root = inner[0] if one_folder else scratch
-        try:
-            root.replace(folder)  # whole or not at all; another process may have got there first
-        except OSError:
-            if not folder.exists():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+        for extra in scratch.glob("__MACOSX"):  # what macOS adds to a zip beside its content
+            remove(extra)
+        inner = [p for p in scratch.iterdir() if not p.name.startswith(".")]
+        if len(inner) == 1 and inner[0].is_dir() and inner[0].name not in ("dev", "val", "test"):
+            for item in list(inner[0].iterdir()):  # a zip of one top folder: its content
+                item.replace(scratch / item.name)
+            inner[0].rmdir()
+        publish(scratch, folder, last="test")  # the scored split last, where a folder is filled in place
+    except BaseException:
+        remove(scratch)
+        held.abandon()
+        raise
+    held.release()
