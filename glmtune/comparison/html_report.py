@@ -2,7 +2,7 @@
 inline): the verdict, the metrics with directions and intervals, departments, the knowledge check,
 the blind review's results, the chart, and every prompt with its reference and both answers side by
 side, sortable and filterable. Its second view is the blind review itself (`#review`): one prompt at
-a time, the answers as "Answer 1" and "Answer 2" in `review.first`'s order, ratings kept in the
+a time, the answers as "Answer 1" and "Answer 2" in `review.order`'s order, ratings kept in the
 browser's local storage under the report's id and downloaded as a JSON file for `--ratings`."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from ..core.files import write_atomic
 from ..core.terminal import printable
 from .report import NO_BENCHMARK_SETTING, SCORING_NOTE, SIDES, Answer, Knowledge, Report, Review, Row
-from .review import FORMAT, first
+from .review import FORMAT, order
 from .scoring import (DEPARTMENT_COLUMNS, GROUP_COLUMNS, METRIC_COLUMNS, NO_BENCHMARK, NO_REVIEW, REVIEW_COLUMNS,
                       SUBJECT_COLUMNS, accuracy_rows, agreement_line, department_rows, disagreement_lines,
                       distinct_line, flag_line, knowledge_head, metric_rows, preference_rows, review_head,
@@ -273,10 +273,9 @@ def _review_data(report: Report) -> str:
     no answer can end the element or open another."""
     prompts = []
     for r in report.rows:
-        order = (first(report.settings.report_id, r.id),)
-        order += tuple(s for s in SIDES if s != order[0])
+        sides = order(report.settings.report_id, r.id)
         prompts.append({"id": r.id, "prompt": r.prompt, "reference": r.reference, "department": r.department,
-                        "answers": [r.answers[side].text for side in order], "labels": list(order)})
+                        "answers": [r.answers[side].text for side in sides], "labels": list(sides)})
     data = {"format": FORMAT, "report": report.settings.report_id, "prompts": prompts}
     text = json.dumps(data, ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

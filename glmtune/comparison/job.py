@@ -245,7 +245,7 @@ class Comparison:
         def take_exam(model) -> SideExam | None:
             if exam is None:
                 return None
-            return answer_exam(model, loaded.exam, exam, loaded.weights.exam_tokens, loaded.tokenizer.pad_token_id)
+            return answer_exam(model, loaded.exam, exam, loaded.weights.exam_tokens, loaded.tokenizer)
 
         with loaded.sides.base_side() as model:
             load_s = time.perf_counter() - self.began
@@ -478,7 +478,7 @@ def fold_ratings(config: CompareConfig, show: Callable[[list[str]], None]) -> Re
 
     from .html_report import write_html
     from .review import fold
-    from .scoring import rejudge, summary_lines, write_log, write_report
+    from .scoring import rejudge, report_summary, write_log, write_report
 
     folder = reviewed_report(config)
     json_report = folder / f"{STEM}.json"
@@ -496,8 +496,7 @@ def fold_ratings(config: CompareConfig, show: Callable[[list[str]], None]) -> Re
             raise DataError(f"{json_report}: not a report this version of glmtune can read ({type(err).__name__}: "
                             f"{err}); run the comparison again") from None
         report = rejudge(report, fold(report, config.ratings))
-        summary = summary_lines(report.aggregate, report.timing, report.notes,
-                                hint=report.settings.benchmark == NO_BENCHMARK_SETTING)
+        summary = report_summary(report)
         write_log(folder / f"{STEM}.log", report, summary, config.examples)
         write_html(folder / f"{STEM}.html", report, folder / f"{STEM}.png")
         write_report(json_report, report)
@@ -511,7 +510,7 @@ def comparison(config: CompareConfig, show: Callable[[list[str]], None]) -> Comp
     """Every stage of a comparison, in order; `show` gets what the command prints, as it is known.
     With --chat, a conversation after the first stage instead (None); with --ratings, the ratings
     folded into an earlier report instead (None), no model loaded."""
-    from .scoring import side_by_side, summary_lines
+    from .scoring import report_summary, side_by_side
 
     if config.ratings:
         fold_ratings(config, show)
@@ -530,7 +529,7 @@ def comparison(config: CompareConfig, show: Callable[[list[str]], None]) -> Comp
         show(loaded.lines())
         answers = job.generate(loaded, exam)  # base side, then fine-tuned: answers, perplexities, exam answers
         report = job.score(run, prompts, loaded, answers, exam)
-        summary = summary_lines(report.aggregate, report.timing, prompts.notes, hint=not config.benchmark)
+        summary = report_summary(report)
         try:
             job.write(report, summary)  # published whole, before printing can fail
         finally:  # then on screen, also when the write failed (a full disk), before its error

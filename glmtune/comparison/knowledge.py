@@ -89,10 +89,10 @@ def encode_exam(tokenizer, exam: Exam, layout: str) -> EncodedExam:
     return EncodedExam(ids, letters)
 
 
-def letter_logprobs(model, encoded: EncodedExam, indices: list[int], token_budget: int, pad_id: int) -> list[list[float]]:
+def letter_logprobs(model, encoded: EncodedExam, indices: list[int], token_budget: int, tokenizer) -> list[list[float]]:
     """log P(letter | prompt) of each option, for the questions `indices`, in that order: one forward
-    pass per question, batched by length (left-padded, positions counted from each row's first real
-    token), only the last position's logits computed."""
+    pass per question, batched by length (left-padded as generation pads, positions counted from each
+    row's first real token), only the last position's logits computed."""
     import torch
 
     batches: list[list[int]] = []
@@ -102,16 +102,11 @@ def letter_logprobs(model, encoded: EncodedExam, indices: list[int], token_budge
         batches[-1].append(i)
     out: dict[int, list[float]] = {}
     for batch in batches:
-        width = len(encoded.ids[batch[-1]])
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids = encoded.ids[i]
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        padded = tokenizer.pad({"input_ids": [encoded.ids[i] for i in batch]}, padding=True, return_tensors="pt")
+        positions = (padded["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+            logits = model(input_ids=padded["input_ids"].to(model.device),
+                           attention_mask=padded["attention_mask"].to(model.device),
                            position_ids=positions.to(model.device), logits_to_keep=1).logits[:, -1]
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
         for row, i in enumerate(batch):
@@ -133,12 +128,12 @@ class SideExam:
     seconds: float
 
 
-def answer_exam(model, encoded: EncodedExam, exam: Exam, token_budget: int, pad_id: int) -> SideExam:
+def answer_exam(model, encoded: EncodedExam, exam: Exam, token_budget: int, tokenizer) -> SideExam:
     """One side's answers to every question; with several processes each takes its share."""
     mine = list(distributed.share(len(exam.questions)))
     device.synchronize()
     began = time.perf_counter()
-    values = letter_logprobs(model, encoded, mine, token_budget, pad_id)
+    values = letter_logprobs(model, encoded, mine, token_budget, tokenizer)
     device.synchronize()
     shares = distributed.gather((mine, values, time.perf_counter() - began))
     logprobs: list = [None] * len(exam.questions)

@@ -1,7 +1,7 @@
 """The blind A/B review: people decide which answer is better.
 
 The HTML report shows each prompt's two answers as "Answer 1" and "Answer 2" in an order drawn per
-prompt from the report's id (`first`), so a reviewer cannot tell which is the fine-tuned one; the
+prompt from the report's id (`order`), so a reviewer cannot tell which is the fine-tuned one; the
 page saves the ratings in the browser and downloads them as a JSON file. `fold` reads such files
 (several reviewers, several sessions), keeps the latest rating per reviewer and prompt, and sums
 them up: the share of prompts on which the fine-tuned answer is preferred (ties count half) with a
@@ -21,24 +21,24 @@ from .report import SIDES, Agreement, Disagreement, Preference, Rating, Report, 
 from .verdict import mean_interval
 
 FORMAT = "glmtune-ratings/1"
-CHOICES = {"1": "first", "0": "tie", "2": "second"}  # the page's keys: answer 1 better, tie, answer 2 better
+CHOICES = ("1", "0", "2")  # the page's keys: answer 1 better, tie, answer 2 better
 SCORE = {"tuned": 1.0, "tie": 0.5, "base": 0.0}
 CATEGORIES = ("base", "tie", "tuned")
 SHOWN_DISAGREEMENTS = 5
 
 
-def first(report_id: str, prompt_id: str) -> str:
-    """Which side is shown as Answer 1 for a prompt: drawn from the report's id and the prompt's, so
-    the order is fixed for the report and differs from prompt to prompt."""
-    return SIDES[hashlib.sha256(f"{report_id}:{prompt_id}".encode()).digest()[0] & 1]
+def order(report_id: str, prompt_id: str) -> tuple[str, str]:
+    """The sides shown as Answer 1 and Answer 2 for a prompt: drawn from the report's id and the
+    prompt's, so the order is fixed for the report and differs from prompt to prompt."""
+    flip = hashlib.sha256(f"{report_id}:{prompt_id}".encode()).digest()[0] & 1
+    return (SIDES[flip], SIDES[1 - flip])
 
 
 def unblind(report_id: str, prompt_id: str, choice: str) -> str:
     """A blind choice ("1", "0" or "2") as the side it prefers: "base", "tie" or "tuned"."""
-    if CHOICES[choice] == "tie":
+    if choice == "0":
         return "tie"
-    shown_first = first(report_id, prompt_id)
-    return shown_first if CHOICES[choice] == "first" else next(s for s in SIDES if s != shown_first)
+    return order(report_id, prompt_id)[int(choice) - 1]
 
 
 def read_ratings(path: Path, report: Report) -> list[Rating]:

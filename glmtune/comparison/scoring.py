@@ -15,7 +15,7 @@ from ..core.files import write_atomic
 from ..core.terminal import printable
 from .metrics import (FLAGS, Lexicon, answer_flags, change_rate, char_bleu4, char_len, distinct_n, is_degenerate,
                       prompt_overlap, rouge_zh, summarize)
-from .report import (METRICS, SCORING_NOTE, SIDES, Accuracy, Aggregate, Answer, Both, Change, DepartmentResult,
+from .report import (METRICS, NO_BENCHMARK_SETTING, SCORING_NOTE, SIDES, Accuracy, Aggregate, Answer, Both, Change, DepartmentResult,
                      Distinct, Knowledge, MetricResult, Preference, Report, Review, Row, Stats, Timing)
 from .verdict import ROUGE_SCALE, batch_difference, decide, number, paired_interval, wins_ties_losses
 
@@ -275,6 +275,12 @@ def summary_lines(aggregate: Aggregate, timing: Timing, notes: tuple[str, ...] =
     return [*verdict_lines(aggregate), *(f"  - {n}" for n in notes), "", *metric_table(aggregate),
             *([""] + departments if departments else []), *([""] + knowledge if knowledge else []), "", *review, "",
             *timing_lines(timing)]
+
+
+def report_summary(report: Report) -> list[str]:
+    """`summary_lines` of a whole report, saying how to add a knowledge check where none was asked for."""
+    return summary_lines(report.aggregate, report.timing, report.notes,
+                         hint=report.settings.benchmark == NO_BENCHMARK_SETTING)
 
 
 def rejudge(report: Report, review: Review) -> Report:

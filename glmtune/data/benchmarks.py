@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import DataError, few
-from .reading import decode_file
+from .reading import decode_file, json_records, jsonl_records
 
 GROUPS = ("medical", "general")
 LETTERS = "ABCDEFGHIJ"
@@ -88,11 +88,7 @@ class Question:
     @property
     def chance(self) -> float:
         """The chance of a right answer by a blind pick of as many letters as are right."""
-        n, k = len(self.options), len(self.answer)
-        ways = 1
-        for i in range(k):  # n choose k
-            ways = ways * (n - i) // (i + 1)
-        return 1 / ways
+        return 1 / math.comb(len(self.options), len(self.answer))
 
     def block(self, with_answer: bool) -> str:
         """The question as an exam shows it; with its answer line as a worked example."""
@@ -204,31 +200,13 @@ def _csv_rows(rows, path: Path):
         raise DataError(f"{path}:{rows.line_num}: not readable as CSV ({err})") from None
 
 
-def _records(path: Path):
-    """(where, record) of a JSON array or a JSONL file."""
-    text, _ = decode_file(path)
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); a .json benchmark is one array of "
-                            "question objects") from None
-        yield from ((f"{path}: question {i}", item) for i, item in enumerate(items, 1))
-        return
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield f"{path}:{line_no}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({err.msg}); each line of a .jsonl benchmark is "
-                                "one question object") from None
-
-
 def read_json(path: Path, source: str) -> list[Question]:
     """CMB's records or plain ones (`question`, `options`, `answer`, optional `subject`, `group`)."""
+    text, _ = decode_file(path)
+    records = json_records if path.suffix.lower() == ".json" else jsonl_records
     questions, seen = [], set()
-    for n, (where, obj) in enumerate(_records(path)):
+    for n, (line_no, _, obj) in enumerate(records(text, path)):
+        where = f"{path}:{line_no}"
         if not isinstance(obj, dict):
             raise DataError(f"{where}: not a question object (a JSON {type(obj).__name__})")
         options = obj.get("options", obj.get("option"))

@@ -591,7 +591,7 @@ def _json_error(path: Path, line_no: int, err: json.JSONDecodeError, what: str) 
     return DataError(f"{path}:{line_no}: invalid JSON ({err.msg}, column {err.colno}); {what}")
 
 
-def _jsonl_records(text: str, path: Path) -> _Records:
+def jsonl_records(text: str, path: Path) -> _Records:
     for line_no, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
@@ -607,7 +607,7 @@ def _jsonl_records(text: str, path: Path) -> _Records:
         yield line_no, line, obj
 
 
-def _json_records(text: str, path: Path) -> _Records:
+def json_records(text: str, path: Path) -> _Records:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
@@ -729,9 +729,9 @@ class _Format(NamedTuple):
 
 _FORMATS = {
     ".csv": _Format("csv", _csv_records, _csv_pair, "CSV rows with title, ask and answer columns"),
-    ".jsonl": _Format("jsonl", _jsonl_records, _json_pair,
+    ".jsonl": _Format("jsonl", jsonl_records, _json_pair,
                       'one {"question", "answer"}, alpaca or conversation ("messages"/"conversations") object per line'),
-    ".json": _Format("json", _json_records, _json_pair,
+    ".json": _Format("json", json_records, _json_pair,
                      'an array of {"question", "answer"}, alpaca or conversation objects'),
 }
 _QA_LINES = _Format("qa-lines", _qa_line_records, _qa_line_pair, "one 'title？ ask,answer' record per line")

@@ -26,7 +26,7 @@ def test_batched_option_likelihoods_equal_one_question_at_a_time(tiny_dir, layou
     exam = Exam(questions, [prompt_text(q, []) for q in questions], ["t"], 0)
     encoded = encode_exam(tokenizer, exam, layout)
     # a budget that forces several batches of rows padded to different widths
-    batched = letter_logprobs(model, encoded, list(range(len(questions))), 3 * len(encoded.ids[3]), tokenizer.pad_token_id)
+    batched = letter_logprobs(model, encoded, list(range(len(questions))), 3 * len(encoded.ids[3]), tokenizer)
     for q, text, got in zip(questions, exam.texts, batched):
         reply = answer_ids(tokenizer, "A", layout)  # the tiny vocabulary writes "A" as "▁" + "A"
         assert tokenizer.convert_ids_to_tokens(reply[-1:]) == ["A"]

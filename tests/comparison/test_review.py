@@ -10,7 +10,7 @@ import pytest
 from glmtune.comparison.generation import Generated
 from glmtune.comparison.metrics import DEFAULT_LEXICON_PATH, Lexicon
 from glmtune.comparison.report import Report, Settings, SideTiming, Timing
-from glmtune.comparison.review import FORMAT, cohen_kappa, first, fleiss_kappa, fold, unblind
+from glmtune.comparison.review import FORMAT, cohen_kappa, fleiss_kappa, fold, order, unblind
 from glmtune.comparison.scoring import Sample, rejudge, score
 from glmtune.core.errors import DataError
 
@@ -41,7 +41,7 @@ def ratings_file(path, report, reviewer, better: dict[int, str], report_id=None,
     rid = report.settings.report_id
     rows = {r.index: r for r in report.rows}
     ratings = [{"prompt": rows[i].id, "note": "", "at": at, "revealed": revealed,
-                "choice": "0" if side == "tie" else "1" if first(rid, rows[i].id) == side else "2"}
+                "choice": "0" if side == "tie" else "1" if order(rid, rows[i].id)[0] == side else "2"}
                for i, side in better.items()]
     path.write_text(json.dumps({"format": FORMAT, "report": report_id or rid, "reviewer": reviewer,
                                 "ratings": ratings}, ensure_ascii=False), encoding="utf-8")
@@ -49,11 +49,11 @@ def ratings_file(path, report, reviewer, better: dict[int, str], report_id=None,
 
 
 def test_the_blind_order_is_fixed_per_report_and_drawn_per_prompt():
-    order = [first("report-a", f"p{i}") for i in range(200)]
-    assert order == [first("report-a", f"p{i}") for i in range(200)]  # the page and the fold agree
-    assert 70 < order.count("tuned") < 130  # about half each way
-    assert order != [first("report-b", f"p{i}") for i in range(200)]
-    shown_first = first("r", "p1")
+    shown = [order("report-a", f"p{i}")[0] for i in range(200)]
+    assert shown == [order("report-a", f"p{i}")[0] for i in range(200)]  # the page and the fold agree
+    assert 70 < shown.count("tuned") < 130  # about half each way
+    assert shown != [order("report-b", f"p{i}")[0] for i in range(200)]
+    shown_first = order("r", "p1")[0]
     other = "base" if shown_first == "tuned" else "tuned"
     assert [unblind("r", "p1", c) for c in "102"] == [shown_first, "tie", other]
 
