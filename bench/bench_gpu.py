@@ -9,6 +9,7 @@ On one GPU, with ../shared beside the repo (or --shared PATH):
     python bench/bench_gpu.py --part ablate     # each speed setting on and off, side by side; ~3 min
     python bench/bench_gpu.py --part gpus       # default command: python, then torchrun on 1, 2, ... GPUs; ~3 min each
     python bench/bench_gpu.py --part knowledge  # the default comparison with CMMLU's 11 subjects (../shared); ~2 min
+    python bench/bench_gpu.py --part small-cards  # comparison and chat on simulated 4, 6, 8 (and 2) GB cards; ~8 min
 Each part builds (or reuses) a random-weight checkpoint in the ORIGINAL ChatGLM3 layout under
 --workdir, prints a table and merges its numbers into bench/results/latest.json. Then, wherever the
 JSON ends up:
@@ -22,6 +23,7 @@ import gc
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -435,6 +437,115 @@ def part_knowledge(args, ckpt: Path, shared: Path) -> dict:
     return results
 
 
+SMALL_CARDS_GB = (4, 6, 8)
+CHAT_TURN = "头痛三天了，还有点恶心，怎么办？"
+
+
+class GpuPeak:
+    """The most GPU memory a process held (CUDA context included), polled with nvidia-smi; None
+    where nvidia-smi does not list this container's processes."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak_mib, self.done = pid, None, False
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+
+    def poll(self):
+        while not self.done:
+            try:
+                listed = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,"
+                                         "noheader,nounits"], capture_output=True, text=True).stdout
+            except OSError:  # no nvidia-smi (the CPU smoke run)
+                return
+            for line in listed.splitlines():
+                pid, used = (part.strip() for part in line.split(","))
+                if pid == str(self.pid):
+                    self.peak_mib = max(self.peak_mib or 0, int(used))
+            time.sleep(0.2)
+
+    def stop(self) -> float | None:
+        self.done = True
+        self.thread.join()
+        return None if self.peak_mib is None else self.peak_mib / 1024
+
+
+def small_card_compare(adapter: Path, folder: Path, flags: list[str]) -> dict:
+    """The comparison script as users run it, whole process: its wall time, peaks, weights line and
+    answers; or its exit code and last line where it refused."""
+    began = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter),
+                             *flags, "--output", str(folder), "--overwrite"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    peak = GpuPeak(proc.pid)
+    output, _ = proc.communicate()
+    row = {"flags": " ".join(flags), "process_wall_s": time.perf_counter() - began, "exit": proc.returncode,
+           "process_peak_gib": peak.stop()}
+    if proc.returncode:
+        row["last_line"] = (output.strip().splitlines() or ["?"])[-1]
+        return row
+    report = json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
+    timing = report["timing"]
+    return row | {"weights": timing["weights"], "load_s": timing["load_s"],
+                  "side_peak_gib": max(timing[side]["peak_gpu_gib"] or 0 for side in ("base", "tuned")),
+                  "tuned_tok_per_s": timing["tuned"]["tok_per_s"],
+                  "answers": [[r[side]["answer"] for side in ("base", "tuned")] for r in report["samples"]]}
+
+
+def small_card_chat(adapter: Path, flags: list[str]) -> dict:
+    """The chat as users start it, one question piped in: seconds from the command to the first
+    token of the answer on screen, and to its end."""
+    began = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter),
+                             "--chat", *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    peak = GpuPeak(proc.pid)
+    proc.stdin.write(f"{CHAT_TURN}\n/exit\n".encode())
+    proc.stdin.close()
+    seen, first = b"", None
+    while chunk := proc.stdout.read1(4096):
+        seen += chunk
+        answer = seen.split(b"[fine-tuned] ", 1)
+        if first is None and len(answer) == 2 and answer[1].strip():
+            first = time.perf_counter() - began
+    proc.wait()
+    text = seen.decode(errors="replace")
+    row = {"flags": " ".join(flags), "exit": proc.returncode, "first_answer_s": first,
+           "process_wall_s": time.perf_counter() - began, "process_peak_gib": peak.stop(),
+           "weights": next((line for line in text.splitlines() if line.startswith("weights:")), None)}
+    if proc.returncode:
+        row["last_line"] = (text.strip().splitlines() or ["?"])[-1]
+    return row
+
+
+def part_small_cards(args, ckpt: Path, shared: Path) -> dict:
+    """The default comparison and the chat, whole processes, on simulated 4, 6 and 8 GB cards
+    (--gpu-memory caps what PyTorch may use, and free memory is reported within it), then a 2 GB
+    card that must be refused in one line. Answers are compared with NF4 on the whole GPU, one
+    prompt at a time as the 4 GB card runs them (batching alone changes NF4's kernels), and in
+    the default batch."""
+    adapter = compare_adapter(args, ckpt, shared)
+    results = {"reference_b1": small_card_compare(adapter, args.workdir / "small_ref_b1",
+                                                  ["--quantization", "nf4", "--batch-size", "1"]),
+               "reference": small_card_compare(adapter, args.workdir / "small_ref", ["--quantization", "nf4"])}
+    for card in (*SMALL_CARDS_GB, 2):
+        cap = ["--gpu-memory", str(usable_gib(card))]
+        row = {"usable_gib": usable_gib(card),
+               "compare": small_card_compare(adapter, args.workdir / f"small_{card}GB", cap),
+               "chat": small_card_chat(adapter, cap)}
+        answers = row["compare"].get("answers")
+        for ref in ("reference_b1", "reference"):
+            if answers:
+                pairs = [(a, b) for mine, theirs in zip(answers, results[ref]["answers"]) for a, b in zip(mine, theirs)]
+                row["compare"][f"changed_vs_{ref}"] = sum(a != b for a, b in pairs) / len(pairs)
+        results[f"{card}GB"] = row
+        print(json.dumps({card: {k: {f: v for f, v in r.items() if f != "answers"} for k, r in row.items()
+                                 if isinstance(r, dict)}}, ensure_ascii=False), flush=True)
+    b1, batched = results["reference_b1"]["answers"], results["reference"]["answers"]
+    pairs = [(a, b) for mine, theirs in zip(b1, batched) for a, b in zip(mine, theirs)]
+    results["batching_changed"] = sum(a != b for a, b in pairs) / len(pairs)
+    return results
+
+
 CARDS_GB = (6, 8, 12, 16, 24)
 
 
@@ -658,6 +769,23 @@ def table(results: dict) -> list[str]:
                 lines.append(f"comparison {label:12}: {r['process_wall_s']:.1f} s for {r['prompts']} prompts, tuned "
                              f"{r['tuned_tok_per_s']:.0f} tok/s; greedy answers as with python: "
                              f"{r.get('same_answers_as_python', '-')} of {len(r['answers'])}")
+    if "small_cards" in results:
+        sc = results["small_cards"]
+        lines.append(f"{'small cards (NF4)':18} {'usable':>6} {'compare s':>9} {'peak GiB':>8} {'changed':>7} "
+                     f"{'chat 1st s':>10} {'peak GiB':>8}  weights")
+        for card, r in sc.items():
+            if not card.endswith("GB"):
+                continue
+            c, chat = r["compare"], r["chat"]
+            if c["exit"]:
+                lines.append(f"{card:18} {r['usable_gib']:>6.2f} refused: {c['last_line']}")
+                continue
+            changed = c.get("changed_vs_reference_b1")
+            lines.append(f"{card:18} {r['usable_gib']:>6.2f} {c['process_wall_s']:>9.1f} {c['process_peak_gib'] or 0:>8.2f} "
+                         f"{100 * changed:>6.0f}% {chat['first_answer_s'] or 0:>10.1f} {chat['process_peak_gib'] or 0:>8.2f}"
+                         f"  {c['weights']}")
+        lines.append(f"answers changed by batching alone (NF4, whole GPU, batch 1 vs default): "
+                     f"{100 * sc['batching_changed']:.0f}%; the reference for 'changed' is batch 1")
     if "export" in results:
         for fmt, r in results["export"].items():
             sec = r["seconds"]
@@ -740,6 +868,16 @@ def main(args):
         results["knowledge_questions_per_s"] = results["knowledge"]["default"]["questions_per_s"]
         out.write_text(json.dumps(results, indent=2))
         print("\n".join(table(results)), flush=True)
+    if args.part in ("small-cards", "all"):
+        results["small_cards"] = part_small_cards(args, ckpt, args.shared)
+        sc = results["small_cards"]
+        results["compare_4gb_wall_s"] = sc["4GB"]["compare"]["process_wall_s"]
+        results["chat_4gb_first_answer_s"] = sc["4GB"]["chat"]["first_answer_s"]
+        results["small_card_peaks_gib"] = {card: {what: sc[card][what].get("process_peak_gib")
+                                                  for what in ("compare", "chat")} for card in sc if card.endswith("GB")}
+        results["answers_changed_4gb"] = sc["4GB"]["compare"].get("changed_vs_reference_b1")
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
     if args.part in ("export", "all"):  # exports the comparison's run
         results["export"] = part_export(args, ckpt, args.shared)
         out.write_text(json.dumps(results, indent=2))
@@ -749,7 +887,8 @@ def main(args):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--part", choices=("train", "cards", "compare", "export", "all", "ablate", "gpus", "knowledge"),
+    p.add_argument("--part", choices=("train", "cards", "compare", "export", "all", "ablate", "gpus", "knowledge",
+                                      "small-cards"),
                    default="all",
                    help="what to measure; ablate: each speed setting on and off, side by side; gpus: the default "
                         "command on 1, 2, ... GPUs (torchrun)")

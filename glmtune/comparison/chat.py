@@ -123,6 +123,11 @@ class Chat:
         except KeyboardInterrupt:
             self.say("\n(stopped; this turn is not kept in the conversation)")
             return None
+        except torch.OutOfMemoryError:
+            device.empty_cache()
+            self.say("\n(the GPU ran out of memory on this turn, which is not kept; /reset starts a shorter "
+                     "conversation, or restart with a lower --max-new-tokens)")
+            return None
         return self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
     def say(self, text: str) -> None:
@@ -157,27 +162,32 @@ def turns(stream: TextIO, out: TextIO) -> Iterator[str]:
 
 
 def start(config, run, base: str, out: TextIO) -> Chat:
-    """The chat's model (as the comparison would hold the weights, adapter attached) and tokenizer."""
+    """The chat's model (as the comparison would hold the weights, adapter attached) and tokenizer,
+    and the longest conversation that fits beside them (the model's context, unless memory is short)."""
     from .job import room_for_prompts
-    from .inference import Shape, Sides, plan_weights
+    from .inference import Sides, plan_chat
+    from ..model.lora import adapter_parameters
+    from ..model.placement import Shape
     from ..model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(config.adapter)
-    shape = Shape.of_model(base)
-    # One prompt at a time, the whole conversation prefilled each turn, up to the context length.
     context = tokenizer.model_max_length
-    room = room_for_prompts(context, config.max_new_tokens, len(chat_ids(tokenizer, [{"role": "user", "content": ""}])))
-    plan = plan_weights(config.quantization, run.config.quantization, shape, device.free_memory(), 1, room, context,
-                        1, device.cuda())
+    # One prompt at a time, the whole conversation prefilled each turn, up to the context length.
+    room_for_prompts(context, config.max_new_tokens, len(chat_ids(tokenizer, [{"role": "user", "content": ""}])))
+    plan, length = plan_chat(config.quantization, run.config.quantization, Shape.of_model(base),
+                             device.free_memory(), context, config.max_new_tokens, device.cuda(),
+                             adapter_parameters(config.adapter))
     sides = Sides.load(base, config.adapter, plan, keep_unmerged=True)
     decoding = Decoding(config.max_new_tokens, config.do_sample, config.temperature, config.top_p, config.seed)
-    held = plan.precision if plan.merged else "NF4"
-    out.write(f"weights: {held}, adapter attached and switched off for the base side ({plan.reason})\n")
+    shortened = "" if length == context else f"; conversations kept to their last {length} tokens, what fits"
+    moved = f"; {plan.placement.describe()}" if plan.placement.describe() else ""
+    out.write(f"weights: {plan.precision if plan.merged else 'NF4'}{moved}, adapter attached and switched off for the base side ({plan.reason}"
+              f"{shortened})\n")
     if run.resolved.prompt_format != "chat":
         out.write(f"note: this adapter was trained on the {run.resolved.prompt_format} layout; the chat uses "
                   "ChatGLM3's native chat layout, as a deployed model would\n")
     out.write(f"talking with the fine-tuned model; commands: {COMMANDS}\n")
-    return Chat(sides, tokenizer, decoding, out, tokenizer.model_max_length)
+    return Chat(sides, tokenizer, decoding, out, length)
 
 
 def talk(chat: Chat, stream: TextIO) -> None:

@@ -140,20 +140,26 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], decoding: Decod
     return results  # type: ignore[return-value]
 
 
-def reference_perplexity(model, encoded: list[Encoded], pad_id: int, batch_size: int) -> list[float]:
+def reference_perplexity(model, encoded: list[Encoded], pad_id: int, batch_size: int,
+                         chunk: int = 1024) -> list[float]:
     """exp(mean token NLL) of each encoded example's labelled tokens (its reference answer and eos)
-    given its prompt: `prompts.encode` rows, as training saw them."""
+    given its prompt: `prompts.encode` rows, as training saw them. The output layer is applied to
+    the labelled positions only, `chunk` at a time, so the full-vocabulary logits (65,024 values a
+    position) never exist for a whole batch at once."""
     collator = PadCollator(pad_id)
     rows = [vars(row) for row in encoded]
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # adapters stay in place
     values: list[float] = []
     for start in range(0, len(rows), batch_size):
         batch = collator(rows[start:start + batch_size])
         batch = {k: v.to(model.device) for k, v in batch.items()}
         with torch.inference_mode():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                              reduction="none")
-        counts = (labels != IGNORE_INDEX).sum(-1).clamp(min=1)
-        values += [math.exp(v) for v in (nll.sum(-1) / counts).tolist()]
+            hidden = core.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            labels = batch["labels"][:, 1:]
+            scored = labels != IGNORE_INDEX
+            vectors, targets = hidden[:, :-1][scored], labels[scored]
+            nll = torch.cat([F.cross_entropy(core.lm_head(vectors[i:i + chunk]).float(), targets[i:i + chunk],
+                                             reduction="none") for i in range(0, len(targets), chunk)])
+            sums = torch.zeros(len(labels), device=nll.device).index_add_(0, scored.nonzero()[:, 0], nll)
+        values += [math.exp(v) for v in (sums / scored.sum(-1).clamp(min=1)).tolist()]
     return values

@@ -11,6 +11,9 @@ Two ways to hold the weights (measured on an H200, random 6B weights, bench/RESU
   runs it, but every adapted layer adds LoRA kernels to each decoded token.
 Never merged into 4-bit weights: NF4 cannot hold W + B·A, rounding it back would change the adapter.
 
+On a card too small for NF4 as trained (a 4 GB card), the input embedding goes to CPU memory and the
+output layer to NF4, as far as needed (`model.placement`), and the batch shrinks to what is left.
+
 Decoding uses a static KV cache (a preallocated cache also decodes ~3x faster than the growing one
 in eager mode on an H200), and on CUDA may be compiled: CUDA graphs remove the per-kernel launch cost
 that bounds decoding, at a one-off compile cost that `plan_compile` weighs against the work.
@@ -24,16 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import device
+from ..core.errors import ConfigError, ModelLoadError
+from ..model.placement import ON_DEVICE, PLACEMENTS, GiB, Placement, Shape, gib
 from ..training.compiling import CompilePlan, weigh
-from ..core.errors import ConfigError
 
-GiB = 2**30
-MARGIN = 1 * GiB  # on a GPU: CUDA context growth, cuBLAS workspaces, CUDA-graph pools, allocator fragmentation
+# On a GPU: CUDA context growth, cuBLAS workspaces, CUDA-graph pools, allocator fragmentation; on a
+# small card a share of it (a 1 GiB margin would be a third of a 4 GB card, whose memory is mapped in
+# expandable segments that leave little unusable: device.limit_memory).
+MARGIN, MARGIN_SHARE = 1 * GiB, 0.02
 CPU_MARGIN = GiB // 4  # on CPU none of those: the allocator's arenas and temporaries outside `row_bytes`
 MIN_ROWS = 8  # the 16-bit path is chosen only if it leaves room for at least this many prompts per batch
-PERPLEXITY_ROWS = 16  # most rows per perplexity forward (its full-vocabulary logits dominate its memory)
+PERPLEXITY_ROWS = 16  # most rows per perplexity forward
+PERPLEXITY_CHUNK = 1024  # most positions whose full-vocabulary logits a perplexity forward computes at once
+CHAT_CONTEXT_STEP = 256  # the chat's conversation shortened in these steps where its context does not fit
 EXAM_TOKENS = 32768  # most tokens per knowledge-check forward: past a few thousand a forward is compute-bound
-NF4_BYTES = 0.53  # per quantized parameter: 4 bits, plus block scales after double quantisation
 CACHE_ROUNDING = 64  # static-cache lengths rounded up, so reruns reuse a compiled shape
 
 # Decoding costs on an H200, 6B bf16, static cache (bench/RESULTS.md, 2026-12-02): an eager step is
@@ -45,60 +52,6 @@ COMPILED_STEP_S, COMPILED_STEP_PER_ROW_S = 0.006, 0.0001
 COLD_COMPILE_S, COLD_COMPILE_PER_ROW_S = 37.0, 0.25
 
 
-@dataclass(frozen=True)
-class Shape:
-    """The sizes that decide memory, from the base's config (ChatGLM3 or native)."""
-
-    vocab: int
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def of(cls, config) -> "Shape":
-        return cls(config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
-                   config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-
-    @classmethod
-    def of_model(cls, base: str) -> "Shape":
-        """The sizes of a base model from its config alone (nothing is downloaded but the config)."""
-        from ..model.loading import read_config
-        from ..model.sources import resolve_model_dir
-
-        return cls.of(read_config(resolve_model_dir(base, weights=False)))
-
-    def linear_params(self) -> int:
-        """Parameters of the decoder layers' projections: what NF4 quantizes."""
-        attention = self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * self.hidden
-        return self.layers * (attention + 3 * self.hidden * self.intermediate)
-
-    def weight_bytes(self, quantized: bool, element: int) -> float:
-        """Resident weights: embeddings and output matrix stay in 16-bit under NF4 too."""
-        matrices = 2 * self.vocab * self.hidden * element
-        return matrices + self.linear_params() * (NF4_BYTES if quantized else element)
-
-    def token_bytes(self, element: int) -> float:
-        """A forward's widest transient per token: the MLP's gate/up output and its activation."""
-        return (3 * self.intermediate + 4 * self.hidden) * element
-
-    def row_bytes(self, prompt: int, cache: int, element: int) -> float:
-        """One prompt of a generation batch: its static KV cache, and the prefill's widest transient."""
-        kv = cache * self.layers * 2 * self.kv_heads * self.head_dim * element
-        return kv + prompt * self.token_bytes(element)
-
-    def perplexity_row_bytes(self, length: int, element: int) -> float:
-        """One sequence of a perplexity forward: full-vocabulary logits, their fp32 copy and the
-        cross-entropy's log-probabilities."""
-        return length * self.vocab * (element + 8)
-
-
-def gib(size: float) -> str:
-    return f"{size / GiB:.1f} GiB" if size >= GiB / 10 else f"{size / 2**20:.0f} MiB"
-
-
 @dataclass
 class WeightsPlan:
     merged: bool  # 16-bit weights with the adapter merged after the base side; else NF4 and unmerged
@@ -107,43 +60,78 @@ class WeightsPlan:
     perplexity_batch: int
     reason: str
     exam_tokens: int = EXAM_TOKENS  # tokens per knowledge-check forward (questions batched by length)
+    placement: Placement = ON_DEVICE  # the embedding and output matrices, moved or quantized on a small card
+    perplexity_chunk: int = PERPLEXITY_CHUNK  # positions whose full-vocabulary logits are computed at once
 
     @property
     def quantization(self) -> str | None:
         return None if self.merged else "nf4"
 
-    def describe(self) -> str:
+    def held(self) -> str:
+        """How the weights are held: precision, adapter, and anything moved off the GPU."""
         held = f"{self.precision}, adapter merged after the base side" if self.merged else "NF4, adapter unmerged"
+        moved = self.placement.describe()
+        return f"{held}; {moved}" if moved else held
+
+    def describe(self) -> str:
         prompts = "prompt" if self.batch_size == 1 else "prompts"
-        return f"{held}; {self.batch_size} {prompts} per batch ({self.reason})"
+        return f"{self.held()}; {self.batch_size} {prompts} per batch ({self.reason})"
 
 
 def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: int, prompt_width: int,
-                 cache_len: int, batch_size: int, on_gpu: bool, scored_len: int = 0) -> WeightsPlan:
+                 cache_len: int, batch_size: int, on_gpu: bool, scored_len: int = 0,
+                 adapter_params: int = 0) -> WeightsPlan:
     """How to hold the weights for `prompts` prompts (the longest `prompt_width` tokens, a static
-    cache of `cache_len`; the longest perplexity sequence `scored_len`), given `free` bytes.
+    cache of `cache_len`; the longest perplexity sequence `scored_len`), given `free` bytes and an
+    adapter of `adapter_params` values beside the weights.
     choice: the --quantization flag (auto, as-trained, nf4, none); trained: the run's own.
-    A plan slower than asked (NF4 by auto, fewer prompts per batch than --batch-size) says why in
-    its reason, which the console prints before any answer: the two paths can be 20x apart."""
+    A plan slower than asked (NF4 by auto, fewer prompts per batch than --batch-size, weights moved
+    off a small card) says why in its reason, which the console prints before any answer: the two
+    paths can be 20x apart. ModelLoadError, before anything loads, where not even one prompt fits."""
     precision = device.resolve_precision()
     element = 2 if on_gpu else 4
-    margin = MARGIN if on_gpu else CPU_MARGIN
+    margin = min(MARGIN, MARGIN_SHARE * free) if on_gpu else CPU_MARGIN
     row = shape.row_bytes(prompt_width, cache_len, element)
     ppl_row = shape.perplexity_row_bytes(scored_len, element)
+    logit_bytes = shape.vocab * (element + 8)  # a position's logits, their fp32 copy and log-probabilities
     wanted = min(batch_size, max(prompts, 1))
+    least = min(MIN_ROWS, wanted)
 
-    def plan(merged: bool, reason: str, least: int = 1) -> WeightsPlan:
-        left = max(free - shape.weight_bytes(not merged, element) - margin, 0.0)
+    def room(merged: bool, placement: Placement = ON_DEVICE) -> float:
+        fixed = shape.weight_bytes(not merged, element, placement) + adapter_params * element + margin
+        return free - fixed - (0 if merged else shape.unpack_bytes(element))
+
+    def plan(merged: bool, reason: str, least: int = 1, placement: Placement = ON_DEVICE) -> WeightsPlan:
+        left = max(room(merged, placement), 0.0)
         rows = max(least, min(wanted, int(left // row)))
-        ppl = max(1, min(PERPLEXITY_ROWS, int(left // ppl_row) if ppl_row else PERPLEXITY_ROWS))
+        chunk = max(1, min(PERPLEXITY_CHUNK, int(left / 2 // logit_bytes)))  # half the room at most
+        rest = left - chunk * logit_bytes
+        ppl = max(1, min(PERPLEXITY_ROWS, int(rest // ppl_row) if ppl_row else PERPLEXITY_ROWS))
         exam = max(1, min(EXAM_TOKENS, int(left // shape.token_bytes(element))))
         if rows < wanted:
             reason += (f"; room for {rows} of the {wanted} prompts per batch beside the weights, each needing "
                        f"{gib(row)} of KV cache and prefill")
-        return WeightsPlan(merged, precision, rows, ppl, reason, exam)
+        return WeightsPlan(merged, precision, rows, ppl, reason, exam, placement, chunk)
+
+    def nf4(reason: str) -> WeightsPlan:
+        if not on_gpu:
+            return plan(False, reason)
+        placement = next((p for p in PLACEMENTS if room(False, p) >= least * row), None) or \
+            next((p for p in PLACEMENTS if room(False, p) >= row), None)
+        if placement is None:
+            smallest = free - room(False, PLACEMENTS[-1]) + row
+            raise ModelLoadError(
+                f"the model does not fit on this GPU: one prompt needs about {gib(smallest)} of GPU memory even in NF4 "
+                f"with the input embedding in CPU memory and the output layer in NF4, and {gib(free)} is free. Use "
+                "--device cpu (the weights in RAM; slower), free the GPU of other processes, or a GPU with more memory")
+        if placement != ON_DEVICE:
+            moved = "the input embedding and output layer leave" if placement.head_nf4 else "the input embedding leaves"
+            batch = f"a batch of {least} prompts" if least > 1 else "a prompt"
+            reason += f"; {placement.describe()}: 16-bit on the GPU, {moved} no room for {batch} in the {gib(free)} free"
+        return plan(False, reason, placement=placement)
 
     sixteen = f"{precision} weights {gib(shape.weight_bytes(False, element))}"
-    needed = shape.weight_bytes(False, element) + margin + min(MIN_ROWS, wanted) * row
+    needed = free - room(True) + least * row
     value = choice
     if choice == "as-trained":
         choice = "nf4" if trained == "nf4" else "none"
@@ -151,24 +139,40 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
     flag = f"--quantization {value}"
     if choice == "nf4":
         why = "the weights the adapter was trained against" if trained == "nf4" else "a third of the memory"
-        return plan(False, f"{flag}: {why}")
+        return nf4(f"{flag}: {why}")
     if choice == "none":
         if needed > free and not on_gpu:  # asked for: the OS may page memory out; a GPU would fail outright
             return plan(True, f"{flag}: {sixteen} and a batch need {gib(needed)}, more than the {gib(free)} the "
-                              "OS can give; it may swap, or stop the comparison", least=min(MIN_ROWS, wanted))
+                              "OS can give; it may swap, or stop the comparison", least=least)
         if needed > free:
             raise ConfigError("quantization", f"{value} holds the weights in 16 bits, which with a batch of "
-                                              f"{min(MIN_ROWS, wanted)} needs about {gib(needed)}, and {gib(free)} is "
+                                              f"{least} needs about {gib(needed)}, and {gib(free)} is "
                                               "free; use --quantization auto or nf4 (4-bit, a third of the memory)")
         return plan(True, f"{flag}: {sixteen}, {gib(free)} free")
     if needed <= free:
         return plan(True, f"auto: {sixteen} fit in the {gib(free)} free")
     if on_gpu:
-        return plan(False, f"auto: {sixteen} and a batch need {gib(needed)}, only {gib(free)} free; NF4 needs "
-                           "about a third")
+        return nf4(f"auto: {sixteen} and a batch need {gib(needed)}, only {gib(free)} free; NF4 needs about a third")
     return plan(False, f"auto: {sixteen} and a batch need {gib(needed)}, more than the {gib(free)} the OS can give; "
                        "NF4 needs about a third but decodes far slower on CPU (--quantization none forces 16-bit "
                        "weights)")
+
+
+def plan_chat(choice: str, trained: str, shape: Shape, free: float, context: int, max_new_tokens: int,
+              on_gpu: bool, adapter_params: int = 0) -> tuple[WeightsPlan, int]:
+    """The chat's weights and the longest conversation (its turns and the answer) that fits beside
+    them: the model's context where memory allows, else less, in steps of CHAT_CONTEXT_STEP; the chat
+    then drops its oldest turns sooner. ModelLoadError where not even a step beside an answer fits."""
+    shortest = max_new_tokens + CHAT_CONTEXT_STEP
+    steps = range(context // CHAT_CONTEXT_STEP * CHAT_CONTEXT_STEP, shortest - 1, -CHAT_CONTEXT_STEP)
+    lengths = list(dict.fromkeys([context, *steps]))
+    for length in lengths:
+        try:
+            return plan_weights(choice, trained, shape, free, 1, length - max_new_tokens, length, 1, on_gpu,
+                                adapter_params=adapter_params), length
+        except ModelLoadError:
+            if length == lengths[-1]:
+                raise
 
 
 def decoding_steps(prompts: int, batch_size: int, max_new_tokens: int) -> int:
@@ -226,7 +230,7 @@ class Sides:
 
         dtype = device.dtype(plan.precision)
         model = load_model(base, quantization=plan.quantization, dtype=dtype,
-                           device_map={"": device.gpu()} if device.cuda() else None)
+                           device_map={"": device.gpu()} if device.cuda() else None, placement=plan.placement)
         model = load_adapter(model, adapter, base)
         if plan.merged and not keep_unmerged:
             model = model.unload()  # the plain base again; the adapter is merged after the base side

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import torch
+
 from ..core import device, distributed
 from ..core.config import CompareConfig
 from ..data.reading import TRAIN_PROMPTS, Example, prompt_digest, read_dataset, read_prompt_digests
-from ..core.errors import ConfigError, DataError, RunDirError, few
+from ..core.errors import ConfigError, DataError, ModelLoadError, RunDirError, few
 from ..model.sources import needs_gpu
 from ..core.folders import claim, foreign, free, numbered, place, publish, remove, replaceable, reserve, scratch_for
 from ..model.lora import check_adapter_files
@@ -150,10 +152,10 @@ class Comparison:
         terms_file = c.terms_file or DEFAULT_LEXICON_PATH
         # before any model: a bad --terms-file must not waste a run
         lexicon = None if c.chat else load_lexicon(terms_file)
-        if not device.cuda() and needs_gpu(base):
+        if not device.cuda() and needs_gpu(base) and c.device != "cpu":
             raise ConfigError("base_model", f"{base} (this adapter's base) is a 6B model that needs a CUDA GPU, "
                                             "and none was found. For a CPU demo, train with --model tiny and compare "
-                                            "that adapter.")
+                                            "that adapter; --device cpu runs it in RAM anyway (about 25 GiB, slow).")
         return TrainedRun(record, base, record.resolved.prompt_format, terms_file, lexicon)
 
     def load_prompts(self, run: TrainedRun) -> Prompts:
@@ -198,8 +200,10 @@ class Comparison:
         """The tokenizer saved with the adapter; how to hold the weights and decode (from the free
         memory and the work); the report's folder, reserved; the model."""
         from .generation import Decoding
-        from .inference import Shape, Sides, cache_length, plan_compile, plan_weights
+        from .inference import Sides, cache_length, plan_compile, plan_weights
         from .knowledge import encode_exam
+        from ..model.lora import adapter_parameters
+        from ..model.placement import Shape
         from ..model.prompts import encode, example_prompt_ids
         from ..model.tokenizer import load_tokenizer
 
@@ -224,7 +228,8 @@ class Comparison:
 
         def plan():  # rank 0 decides for all, so that every process holds the weights and decodes alike
             weights = plan_weights(c.quantization, run.record.config.quantization, Shape.of_model(run.base),
-                                   free, len(mine), width, cache_len, c.batch_size, device.cuda(), scored_len)
+                                   free, len(mine), width, cache_len, c.batch_size, device.cuda(), scored_len,
+                                   adapter_parameters(c.adapter))
             compiling = plan_compile(c.compile, weights, len(mine), c.max_new_tokens, cache_len, run.base,
                                      device.cuda())
             return weights, compiling, self._reserve_output()  # after every check, before any model
@@ -344,7 +349,7 @@ def answer_side(model, side: str, loaded: Loaded) -> SideAnswers:
     wall = time.perf_counter() - began
     scored = [i for i in loaded.mine if i in loaded.scored]
     values = reference_perplexity(model, [loaded.scored[i] for i in scored], loaded.tokenizer.pad_token_id,
-                                  loaded.weights.perplexity_batch)
+                                  loaded.weights.perplexity_batch, loaded.weights.perplexity_chunk)
     shares = distributed.gather((list(loaded.mine), answers, dict(zip(scored, values)), wall, device.peak_gib()))
     every: list = [None] * len(loaded.ids)
     ppl: list = [None] * len(loaded.ids)
@@ -515,7 +520,8 @@ def comparison(config: CompareConfig, show: Callable[[list[str]], None]) -> Comp
     if config.ratings:
         fold_ratings(config, show)
         return None
-
+    device.select(config.device)
+    device.limit_memory(config.gpu_memory)  # also maps a small card's memory in expandable segments
     with Comparison(config) as job:  # on leaving: the run folder free again, no half-written report
         run = job.load_run()  # the training run: base model, quantization, prompt layout
         if config.chat:
@@ -525,9 +531,14 @@ def comparison(config: CompareConfig, show: Callable[[list[str]], None]) -> Comp
             return None
         prompts = job.load_prompts(run)  # --prompt, --data, or the eval split held out at training time
         exam = job.load_exam()  # --benchmark: the knowledge check's questions
-        loaded = job.load_model(run, prompts, exam)
-        show(loaded.lines())
-        answers = job.generate(loaded, exam)  # base side, then fine-tuned: answers, perplexities, exam answers
+        try:
+            loaded = job.load_model(run, prompts, exam)
+            show(loaded.lines())
+            answers = job.generate(loaded, exam)  # base side, then fine-tuned: answers, perplexities, exam answers
+        except torch.OutOfMemoryError:  # the plan's estimates fell short on this card
+            raise ModelLoadError(f"the GPU ran out of memory ({device.total_memory() / 2**30:.1f} GiB); rerun with "
+                                 "--batch-size 1 and a lower --max-new-tokens, free the GPU of other processes, or "
+                                 "use --device cpu") from None
         report = job.score(run, prompts, loaded, answers, exam)
         summary = report_summary(report)
         try:

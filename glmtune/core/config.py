@@ -357,6 +357,13 @@ class CompareConfig(Settings):
                               "per department, agreement between reviewers; loads no model. The report is found by "
                               "its id under ADAPTER/comparison* (or give --output)", group="blind review",
                               metavar="FILE", nargs="+", factory=list)
+    # hardware
+    device: str = opt("auto", "where the models run: auto = the GPU when there is one; cpu = in RAM (16-bit weights "
+                      "where RAM allows; slower), e.g. for a GPU too small even for NF4 with the embedding moved off "
+                      "it", group="hardware", choices=("auto", "cuda", "cpu"))
+    gpu_memory: float | None = opt(None, "GiB of GPU memory PyTorch may use (default: all that is free): share a "
+                                   "card, or check that the comparison or the chat fits a smaller one (a card's size "
+                                   "minus ~0.6 GiB for the CUDA context)", group="hardware", metavar="GIB")
     # chat
     chat: bool = opt(False, "talk with the fine-tuned model (streamed, multi-turn, ChatGLM3's chat layout) instead of "
                      "comparing; /base, /tuned, /both, /reset, /exit; reads one turn per line from a pipe too",
@@ -374,6 +381,7 @@ class CompareConfig(Settings):
             ("examples", self.examples >= 0, "must be 0 or more"),
             ("benchmark_shots", self.benchmark_shots >= 0, "must be 0 (zero-shot) or more"),
             ("benchmark_questions", self.benchmark_questions >= 0, "must be 0 (all) or more"),
+            ("gpu_memory", self.gpu_memory is None or self.gpu_memory >= 1, "must be at least 1 (GiB)"),
         ]
         self.check_numbers()
         for name, ok, message in checks:

@@ -15,9 +15,29 @@ import torch
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+_cpu_only = False  # --device cpu
+
+
 @functools.cache
 def cuda() -> bool:
-    return torch.cuda.is_available()
+    return not _cpu_only and torch.cuda.is_available()
+
+
+def select(choice: str) -> None:
+    """--device: cpu runs on the CPU even where a GPU is (hidden from this process's libraries too,
+    when CUDA has not started yet); cuda insists on a GPU; auto takes one where there is one."""
+    global _cpu_only
+    if choice == "cpu":
+        _cpu_only = True
+        if not torch.cuda.is_initialized():
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        cuda.cache_clear()
+        bf16_supported.cache_clear()
+    elif choice == "cuda" and not cuda():
+        from .errors import ConfigError
+
+        raise ConfigError("device", "cuda: no CUDA GPU was found (or CUDA_VISIBLE_DEVICES hides it); use --device "
+                                    "cpu (or auto)")
 
 
 @functools.cache

@@ -359,14 +359,27 @@ def chatglm_base_config(base_dir: Path) -> dict:
 
 
 def merge_device(choice: str, model_bytes: int) -> str:
+    """Where the merge runs: the GPU where the 16-bit model fits in its free memory, else the CPU;
+    ConfigError, before the base loads, where the chosen one cannot hold the model."""
     from ..core import device
 
     if choice == "cuda" and not device.cuda():
         raise ConfigError("device", "cuda: no CUDA GPU was found; use --device cpu (or auto)")
+    # Headroom for the merge's temporaries and the CUDA context: 6B in bf16 (11.6 GiB) peaked at
+    # 14.4 GiB on an H200 (bench/RESULTS.md).
+    gpu_needs = 1.3 * model_bytes
+    gpu_free = device.free_memory() if device.cuda() else 0
     if choice == "auto":
-        # Headroom for the merge's temporaries and the CUDA context: 6B in bf16 (11.6 GiB) peaked at
-        # 14.4 GiB on an H200 (bench/RESULTS.md).
-        return "cuda" if device.cuda() and device.free_memory() > 1.3 * model_bytes else "cpu"
+        choice = "cuda" if gpu_free > gpu_needs else "cpu"
+    if choice == "cuda" and gpu_free <= gpu_needs:
+        raise ConfigError("device", f"cuda: the merge needs about {size(gpu_needs)} of GPU memory and "
+                                    f"{size(gpu_free)} is free; use --device cpu (about {size(model_bytes)} of RAM) "
+                                    "or auto")
+    ram = device.ram_available()
+    if choice == "cpu" and ram < 1.1 * model_bytes:
+        raise ConfigError("device", f"the merge on the CPU needs about {size(1.1 * model_bytes)} of RAM (the 16-bit "
+                                    f"model) and {size(ram)} is available; close other programs, use a machine with "
+                                    f"more memory, or a GPU with {size(gpu_needs)} free")
     return choice
 
 

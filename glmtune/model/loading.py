@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import BitsAndBytesConfig, GlmConfig, GlmForCausalLM
 from transformers.conversion_mapping import (
     USER_REGISTERED_MAPPINGS,
@@ -21,6 +22,7 @@ from transformers.core_model_loading import Split, WeightConverter, WeightRenami
 from ..core import device
 from ..core.config import DEFAULT_MODEL
 from ..core.errors import ModelLoadError
+from .placement import ON_DEVICE, CpuEmbedding, Placement, VectorwiseHead
 from .sources import resolve_model_dir
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -118,8 +120,9 @@ def chatglm_to_glm_config(raw: dict, source: Path | str = "config.json") -> GlmC
     )
 
 
-def nf4_config() -> BitsAndBytesConfig:
-    """QLoRA's NF4 with double quantisation; bf16 compute where the GPU has it, else fp16."""
+def nf4_config(quantize_head: bool = False) -> BitsAndBytesConfig:
+    """QLoRA's NF4 with double quantisation; bf16 compute where the GPU has it, else fp16.
+    quantize_head: the output layer in NF4 too (transformers keeps it 16-bit unless told otherwise)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:
@@ -129,7 +132,7 @@ def nf4_config() -> BitsAndBytesConfig:
         ) from err
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=device.dtype(),
+        bnb_4bit_compute_dtype=device.dtype(), llm_int8_skip_modules=[] if quantize_head else None,
     )
 
 
@@ -139,14 +142,19 @@ def load_model(
     dtype: torch.dtype | None = None,
     device_map: str | dict | None = None,
     attn_implementation: str | None = None,
+    placement: Placement = ON_DEVICE,
 ) -> GlmForCausalLM:
     """Load ChatGLM3 (original layout, safetensors or .bin shards, local or hub) or a native Glm folder.
 
     quantization: "nf4" (4-bit NF4, double quant; the QLoRA setting) or None (full precision).
     dtype: parameter dtype for the unquantised parts; default float32 on CPU, bf16/fp16 on GPU.
+    placement: for inference on a small card, the input embedding kept in CPU memory (never put on
+    the device, not even while loading) and the output layer in NF4 (`placement.py`).
     """
     if quantization not in ("nf4", None):
         raise ModelLoadError(f"quantization must be 'nf4' or None, not {quantization!r}")
+    if placement.head_nf4 and quantization != "nf4":
+        raise ModelLoadError("an NF4 output layer needs quantization='nf4'")
     folder = resolve_model_dir(name_or_path)
     config = read_config(folder)
     if not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
@@ -158,12 +166,13 @@ def load_model(
     dtype = dtype or device.dtype()
     kwargs = {}
     if quantization == "nf4":
-        kwargs["quantization_config"] = nf4_config()
+        kwargs["quantization_config"] = nf4_config(placement.head_nf4)
         device_map = device_map or ({"": device.gpu()} if device.cuda() else {"": "cpu"})
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    model_class = GlmWithoutEmbedding if placement.embedding_on_cpu else GlmForCausalLM
     try:
-        model = GlmForCausalLM.from_pretrained(
+        model = model_class.from_pretrained(
             str(folder), config=config, dtype=dtype, device_map=device_map, **kwargs
         )
     except (RuntimeError, ImportError, ValueError) as err:
@@ -175,7 +184,52 @@ def load_model(
         raise
     if quantization == "nf4" and not device.cuda():
         _keep_cpu_nf4_trainable(model)
+    if placement.embedding_on_cpu:
+        table = checkpoint_tensor(folder, EMBEDDING_NAMES).to(dtype)
+        model.model.embed_tokens = CpuEmbedding(table, model.lm_head.weight.device)
+    if placement.head_nf4:
+        model.lm_head = VectorwiseHead(model.lm_head)
     return model
+
+
+EMBEDDING_NAMES = ("transformer.embedding.word_embeddings.weight", "model.embed_tokens.weight")
+
+
+class GlmWithoutEmbedding(GlmForCausalLM):
+    """GlmForCausalLM built without its input embedding, so that loading never puts the table on
+    the device; `load_model` then reads it into CPU memory (`placement.CpuEmbedding`)."""
+
+    _keys_to_ignore_on_load_unexpected = [*IGNORED_KEYS, r"model\.embed_tokens\.weight"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model.embed_tokens = nn.Module()  # no parameters: the checkpoint's table is left unread
+
+
+def checkpoint_tensor(folder: Path, names: tuple[str, ...]) -> torch.Tensor:
+    """One tensor of a checkpoint folder (the first of `names` it holds), read alone into CPU memory."""
+    from safetensors import safe_open
+
+    files = []
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
+            files = [folder / weight_map[n] for n in names if n in weight_map][:1]
+            break
+    else:
+        files = [f for pattern in WEIGHT_PATTERNS for f in sorted(folder.glob(pattern))]
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), "pt") as shard:
+                found = [n for n in names if n in shard.keys()]
+                if found:
+                    return shard.get_tensor(found[0])
+        else:
+            shard = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            found = [n for n in names if n in shard]
+            if found:
+                return shard[found[0]].clone()
+    raise ModelLoadError(f"{folder}: no {names[0]} in its weights; is the checkpoint complete?")
 
 
 def _keep_cpu_nf4_trainable(model) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 from ..core.errors import ConfigError, ModelLoadError
@@ -30,11 +31,17 @@ def check_rank(r: int, targets: list[str], config, available: int) -> None:
     if r > limit:
         raise ConfigError("lora_r", f"{r} must be at most {limit} (the smallest targeted layer, {smallest}, has "
                                     f"{limit} features; a higher rank adds nothing); ranks of 8 to 64 are usual")
-    per_rank = LORA_BYTES_PER_PARAMETER * config.num_hidden_layers * sum(sum(features[t]) for t in targets)
+    per_rank = training_bytes(1, targets, config)
     if r * per_rank > available:
         raise ConfigError("lora_r", f"{r} needs {r * per_rank / 2**30:.1f} GiB for the LoRA weights, gradients and "
                                     f"optimizer states alone, and {available / 2**30:.1f} GiB is free; use "
-                                    f"--lora-r {available // per_rank} or lower")
+                                    f"--lora-r {int(available // per_rank)} or lower")
+
+
+def training_bytes(r: int, targets: list[str], config) -> float:
+    """Memory of rank-`r` adapters on `targets` in training: weights, gradients and AdamW states."""
+    features = target_features(config)
+    return r * LORA_BYTES_PER_PARAMETER * config.num_hidden_layers * sum(sum(features[t]) for t in targets)
 
 
 def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str]):
@@ -58,6 +65,18 @@ def check_adapter_files(folder: Path) -> None:
         raise ConfigError("adapter", f"{folder} is incomplete: {', '.join(missing)} missing. If its training run "
                                      "was interrupted, continue it (the same command with --resume); if the files "
                                      "were removed or not copied, copy them again or train again")
+
+
+def adapter_parameters(folder: Path) -> int:
+    """The values in a run's adapter file, read from its header (0 where it cannot be read: loading
+    the adapter then says what is wrong with it)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(folder / ADAPTER_FILES[1]), "pt") as f:
+            return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    except (OSError, SafetensorError):
+        return 0
 
 
 def load_adapter(model, folder: Path, base: str):

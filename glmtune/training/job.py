@@ -154,15 +154,30 @@ def check_hardware(config: TrainConfig) -> None:
 
 
 def check_lora(config: TrainConfig) -> None:
-    """The LoRA rank against the base's layer sizes (its config.json) and the memory free now,
-    before any weight loads."""
+    """The LoRA rank against the base's layer sizes (its config.json), and the weights with the
+    adapters' training state against the memory free now, before any weight loads."""
     from ..model.loading import read_config
+    from ..model.lora import training_bytes
+    from ..model.placement import Shape, gib
+    from .memory import MIN_MARGIN
 
     available = device.free_memory()
     if device.cuda() and config.gpu_memory:
         available = min(available, int(config.gpu_memory * 2**30))
-    check_rank(config.lora_r, resolve_lora_targets(config.lora_target),
-               read_config(resolve_model_dir(config.model, weights=False)), available)
+    base = read_config(resolve_model_dir(config.model, weights=False))
+    targets = resolve_lora_targets(config.lora_target)
+    check_rank(config.lora_r, targets, base, available)
+    if not device.cuda():
+        return
+    shape, nf4 = Shape.of(base), config.quantization == "nf4"
+    weights = shape.weight_bytes(nf4, 2) + (shape.unpack_bytes(2) if nf4 else 0)
+    needed = weights + training_bytes(config.lora_r, targets, base) + MIN_MARGIN
+    if needed > available:
+        instead = "" if nf4 else "--quantization nf4 (a third of the memory), "
+        raise ConfigError(None, f"training {config.model} needs about {gib(needed)} of GPU memory before its first "
+                                f"batch ({'NF4' if nf4 else '16-bit'} weights {gib(weights)}, LoRA weights and "
+                                f"optimizer states), and {gib(available)} is free; use {instead}a GPU with more "
+                                "memory, or free this one of other processes")
 
 
 class FineTune:

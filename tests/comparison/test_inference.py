@@ -115,12 +115,24 @@ def test_auto_holds_16_bit_weights_where_they_fit(chatglm3_shape, card_gib, merg
     assert weights + plan.batch_size * chatglm3_shape.row_bytes(300, 576, 2) < free
 
 
-def test_perplexity_batches_fit_beside_the_weights(chatglm3_shape):
-    free = 15.4 * GiB  # a 16 GB card
-    plan = plan_weights("auto", "nf4", chatglm3_shape, free, 27, 120, 384, 256, True, scored_len=1024)
-    room = free - chatglm3_shape.weight_bytes(False, 2) - GiB
-    assert plan.merged and 1 <= plan.perplexity_batch < 16
-    assert plan.perplexity_batch * chatglm3_shape.perplexity_row_bytes(1024, 2) <= room
+def usable(card_gib: float) -> float:
+    """What PyTorch gets of a card (bench_gpu.usable_gib): a 4 GB card leaves about 3.3 GiB."""
+    return (card_gib * 0.98 - 0.6) * GiB
+
+
+def resting(shape: Shape, plan: WeightsPlan) -> float:
+    """The weights as the plan holds them, and the 4-bit matrices' unpacked transient."""
+    return shape.weight_bytes(not plan.merged, 2, plan.placement) + (0 if plan.merged else shape.unpack_bytes(2))
+
+
+@pytest.mark.parametrize("card_gib, scored_len", [(4, 300), (6, 1024), (16, 1024)])
+def test_perplexity_batches_and_logit_chunks_fit_beside_the_weights(chatglm3_shape, card_gib, scored_len):
+    free = usable(card_gib)
+    plan = plan_weights("auto", "nf4", chatglm3_shape, free, 27, 120, 384, 256, True, scored_len=scored_len)
+    logits = plan.perplexity_chunk * chatglm3_shape.vocab * (2 + 8)
+    assert resting(chatglm3_shape, plan) + plan.perplexity_batch * chatglm3_shape.perplexity_row_bytes(
+        scored_len, 2) + logits <= free
+    assert plan.perplexity_chunk >= 32  # still a matrix product, not a loop over positions
 
 
 def test_explicit_choices_are_kept(chatglm3_shape):
