@@ -1,14 +1,17 @@
 """Does llama.cpp itself run our GGUF as transformers runs the merged model? Checked with llama.cpp
 (through llama-cpp-python), not with our own reader, for every --gguf-type:
 
-- token ids: 200 real lines (../shared/realdata) tokenized by llama.cpp equal glmtune's tokenizer; their
-  chat prompts (one question; and a system prompt with an earlier exchange) rendered by the file's Jinja
-  template (llama-server, llama-cli and llama-cpp-python) and by llama.cpp's built-in ChatGLM3 template
-  (--no-jinja), then tokenized with control tokens parsed, equal glmtune.chat_ids;
-- logits: at the last position of chat prompts, llama.cpp's against transformers' on the same merged
-  model (its bf16 weights, computed in fp32), within the bounds below, and the 32 greedy tokens after;
+- token ids: 200 real lines (../shared/realdata) tokenized by llama.cpp equal glmtune's tokenizer; 320
+  chat prompts made from them (each question; every other one after a system prompt and the previous
+  exchange; 20 with a tool's observation turn) rendered by the file's Jinja template (llama-server,
+  llama-cli, llama-cpp-python) and by llama.cpp's built-in ChatGLM3 template (--no-jinja), then
+  tokenized with control tokens parsed, equal glmtune.chat_ids;
+- logits at the last position of chat prompts, llama.cpp's against transformers' (fp32 compute) on the
+  same weights, within SAME_WEIGHTS_BOUND, and against the merged model itself; the 32 greedy tokens;
 - stops: llama.cpp's end-of-generation tokens are exactly eos, <|user|> and <|observation|>, and a
   completion that samples one of them ends there, with none of its text in the answer;
+- the Ollama Modelfile's template, run by Go's text/template (ollama_template.go; when Go is
+  installed), renders the same prompts as the GGUF's template;
 - size, export time, load time, prompt and generation tokens/s (CPU; GPU when the build has CUDA).
 
 llama-cpp-python builds llama.cpp from source (about 20 minutes on 2 cores), too slow for CI, so this is
@@ -118,13 +121,17 @@ def random_adapter_run(checkpoint: Path, workdir: Path) -> Path:
 
 
 def conversations(lines_file: Path) -> list[list[dict]]:
-    """Chat prompts from the real lines: each question alone, and (for every other line) with a
-    system prompt and the previous line's exchange before it."""
+    """Chat prompts from the real lines: each question alone, (for every other line) with a system
+    prompt and the previous line's exchange before it, and (the first 20) followed by a tool call's
+    observation."""
     examples = read_dataset(lines_file).examples
     found = [[{"role": "user", "content": e.question}] for e in examples]
     for before, e in zip(examples[::2], examples[1::2]):
         found.append([{"role": "system", "content": SYSTEM}, {"role": "user", "content": before.question},
                       {"role": "assistant", "content": before.answer}, {"role": "user", "content": e.question}])
+    for e in examples[:20]:  # a tool's answer as ChatGLM3's observation turn
+        found.append([{"role": "user", "content": e.question}, {"role": "assistant", "content": "查询体温记录。"},
+                      {"role": "observation", "content": '{"temperature": 38.5, "unit": "°C"}'}])
     return found
 
 
@@ -247,6 +254,8 @@ def check_type(args, run: Path, gguf_type: str, tok, chats, lines, reference) ->
     r["stops_ok"] = (all(v["finish"] == "stop" and v["text"] == "" for k, v in stop_check.items() if k != "<|assistant|>")
                      and stop_check["<|assistant|>"]["finish"] == "length")
 
+    r["modelfile"] = ollama_template_check(out, chats, llm.metadata["tokenizer.chat_template"])
+
     r |= speed(llm, prompts, args.new_tokens * 2, "cpu")
     del llm
     if llama_cpp.llama_supports_gpu_offload():
@@ -259,8 +268,32 @@ def check_type(args, run: Path, gguf_type: str, tok, chats, lines, reference) ->
                      and r["chats_equal_jinja"] == r["chats"] and r["chats_equal_builtin"] == r["chats"]
                      and r["relative_logit_diff"] <= SAME_WEIGHTS_BOUND[gguf_type]
                      and r["greedy_equal"] + r["greedy_near_tie"] == r["logit_prompts"]
+                     and (r["modelfile"] is None or r["modelfile"]["equal"] == r["modelfile"]["conversations"])
                      and (args.model != "tiny" or r["relative_logit_diff_vs_merged"] <= MERGED_BOUND[gguf_type]))
     return r
+
+
+def ollama_template_check(folder: Path, chats: list[list[dict]], template: str) -> dict | None:
+    """The Modelfile's TEMPLATE run by Go's text/template (Ollama's engine; Ollama itself is not
+    needed) against the GGUF's Jinja template: the same prompt strings? None without Go."""
+    import shutil
+    import subprocess
+
+    import jinja2
+
+    if shutil.which("go") is None:
+        return None
+    ollama = [[{**m, "role": "tool" if m["role"] == "observation" else m["role"]} for m in c] for c in chats]
+    done = subprocess.run(["go", "run", str(REPO / "bench" / "ollama_template.go"), str(folder / "Modelfile")],
+                          input=json.dumps(ollama), capture_output=True, text=True, check=True)
+    rendered = json.loads(done.stdout)
+
+    def refuse(message):
+        raise ValueError(message)
+
+    jinja = jinja2.Environment().from_string(template)
+    expected = [jinja.render(messages=c, add_generation_prompt=True, raise_exception=refuse) for c in chats]
+    return {"conversations": len(chats), "equal": sum(a == b for a, b in zip(rendered, expected))}
 
 
 def as_quantized(model, gguf_type: str) -> None:
@@ -320,7 +353,7 @@ def table(results: dict, model: str) -> list[str]:
              f"{results['cpu_threads']} CPU threads",
              f"{'type':5} {'size':>10} {'export':>7} {'load':>6} {'lines':>8} {'chat jinja':>10} {'built-in':>9} "
              f"{'rel same':>8} {'bound':>5} {'rel merged':>10} {'argmax':>6} {'greedy':>6} {'tie':>3} {'stops':>5} "
-             f"{'pp tok/s':>8} {'tg tok/s':>8} {'GPU tg':>6} {'':4}"]
+             f"{'Modelfile':>9} {'pp tok/s':>8} {'tg tok/s':>8} {'GPU tg':>6} {'':4}"]
     for t, r in results["types"].items():
         size = f"{r['size_gib']:.2f} GiB" if r["size_gib"] >= 1 else f"{r['size_bytes'] / 2**20:.2f} MiB"
         lines.append(
@@ -329,12 +362,13 @@ def table(results: dict, model: str) -> list[str]:
             f"{r['relative_logit_diff']:>8.4f} {SAME_WEIGHTS_BOUND[t]:>5.2f} {r['relative_logit_diff_vs_merged']:>10.4f} "
             f"{r['argmax_equal']:>3}/{r['logit_prompts']:<2} {r['greedy_equal']:>3}/{r['logit_prompts']:<2} "
             f"{r['greedy_near_tie']:>3} {'ok' if r['eog_ok'] and r['stops_ok'] else 'WRONG':>5} "
+            f"{modelfile(r['modelfile']):>9} "
             f"{r['prompt_tok_s_cpu']:>8.0f} {r['gen_tok_s_cpu']:>8.1f} {r.get('gen_tok_s_gpu', float('nan')):>6.1f} "
             f"{'PASS' if r['pass'] else 'FAIL':4}")
     first = next(iter(results["types"].values()))
     lines += [f"lines: the {first['lines']} real lines tokenized by llama.cpp (control tokens not parsed) = glmtune's ids",
               f"chat: {first['chats']} chat prompts (each question; every other one again after a system prompt and "
-              "the previous exchange), rendered by the file's Jinja template and by llama.cpp's built-in ChatGLM3 "
+              "the previous exchange; 20 with an observation turn), rendered by the file's Jinja template and by llama.cpp's built-in ChatGLM3 "
               "template, tokenized with control tokens parsed = glmtune.chat_ids",
               f"rel same: max |logit difference| / max |logit| at the last position of {first['logit_prompts']} chat "
               "prompts, llama.cpp vs transformers (fp32) on the same weights (bf16; q8_0/q4_0 dequantized by gguf); "
@@ -342,8 +376,14 @@ def table(results: dict, model: str) -> list[str]:
               f"argmax: same top token; greedy: {results['new_tokens']} new tokens equal; tie: parted at a near-tie "
               "(transformers' top-2 margin <= 2 x rel same x max |logit|)",
               f"stops: end-of-generation ids {first['eog']} = eos, <|user|>, <|observation|>; each forced into a "
-              "completion ends it with no text, <|assistant|> does not; pp/tg: prompt and generation tokens/s, CPU"]
+              "completion ends it with no text, <|assistant|> does not",
+              "Modelfile: its TEMPLATE run by Go's text/template (Ollama's engine) renders the chat prompts as the "
+              "GGUF's Jinja template does (- without Go); pp/tg: prompt and generation tokens/s, CPU"]
     return lines
+
+
+def modelfile(check: dict | None) -> str:
+    return "-" if check is None else f"{check['equal']}/{check['conversations']}"
 
 
 def main(args) -> None:
