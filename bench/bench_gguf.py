@@ -426,7 +426,7 @@ def main(args) -> None:
         for key, field in (("gguf_export_s", "export_s"), ("gguf_size_gib", "size_gib")):
             recorded[key] = {**recorded.get(key, {}), **{t: r[field] for t, r in results["types"].items()}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(recorded, indent=2, ensure_ascii=False))
+    out.write_text(json.dumps(recorded, indent=2))
     sys.exit(0 if all(r["pass"] for r in results["types"].values()) else 1)
 
 

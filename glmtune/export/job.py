@@ -269,8 +269,8 @@ class Export:
 
     def write(self, plan: Plan, merged: Merged) -> ExportResult:
         """The chosen layout and the manifest, written into the scratch folder and published by one
-        rename (into an empty folder: the manifest first, config.json last, since a folder without it
-        loads nowhere): a killed export never looks complete."""
+        rename (into an empty folder: the manifest first, config.json or the .gguf last, since a folder
+        without it loads nowhere): a killed export never looks complete."""
         from ..core import device
         from .gguf import modelfile, write_gguf
 
@@ -305,14 +305,15 @@ class Export:
         return ExportResult(
             adapter=c.adapter, output=out, format=c.format, dtype=c.dtype, device=plan.device, base=plan.base,
             parameters=plan.parameters, trained=plan.run.resolved.prompt_format, template=plan.template,
-            gguf_type=c.gguf_type if c.format == "gguf" else None, files=names, bytes=sum((out / n).stat().st_size for n in names), seconds=seconds,
-            peak_gpu_gib=device.peak_gib())
+            gguf_type=c.gguf_type if c.format == "gguf" else None, files=names,
+            bytes=sum((out / n).stat().st_size for n in names), seconds=seconds, peak_gpu_gib=device.peak_gib())
 
 
 def manifest(c: ExportConfig, plan: Plan, written: list[str]) -> dict:
     """The export's record: what it was made from, and the files it wrote (which --overwrite deletes)."""
     return {"adapter": str(c.adapter.resolve()), "base_model": plan.base, "format": c.format, "dtype": c.dtype,
-            **({"gguf_type": c.gguf_type} if c.format == "gguf" else {}), "parameters": plan.parameters, "files": written,
+            **({"gguf_type": c.gguf_type} if c.format == "gguf" else {}), "parameters": plan.parameters,
+            "files": written,
             "run": {"data_sha256": plan.run.data_sha256, "settings": plan.run.config.to_dict()},
             "versions": library_versions()}
 
