@@ -66,9 +66,11 @@ EXPORT = """Export a training run for deployment: its adapter merged into a 16-b
     glmtune export --adapter out --output out-merged --dtype fp32      # the CPU demo's tiny run
     glmtune export --adapter RUN --output DIR --base-model /data/models/chatglm3-6b --overwrite
     glmtune export --adapter out --chat-template trained   # a glm3 run's own '问：…答：' prompt as chat template
+    glmtune export --adapter chatglm3-medical-lora --output chatglm3-medical-gguf --format gguf --gguf-type q4_0
 native (default): transformers' GlmForCausalLM with ChatGLM3's chat template and stop tokens;
 AutoModelForCausalLM and AutoTokenizer load it with no remote code, `vllm serve DIR` serves it.
 chatglm: ChatGLM3's original layout, for its official demos and chatglm.cpp.
+gguf: one GGUF file (bf16, q8_0 or q4_0) for llama.cpp, and a Modelfile beside it for `ollama create`.
 The merge runs on the GPU when the model fits in its free memory, else on the CPU; --overwrite deletes
 only the files an earlier export's glmtune_export.json lists. More in docs/deploy.md.
 The original command takes the same flags: python -m glmtune.export --adapter out --output out-merged

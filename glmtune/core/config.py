@@ -464,7 +464,8 @@ def check_file(path: Path, name: str) -> None:
         raise ConfigError(name, f"{path} is not a regular file (a pipe or a device?); give a data file")
 
 
-EXPORT_FORMATS = ("native", "chatglm")
+EXPORT_FORMATS = ("native", "chatglm", "gguf")
+GGUF_TYPES = ("bf16", "q8_0", "q4_0")
 
 
 @dataclass
@@ -472,22 +473,26 @@ class ExportConfig(Settings):
     adapter: Path = opt(Path("chatglm3-medical-lora"), "output folder of a finished chatglm_finetuning.py run (adapter "
                         "+ run_config.json + tokenizer)", group="what to export", aliases=("adapter_name_or_path",))
     output: Path | None = opt(None, "folder to write the merged model into (default: ADAPTER-merged for native, "
-                              "ADAPTER-chatglm for chatglm)", group="what to export",
+                              "ADAPTER-chatglm for chatglm, ADAPTER-gguf for gguf)", group="what to export",
                               aliases=("output_dir", "export_dir"))
     format: str = opt("native", "native: transformers' GlmForCausalLM (AutoModelForCausalLM, vLLM; no remote code); "
-                      "chatglm: ChatGLM3's original layout (official demos, chatglm.cpp)", group="what to export",
-                      choices=EXPORT_FORMATS)
+                      "chatglm: ChatGLM3's original layout (official demos, chatglm.cpp); gguf: one GGUF file and an Ollama "
+                      "Modelfile (llama.cpp, Ollama)", group="what to export", choices=EXPORT_FORMATS)
     base_model: str | None = opt(None, "base model folder or hub id; default: the one recorded in run_config.json",
                                  group="what to export", aliases=("model", "model_name_or_path"))
     dtype: str = opt("bf16", "weights' precision: bf16, fp16 (ChatGLM3's own release format; GPUs without bf16), or "
-                     "fp32 (twice the size; for exact comparisons)", group="how", choices=("bf16", "fp16", "fp32"))
+                     "fp32 (twice the size; for exact comparisons); with --format gguf, the precision of the merge, "
+                     "before --gguf-type", group="how", choices=("bf16", "fp16", "fp32"))
+    gguf_type: str = opt("bf16", "--format gguf: the weights' type in the GGUF file: bf16 (the merged model as it is), "
+                         "q8_0 (half the size, near-lossless) or q4_0 (about a quarter, for small machines); norms and "
+                         "biases stay F32", group="how", choices=GGUF_TYPES)
     device: str = opt("auto", "where to merge: auto picks the GPU when the 16-bit model fits in its free memory, else "
                       "the CPU (which needs about the model's size in RAM)", group="how",
                       choices=("auto", "cuda", "cpu"))
     overwrite: bool = opt(False, "replace an earlier export in --output: the files its glmtune_export.json lists, "
                           "never others", group="how")
-    chat_template: str = opt("chat", "the chat template of a native export's tokenizer (what vLLM and "
-                             "apply_chat_template build prompts with): chat = ChatGLM3's <|user|>/<|assistant|> "
+    chat_template: str = opt("chat", "the chat template of a native or gguf export (what vLLM, "
+                             "apply_chat_template, llama.cpp and Ollama build prompts with): chat = ChatGLM3's <|user|>/<|assistant|> "
                              "turns; trained = the layout the adapter was trained on (for a glm3 run '[Round 1]\\n\\n"
                              "问：{q}\\n\\n答：', one question per conversation)", group="how",
                              choices=("chat", "trained"))
@@ -499,8 +504,11 @@ class ExportConfig(Settings):
             raise ConfigError("config", "an export is one merge in one process; run it with python, not torchrun or "
                                         "accelerate launch")
         if self.format == "chatglm" and self.chat_template != "chat":
-            raise ConfigError("chat_template", f"{self.chat_template} is for --format native; the chatglm layout keeps "
-                                               "the base's tokenizer files, whose code builds ChatGLM3's chat prompts")
+            raise ConfigError("chat_template", f"{self.chat_template} is for --format native or gguf; the chatglm layout "
+                                               "keeps the base's tokenizer files, whose code builds ChatGLM3's chat prompts")
+        if self.format != "gguf" and self.gguf_type != "bf16":
+            raise ConfigError("gguf_type", f"{self.gguf_type} is for --format gguf; add --format gguf, or drop "
+                                           "--gguf-type")
         check_run_and_base(self.adapter, self.base_model)
         output = self.target()
         if output.exists() and not output.is_dir():
@@ -513,7 +521,7 @@ class ExportConfig(Settings):
         if self.output is not None:
             return self.output
         run = self.adapter.resolve()
-        return run.with_name(f"{run.name}-{'merged' if self.format == 'native' else 'chatglm'}")
+        return run.with_name(f"{run.name}-{'merged' if self.format == 'native' else self.format}")
 
 
 def is_hub_id(name: str) -> bool:

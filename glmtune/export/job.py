@@ -1,6 +1,6 @@
 """Export a training run for deployment: its adapter merged into a 16-bit copy of the base model.
 
-The result is a whole model that loads without glmtune, in either of two layouts. `glmtune export`
+The result is a whole model that loads without glmtune, in one of three layouts. `glmtune export`
 runs it (`python -m glmtune.export`, its original name, too); `glmtune export --help` shows examples.
 
 native (default): transformers' GlmForCausalLM — config.json with model_type glm, native tensor names
@@ -11,6 +11,8 @@ it with no remote code, on transformers 5 and 4.x; `vllm serve DIR` serves it.
 chatglm: ChatGLM3's original layout — model_type chatglm, `transformer.encoder.layers.N...` names with
 q/k/v fused into query_key_value, tokenizer.model — for tools built on the official release (its demos
 and chatglm.cpp, which load it through ChatGLM3's remote code), and for glmtune.load_model.
+gguf: one GGUF file in llama.cpp's chatglm architecture (bf16, q8_0 or q4_0) with ChatGLM3's vocabulary,
+stops and chat template, and an Ollama Modelfile beside it — for llama.cpp and Ollama (gguf.py).
 
 The adapter is merged into the base loaded in 16 bits (bf16 by default; fp16; fp32 for exact
 comparisons), never into 4-bit weights. The QLoRA run trained against NF4-rounded base weights; the
@@ -18,7 +20,7 @@ comparison script's default path (16-bit weights, adapter merged) measures this 
 `--quantization nf4` the training-time one. The merge runs on the GPU when the model fits in its free
 memory, else on the CPU (about the model's size in RAM). From Python: `export(ExportConfig(...))`.
 
-Both layouts also hold glmtune_export.json: the adapter, base and run settings the model came from,
+Every layout also holds glmtune_export.json: the adapter, base and run settings the model came from,
 and the files the export wrote, which are all that --overwrite ever deletes. The folder is written
 whole into a hidden scratch folder beside it (.DIR.partial) and published by one rename, as a
 comparison report is (glmtune.core.folders), so a killed export never looks complete.
@@ -123,6 +125,7 @@ class Plan:
     glm_config: Any  # the base's shape, as transformers' GlmConfig
     base_config: dict | None  # --format chatglm: the base's own config.json, which the export starts from
     tokenizer: Any  # --format native: the run's tokenizer, which the export deploys
+    vocabulary: Any  # --format gguf: the base's SentencePiece vocabulary with ChatGLM3's control tokens (gguf.py)
     dtype: Any  # the torch dtype the base is merged in
     parameters: int
     device: str  # where the merge runs: cuda or cpu
@@ -154,7 +157,8 @@ class ExportResult:
     base: str
     parameters: int
     trained: str  # the prompt layout the adapter was trained on
-    template: str  # native: the layout its chat template builds
+    template: str  # native, gguf: the layout its chat template builds
+    gguf_type: str | None = None  # gguf: the weights' type in the file
     files: list[str] = field(default_factory=list)
     bytes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # load, merge, write, total
@@ -194,6 +198,7 @@ class Export:
         from ..model.loading import read_config
         from ..model.sources import resolve_model_dir
         from ..model.tokenizer import load_tokenizer
+        from .gguf import gguf_size, read_vocabulary
 
         c = self.config
         c.validate()  # a config built in Python has not been through the command line's checks
@@ -208,10 +213,13 @@ class Export:
         base_dir = resolve_model_dir(base)
         glm_config = read_config(base_dir)
         base_config = chatglm_base_config(base_dir) if c.format == "chatglm" else None
+        vocabulary = read_vocabulary(base_dir, glm_config.vocab_size) if c.format == "gguf" else None
         dtype = getattr(torch, DTYPE_NAMES[c.dtype])
         with torch.device("meta"):
-            parameters = sum(p.numel() for p in GlmForCausalLM(glm_config).parameters())
+            skeleton = GlmForCausalLM(glm_config)
+        parameters = sum(p.numel() for p in skeleton.parameters())
         model_bytes = parameters * dtype.itemsize
+        written_bytes = gguf_size(skeleton, c.gguf_type) if c.format == "gguf" else model_bytes
         merge_on = merge_device(c.device, model_bytes)
         output = place(c.target())
         if output.resolve() == base_dir.resolve():
@@ -222,7 +230,7 @@ class Export:
             raise RunDirError(f"another process is exporting to {output}; wait for it to finish (or stop it), then "
                               "run this again")
         scratch, self.scratch_claim = reserved
-        needed = model_bytes + 64 * 2**20  # tokenizer and configs
+        needed = written_bytes + 64 * 2**20  # tokenizer and configs
         free = files.free_bytes(scratch)
         # With room for both, the earlier export stays whole until the new one is published; without,
         # it must go first, and a failure then leaves neither.
@@ -232,8 +240,8 @@ class Export:
             raise RunDirError(f"{output}: the export needs {size(needed)} and the disk has {size(free)} free; "
                               "free some space or choose another --output")
         template = run.resolved.prompt_format if c.chat_template == "trained" else "chat"
-        return Plan(run, base, base_dir, glm_config, base_config, tokenizer, dtype, parameters, merge_on, output,
-                    scratch, tuple(replaced), delete_first, template)
+        return Plan(run, base, base_dir, glm_config, base_config, tokenizer, vocabulary, dtype, parameters, merge_on,
+                    output, scratch, tuple(replaced), delete_first, template)
 
     def merge(self, plan: Plan) -> Merged:
         """The base in 16 bits (or fp32) with the adapter merged into its weights; for the native
@@ -261,9 +269,10 @@ class Export:
 
     def write(self, plan: Plan, merged: Merged) -> ExportResult:
         """The chosen layout and the manifest, written into the scratch folder and published by one
-        rename (into an empty folder: the manifest first, config.json last, since a folder without it
-        loads nowhere): a killed export never looks complete."""
+        rename (into an empty folder: the manifest first, config.json or the .gguf last, since a folder
+        without it loads nowhere): a killed export never looks complete."""
         from ..core import device
+        from .gguf import modelfile, write_gguf
 
         started = time.perf_counter()
         c, out, scratch = self.config, plan.output, plan.scratch
@@ -271,10 +280,17 @@ class Export:
             print(f"deleting the earlier export in {out} first: the disk has no room for both")
             for line in delete(out, list(plan.replaced), "--output"):
                 print(line)
+        last = "config.json"  # the file whose presence says the folder is whole: it is published last
         if c.format == "native":
             write_native(merged.model, merged.tokenizer, scratch)
-        else:
+        elif c.format == "chatglm":
             write_chatglm(merged.model, plan.base_config, plan.base_dir, c.dtype, scratch)
+        else:
+            last = gguf_name(c)
+            write_gguf(merged.model, plan.vocabulary, chat_template(plan.template), scratch / last, c.gguf_type,
+                       name=c.adapter.resolve().name)
+            (scratch / "Modelfile").write_text(modelfile(last, plan.template, plan.glm_config.max_position_embeddings),
+                                               encoding="utf-8")
         written = sorted(p.name for p in scratch.iterdir() if not is_own_scratch(p.name))
         files.write_atomic(scratch / MANIFEST, json.dumps(manifest(c, plan, written), indent=2,
                                                           ensure_ascii=False) + "\n")
@@ -283,20 +299,21 @@ class Export:
         if not replaceable(out, written_by_export(out), c.overwrite):
             raise RunDirError(f"{out} gained files while the export ran, which it must not replace; nothing there was "
                               "changed. Move them out, or choose another --output, and export again")
-        publish(scratch, out, last="config.json", record=MANIFEST)
+        publish(scratch, out, last=last, record=MANIFEST)
         seconds = {**merged.seconds, "write": time.perf_counter() - started, "total": time.perf_counter() - self.began}
         names = [*written, MANIFEST]
         return ExportResult(
             adapter=c.adapter, output=out, format=c.format, dtype=c.dtype, device=plan.device, base=plan.base,
             parameters=plan.parameters, trained=plan.run.resolved.prompt_format, template=plan.template,
-            files=names, bytes=sum((out / n).stat().st_size for n in names), seconds=seconds,
-            peak_gpu_gib=device.peak_gib())
+            gguf_type=c.gguf_type if c.format == "gguf" else None, files=names,
+            bytes=sum((out / n).stat().st_size for n in names), seconds=seconds, peak_gpu_gib=device.peak_gib())
 
 
 def manifest(c: ExportConfig, plan: Plan, written: list[str]) -> dict:
     """The export's record: what it was made from, and the files it wrote (which --overwrite deletes)."""
     return {"adapter": str(c.adapter.resolve()), "base_model": plan.base, "format": c.format, "dtype": c.dtype,
-            "parameters": plan.parameters, "files": written,
+            **({"gguf_type": c.gguf_type} if c.format == "gguf" else {}), "parameters": plan.parameters,
+            "files": written,
             "run": {"data_sha256": plan.run.data_sha256, "settings": plan.run.config.to_dict()},
             "versions": library_versions()}
 
@@ -304,18 +321,25 @@ def manifest(c: ExportConfig, plan: Plan, written: list[str]) -> dict:
 def summary(r: ExportResult) -> list[str]:
     """What was exported, its layout and size, and how to load it."""
     shards = sum(1 for n in r.files if n.endswith(".safetensors"))
+    model_file = next((n for n in r.files if n.endswith(".gguf")), "")
     t = r.seconds
+    layouts = {
+        "native": f"{shards} safetensors shard{'s' if shards > 1 else ''}, config.json (glm), tokenizer.json with the "
+                  "chat template, generation_config.json (stop tokens)",
+        "chatglm": f"{shards} safetensors shard{'s' if shards > 1 else ''}, config.json (chatglm), tokenizer.model, "
+                   "tokenizer_config.json",
+        "gguf": f"{model_file} (llama.cpp's chatglm architecture, {r.gguf_type} weights, F32 norms and biases; "
+                "ChatGLM3's vocabulary, stop tokens and chat template), Modelfile (Ollama)",
+    }
     lines = [
         f"exported   {r.adapter} merged into {r.base} ({count(r.parameters)} parameters, {r.dtype}, on "
         f"{r.device}) -> {r.output}",
-        f"layout     {r.format}: {shards} safetensors shard{'s' if shards > 1 else ''}, "
-        + ("config.json (glm), tokenizer.json with the chat template, generation_config.json (stop tokens)"
-           if r.format == "native" else "config.json (chatglm), tokenizer.model, tokenizer_config.json"),
+        f"layout     {r.format}: {layouts[r.format]}",
         f"size       {size(r.bytes)} on disk; {t['total']:.1f} s (loading {t['load']:.1f} s, merging "
         f"{t['merge']:.1f} s, writing {t['write']:.1f} s)"
         + (f"; peak GPU memory {r.peak_gpu_gib:.1f} GiB" if r.device == "cuda" else ""),
     ]
-    if r.format == "native":
+    if r.format in ("native", "gguf"):
         glm3 = "'[Round 1] 问：... 答：'"
         if r.template == "chat":
             lines.append("template   ChatGLM3's chat layout (<|user|> ... <|assistant|>)" + (
@@ -324,10 +348,17 @@ def summary(r: ExportResult) -> list[str]:
         else:
             lines.append(f"template   the {r.trained} layout this adapter was trained on ({glm3}), one question per "
                          "conversation (--chat-template trained)")
+    if r.format == "native":
         lines += ["load it    from transformers import AutoModelForCausalLM, AutoTokenizer",
                   f"           model, tok = AutoModelForCausalLM.from_pretrained({str(r.output)!r}), "
                   f"AutoTokenizer.from_pretrained({str(r.output)!r})",
                   f"serve it   {command('vllm', 'serve', r.output)}"]
+    elif r.format == "gguf":
+        name = r.adapter.name.lower()
+        lines += [f"run it     {command('llama-cli', '-m', r.output / model_file)}",
+                  f"serve it   {command('llama-server', '-m', r.output / model_file)}",
+                  f"ollama     {command('ollama', 'create', name, '-f', r.output / 'Modelfile')} && "
+                  f"{command('ollama', 'run', name)}"]
     else:
         lines += ["load it    import glmtune",
                   f"           model, tok = glmtune.load_model({str(r.output)!r}, quantization=None), "
@@ -356,6 +387,11 @@ def chatglm_base_config(base_dir: Path) -> dict:
                              "model_type chatglm, and tokenizer.model), which --format chatglm is written from; "
                              "pass the official checkpoint as --base-model, or export --format native")
     return raw
+
+
+def gguf_name(c: ExportConfig) -> str:
+    """The GGUF file's name: the run's and the type, so that files of several exports can sit side by side."""
+    return f"{c.adapter.resolve().name}-{c.gguf_type}.gguf"
 
 
 def merge_device(choice: str, model_bytes: int) -> str:
