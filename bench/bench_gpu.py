@@ -518,19 +518,22 @@ def small_card_chat(adapter: Path, flags: list[str]) -> dict:
 
 
 def part_small_cards(args, ckpt: Path, shared: Path) -> dict:
-    """The default comparison and the chat, whole processes, on simulated 4, 6 and 8 GB cards
+    """The default comparison (--small-card-tokens new tokens: random weights never stop, and a 4 GB
+    card answers one prompt at a time) and the chat, whole processes, on simulated 4, 6 and 8 GB cards
     (--gpu-memory caps what PyTorch may use, and free memory is reported within it), then a 2 GB
     card that must be refused in one line. Answers are compared with NF4 on the whole GPU, one
     prompt at a time as the 4 GB card runs them (batching alone changes NF4's kernels), and in
     the default batch."""
     adapter = compare_adapter(args, ckpt, shared)
-    results = {"reference_b1": small_card_compare(adapter, args.workdir / "small_ref_b1",
-                                                  ["--quantization", "nf4", "--batch-size", "1"]),
-               "reference": small_card_compare(adapter, args.workdir / "small_ref", ["--quantization", "nf4"])}
+    tokens = ["--max-new-tokens", str(args.small_card_tokens)]
+    results = {"max_new_tokens": args.small_card_tokens,
+               "reference_b1": small_card_compare(adapter, args.workdir / "small_ref_b1",
+                                                  ["--quantization", "nf4", "--batch-size", "1", *tokens]),
+               "reference": small_card_compare(adapter, args.workdir / "small_ref", ["--quantization", "nf4", *tokens])}
     for card in (*SMALL_CARDS_GB, 2):
         cap = ["--gpu-memory", str(usable_gib(card))]
         row = {"usable_gib": usable_gib(card),
-               "compare": small_card_compare(adapter, args.workdir / f"small_{card}GB", cap),
+               "compare": small_card_compare(adapter, args.workdir / f"small_{card}GB", [*cap, *tokens]),
                "chat": small_card_chat(adapter, cap)}
         answers = row["compare"].get("answers")
         for ref in ("reference_b1", "reference"):
@@ -771,6 +774,7 @@ def table(results: dict) -> list[str]:
                              f"{r.get('same_answers_as_python', '-')} of {len(r['answers'])}")
     if "small_cards" in results:
         sc = results["small_cards"]
+        lines.append(f"default comparison with --max-new-tokens {sc['max_new_tokens']}, and the chat (256):")
         lines.append(f"{'small cards (NF4)':18} {'usable':>6} {'compare s':>9} {'peak GiB':>8} {'changed':>7} "
                      f"{'chat 1st s':>10} {'peak GiB':>8}  weights")
         for card, r in sc.items():
@@ -897,6 +901,8 @@ if __name__ == "__main__":
     p.add_argument("--workdir", type=Path, default=Path("/tmp/glmtune-bench"), help="checkpoint and scratch space")
     p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per training mode")
     p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
+    p.add_argument("--small-card-tokens", type=int, default=64,
+                   help="--max-new-tokens of the small-cards part's comparisons")
     p.add_argument("--prompts", type=int, default=200, help="prompts for the comparison")
     p.add_argument("--new-tokens", type=int, default=256, help="new tokens per answer in the comparison")
     p.add_argument("--record", action="store_true",
