@@ -31,10 +31,11 @@ from ..core.errors import ConfigError, ModelLoadError
 from ..model.placement import ON_DEVICE, PLACEMENTS, GiB, Placement, Shape, gib
 from ..training.compiling import CompilePlan, weigh
 
-# On a GPU: CUDA context growth, cuBLAS workspaces, CUDA-graph pools, allocator fragmentation; on a
-# small card a share of it (a 1 GiB margin would be a third of a 4 GB card, whose memory is mapped in
-# expandable segments that leave little unusable: device.limit_memory).
-MARGIN, MARGIN_SHARE = 1 * GiB, 0.02
+# On a GPU: CUDA context growth, cuBLAS workspaces, CUDA-graph pools, allocator fragmentation. NF4
+# decodes eagerly (no graph pools) and is the path of small cards, where 1 GiB would be a third of a
+# 4 GB card whose memory is mapped in expandable segments that leave little unusable
+# (device.limit_memory): there the margin is a share of the free memory, at most MARGIN.
+MARGIN, NF4_MARGIN_SHARE = 1 * GiB, 0.02
 CPU_MARGIN = GiB // 4  # on CPU none of those: the allocator's arenas and temporaries outside `row_bytes`
 MIN_ROWS = 8  # the 16-bit path is chosen only if it leaves room for at least this many prompts per batch
 PERPLEXITY_ROWS = 16  # most rows per perplexity forward
@@ -90,7 +91,6 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
     paths can be 20x apart. ModelLoadError, before anything loads, where not even one prompt fits."""
     precision = device.resolve_precision()
     element = 2 if on_gpu else 4
-    margin = min(MARGIN, MARGIN_SHARE * free) if on_gpu else CPU_MARGIN
     row = shape.row_bytes(prompt_width, cache_len, element)
     ppl_row = shape.perplexity_row_bytes(scored_len, element)
     logit_bytes = shape.vocab * (element + 8)  # a position's logits, their fp32 copy and log-probabilities
@@ -98,6 +98,7 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
     least = min(MIN_ROWS, wanted)
 
     def room(merged: bool, placement: Placement = ON_DEVICE) -> float:
+        margin = (MARGIN if merged else min(MARGIN, NF4_MARGIN_SHARE * free)) if on_gpu else CPU_MARGIN
         fixed = shape.weight_bytes(not merged, element, placement) + adapter_params * element + margin
         return free - fixed - (0 if merged else shape.unpack_bytes(element))
 
