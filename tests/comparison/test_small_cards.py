@@ -178,3 +178,26 @@ def test_an_export_merge_that_cannot_fit_is_refused_naming_the_other_device(smal
     with pytest.raises(ConfigError, match=r"the merge on the CPU needs about 12\.79 GiB of RAM .* and 8\.00 GiB is "
                                           "available"):
         merge_device("auto", model_bytes)
+
+
+def test_device_cpu_hides_the_gpu_and_device_cuda_insists_on_one(monkeypatch):
+    import os
+
+    monkeypatch.setattr(device, "_cpu_only", False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    device.cuda.cache_clear()
+    try:
+        assert device.cuda()
+        device.select("cpu")
+        assert not device.cuda() and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+        monkeypatch.setattr(device, "_cpu_only", False)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        device.cuda.cache_clear()
+        with pytest.raises(ConfigError) as no_gpu:
+            device.select("cuda")
+        assert cli.message(no_gpu.value).startswith("--device cuda: no CUDA GPU was found")
+    finally:
+        monkeypatch.undo()
+        device.cuda.cache_clear()
+        device.bf16_supported.cache_clear()
