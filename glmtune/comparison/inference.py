@@ -11,8 +11,8 @@ Two ways to hold the weights (measured on an H200, random 6B weights, bench/RESU
   runs it, but every adapted layer adds LoRA kernels to each decoded token.
 Never merged into 4-bit weights: NF4 cannot hold W + B·A, rounding it back would change the adapter.
 
-On a card too small for NF4 as trained (a 4 GB card), the input embedding goes to CPU memory and the
-output layer to NF4, as far as needed (`model.placement`), and the batch shrinks to what is left.
+On a card too small for NF4 as trained (a 4 GB card), the input embedding and then the output layer
+stay in CPU memory, as far as needed (`model.placement`), and the batch shrinks to what is left.
 
 Decoding uses a static KV cache (a preallocated cache also decodes ~3x faster than the growing one
 in eager mode on an H200), and on CUDA may be compiled: CUDA graphs remove the per-kernel launch cost
@@ -123,10 +123,10 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
             smallest = free - room(False, PLACEMENTS[-1]) + row
             raise ModelLoadError(
                 f"the model does not fit on this GPU: one prompt needs about {gib(smallest)} of GPU memory even in NF4 "
-                f"with the input embedding in CPU memory and the output layer in NF4, and {gib(free)} is free. Use "
+                f"with the input embedding and output layer in CPU memory, and {gib(free)} is free. Use "
                 "--device cpu (the weights in RAM; slower), free the GPU of other processes, or a GPU with more memory")
         if placement != ON_DEVICE:
-            moved = "the input embedding and output layer leave" if placement.head_nf4 else "the input embedding leaves"
+            moved = "the input embedding and output layer leave" if placement.head_on_cpu else "the input embedding leaves"
             batch = f"a batch of {least} prompts" if least > 1 else "a prompt"
             reason += f"; {placement.describe()}: 16-bit on the GPU, {moved} no room for {batch} in the {gib(free)} free"
         return plan(False, reason, placement=placement)

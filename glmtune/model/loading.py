@@ -22,7 +22,7 @@ from transformers.core_model_loading import Split, WeightConverter, WeightRenami
 from ..core import device
 from ..core.config import DEFAULT_MODEL
 from ..core.errors import ModelLoadError
-from .placement import ON_DEVICE, CpuEmbedding, Placement, VectorwiseHead
+from .placement import ON_DEVICE, CpuEmbedding, CpuHead, Placement
 from .sources import resolve_model_dir
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -120,9 +120,8 @@ def chatglm_to_glm_config(raw: dict, source: Path | str = "config.json") -> GlmC
     )
 
 
-def nf4_config(quantize_head: bool = False) -> BitsAndBytesConfig:
-    """QLoRA's NF4 with double quantisation; bf16 compute where the GPU has it, else fp16.
-    quantize_head: the output layer in NF4 too (transformers keeps it 16-bit unless told otherwise)."""
+def nf4_config() -> BitsAndBytesConfig:
+    """QLoRA's NF4 with double quantisation; bf16 compute where the GPU has it, else fp16."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:
@@ -132,7 +131,7 @@ def nf4_config(quantize_head: bool = False) -> BitsAndBytesConfig:
         ) from err
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=device.dtype(), llm_int8_skip_modules=[] if quantize_head else None,
+        bnb_4bit_compute_dtype=device.dtype(),
     )
 
 
@@ -148,13 +147,11 @@ def load_model(
 
     quantization: "nf4" (4-bit NF4, double quant; the QLoRA setting) or None (full precision).
     dtype: parameter dtype for the unquantised parts; default float32 on CPU, bf16/fp16 on GPU.
-    placement: for inference on a small card, the input embedding kept in CPU memory (never put on
-    the device, not even while loading) and the output layer in NF4 (`placement.py`).
+    placement: for inference on a small card, the input embedding and the output layer kept in CPU
+    memory, never put on the device, not even while loading (`placement.py`).
     """
     if quantization not in ("nf4", None):
         raise ModelLoadError(f"quantization must be 'nf4' or None, not {quantization!r}")
-    if placement.head_nf4 and quantization != "nf4":
-        raise ModelLoadError("an NF4 output layer needs quantization='nf4'")
     folder = resolve_model_dir(name_or_path)
     config = read_config(folder)
     if not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
@@ -166,11 +163,11 @@ def load_model(
     dtype = dtype or device.dtype()
     kwargs = {}
     if quantization == "nf4":
-        kwargs["quantization_config"] = nf4_config(placement.head_nf4)
+        kwargs["quantization_config"] = nf4_config()
         device_map = device_map or ({"": device.gpu()} if device.cuda() else {"": "cpu"})
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model_class = GlmWithoutEmbedding if placement.embedding_on_cpu else GlmForCausalLM
+    model_class = GlmForCausalLM if placement == ON_DEVICE else off_device(placement)
     try:
         model = model_class.from_pretrained(
             str(folder), config=config, dtype=dtype, device_map=device_map, **kwargs
@@ -184,26 +181,35 @@ def load_model(
         raise
     if quantization == "nf4" and not device.cuda():
         _keep_cpu_nf4_trainable(model)
+    target = next(model.model.layers.parameters()).device
     if placement.embedding_on_cpu:
-        table = checkpoint_tensor(folder, EMBEDDING_NAMES).to(dtype)
-        model.model.embed_tokens = CpuEmbedding(table, model.lm_head.weight.device)
-    if placement.head_nf4:
-        model.lm_head = VectorwiseHead(model.lm_head)
+        model.model.embed_tokens = CpuEmbedding(checkpoint_tensor(folder, EMBEDDING_NAMES).to(dtype), target)
+    if placement.head_on_cpu:
+        model.lm_head = CpuHead(checkpoint_tensor(folder, HEAD_NAMES))
     return model
 
 
 EMBEDDING_NAMES = ("transformer.embedding.word_embeddings.weight", "model.embed_tokens.weight")
+HEAD_NAMES = ("transformer.output_layer.weight", "lm_head.weight")
 
 
-class GlmWithoutEmbedding(GlmForCausalLM):
-    """GlmForCausalLM built without its input embedding, so that loading never puts the table on
-    the device; `load_model` then reads it into CPU memory (`placement.CpuEmbedding`)."""
+def off_device(placement: Placement) -> type[GlmForCausalLM]:
+    """GlmForCausalLM built without the matrices `placement` keeps in CPU memory, so that loading
+    never puts them on the device; `load_model` then reads each alone into CPU memory."""
+    unread = [r"model\.embed_tokens\.weight"] * placement.embedding_on_cpu + [r"lm_head\.weight"] * placement.head_on_cpu
 
-    _keys_to_ignore_on_load_unexpected = [*IGNORED_KEYS, r"model\.embed_tokens\.weight"]
+    class GlmOffDevice(GlmForCausalLM):
+        _keys_to_ignore_on_load_unexpected = [*IGNORED_KEYS, *unread]
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.model.embed_tokens = nn.Module()  # no parameters: the checkpoint's table is left unread
+        def __init__(self, config):
+            super().__init__(config)
+            # no parameters: the checkpoint's tensors for them are left unread
+            if placement.embedding_on_cpu:
+                self.model.embed_tokens = nn.Module()
+            if placement.head_on_cpu:
+                self.lm_head = nn.Module()
+
+    return GlmOffDevice
 
 
 def checkpoint_tensor(folder: Path, names: tuple[str, ...]) -> torch.Tensor:

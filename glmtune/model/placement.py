@@ -2,15 +2,17 @@
 
 ChatGLM3-6B in NF4: the 28 decoder layers take 2.7 GiB; the input embedding and the output layer
 (65,024 x 4,096 each) stay 16-bit under QLoRA and take 0.5 GiB each, so a 4 GB card (about 3.3 GiB
-usable) cannot hold them beside the layers. Inference then moves them, only as far as memory requires
-(`PLACEMENTS`, in order):
+usable) cannot hold them beside the layers. Inference then moves them to CPU memory, only as far as
+memory requires (`PLACEMENTS`, in order):
 1. everything on the GPU;
 2. the input embedding in CPU memory: each step looks up its few rows there and sends them to the GPU
    (4,096 numbers a token). Nothing is computed differently, so the answers are the same;
-3. also the output layer in NF4 (0.13 GiB): its logits carry NF4's rounding, so a greedy answer can
-   change where two tokens were nearly tied (bench/RESULTS.md measures how often). bitsandbytes
-   multiplies a 4-bit matrix by a batch by unpacking it to 16 bits whole (0.5 GiB here: the very
-   memory saved), but by a single vector with its 4-bit kernel, so this layer takes one vector at a time.
+3. also the output layer in CPU memory, in fp32: the step's last hidden vectors come over, their
+   logits go back (65,024 numbers a row). fp32 on the CPU is at least as exact as the GPU's 16-bit
+   product, so greedy answers stay what the model gives on the GPU, but where two tokens tie within
+   16-bit rounding; the price is CPU time, 0.5 GFLOP a generated token. Quantizing the layer to NF4
+   on the GPU instead would save less (it still takes 0.13 GiB) and change answers: on the tiny
+   model, NF4 rounding of the output layer changed 53 of 108 greedy answers.
 """
 
 from __future__ import annotations
@@ -35,16 +37,16 @@ class Placement:
     """Where the two vocabulary-sized matrices go; the decoder layers are always on the device."""
 
     embedding_on_cpu: bool = False
-    head_nf4: bool = False
+    head_on_cpu: bool = False
 
     def describe(self) -> str:
         parts = (["input embedding in CPU memory (a lookup)"] if self.embedding_on_cpu else []) + \
-                (["output layer in NF4, applied a vector at a time"] if self.head_nf4 else [])
+                (["output layer in CPU memory (fp32 there)"] if self.head_on_cpu else [])
         return ", ".join(parts)
 
 
 ON_DEVICE = Placement()
-PLACEMENTS = (ON_DEVICE, Placement(embedding_on_cpu=True), Placement(embedding_on_cpu=True, head_nf4=True))
+PLACEMENTS = (ON_DEVICE, Placement(embedding_on_cpu=True), Placement(embedding_on_cpu=True, head_on_cpu=True))
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,10 @@ class Shape:
         return self.layers * (attention + 3 * self.hidden * self.intermediate)
 
     def weight_bytes(self, quantized: bool, element: int, placement: Placement = ON_DEVICE) -> float:
-        """The weights on the device: under NF4 the embedding and output matrices stay 16-bit unless
-        `placement` moves or quantizes them."""
-        matrix = self.vocab * self.hidden
-        embedding = 0 if placement.embedding_on_cpu else matrix * element
-        head = matrix * (NF4_BYTES if placement.head_nf4 else element)
-        return embedding + head + self.linear_params() * (NF4_BYTES if quantized else element)
+        """The weights on the device: under NF4 the embedding and output matrices stay 16-bit, unless
+        `placement` keeps them in CPU memory."""
+        matrices = (not placement.embedding_on_cpu) + (not placement.head_on_cpu)
+        return matrices * self.vocab * self.hidden * element + self.linear_params() * (NF4_BYTES if quantized else element)
 
     def unpack_bytes(self, element: int) -> float:
         """Under NF4, a forward of more than one token unpacks each 4-bit matrix to 16 bits before
@@ -122,19 +122,13 @@ class CpuEmbedding(nn.Module):
         return F.embedding(input_ids.cpu(), self.weight).to(self.target)
 
 
-class VectorwiseHead(nn.Module):
-    """A 4-bit output layer applied one hidden vector at a time (bitsandbytes' 4-bit matrix-vector
-    kernel), so that its 16-bit copy is never unpacked."""
+class CpuHead(nn.Module):
+    """An output layer whose matrix stays in CPU memory, in fp32: the hidden vectors are sent there
+    and their logits (fp32) come back to the hidden states' device. A buffer, as `CpuEmbedding`'s."""
 
-    def __init__(self, linear: nn.Module):
+    def __init__(self, weight: torch.Tensor):
         super().__init__()
-        self.linear = linear
-
-    @property
-    def weight(self):
-        return self.linear.weight
+        self.register_buffer("weight", weight.float(), persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        vectors = hidden.reshape(-1, 1, hidden.shape[-1])
-        logits = torch.cat([self.linear(vector) for vector in vectors])
-        return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
+        return F.linear(hidden.to("cpu", torch.float32), self.weight).to(hidden.device)
