@@ -470,20 +470,28 @@ class GpuPeak:
         return None if self.peak_mib is None else self.peak_mib / 1024
 
 
+def comparison_script(adapter: Path, flags: list[str], **popen) -> tuple[subprocess.Popen, GpuPeak]:
+    """chatglm_finetuning_tst.py started as a user starts it, its output in one pipe, its GPU memory polled."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter),
+                             *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+    return proc, GpuPeak(proc.pid)
+
+
+def last_line(text: str) -> str:
+    """What a failed command said last: its one-line error."""
+    return (text.strip().splitlines() or ["?"])[-1]
+
+
 def small_card_compare(adapter: Path, folder: Path, flags: list[str]) -> dict:
     """The comparison script as users run it, whole process: its wall time, peaks, weights line and
     answers; or its exit code and last line where it refused."""
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter),
-                             *flags, "--output", str(folder), "--overwrite"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    peak = GpuPeak(proc.pid)
+    proc, peak = comparison_script(adapter, [*flags, "--output", str(folder), "--overwrite"], text=True)
     output, _ = proc.communicate()
     row = {"flags": " ".join(flags), "process_wall_s": time.perf_counter() - began, "exit": proc.returncode,
            "process_peak_gib": peak.stop()}
     if proc.returncode:
-        row["last_line"] = (output.strip().splitlines() or ["?"])[-1]
-        return row
+        return row | {"last_line": last_line(output)}
     report = json.loads((folder / "chatglm_comparison.json").read_text(encoding="utf-8"))
     timing = report["timing"]
     return row | {"weights": timing["weights"], "load_s": timing["load_s"],
@@ -496,10 +504,7 @@ def small_card_chat(adapter: Path, flags: list[str]) -> dict:
     """The chat as users start it, one question piped in: seconds from the command to the first
     token of the answer on screen, and to its end."""
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "chatglm_finetuning_tst.py"), "--adapter", str(adapter),
-                             "--chat", *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    peak = GpuPeak(proc.pid)
+    proc, peak = comparison_script(adapter, ["--chat", *flags], stdin=subprocess.PIPE)
     proc.stdin.write(f"{CHAT_TURN}\n/exit\n".encode())
     proc.stdin.close()
     seen, first = b"", None
@@ -513,9 +518,7 @@ def small_card_chat(adapter: Path, flags: list[str]) -> dict:
     row = {"flags": " ".join(flags), "exit": proc.returncode, "first_answer_s": first,
            "process_wall_s": time.perf_counter() - began, "process_peak_gib": peak.stop(),
            "weights": next((line for line in text.splitlines() if line.startswith("weights:")), None)}
-    if proc.returncode:
-        row["last_line"] = (text.strip().splitlines() or ["?"])[-1]
-    return row
+    return row | ({"last_line": last_line(text)} if proc.returncode else {})
 
 
 def part_small_cards(args, ckpt: Path, shared: Path) -> dict:
@@ -600,7 +603,7 @@ def training_run(gpus: int, ckpt: Path, out: Path, flags: list[str]) -> dict:
                            "--output-dir", str(out), "--overwrite", *flags], capture_output=True, text=True)
     row = {"flags": " ".join(flags), "process_wall_s": time.perf_counter() - began, "exit": done.returncode}
     if done.returncode:
-        row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
+        row["error"] = last_line(done.stderr)
         print(done.stderr[-3000:], flush=True)
         return row
     r = RunRecord.load(out).resolved
@@ -828,7 +831,11 @@ def main(args):
     results |= {"device": torch.cuda.get_device_name(0) if CUDA else "CPU (smoke)", "date": time.strftime("%Y-%m-%d"),
                 "versions": library_versions()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Written after each part, so a run cut short still keeps what it measured.
+
+    def save():  # after each part, so a run cut short still keeps what it measured
+        out.write_text(json.dumps(results, indent=2))
+        print("\n".join(table(results)), flush=True)
+
     if args.part in ("train", "all"):
         results["train"] = part_train(args, ckpt, args.shared)
         # the default flags on a run long enough for auto to compile (a short one trains eagerly: "ours")
@@ -837,20 +844,17 @@ def main(args):
         results["compile_warmup_s"] = results["train"]["compile_warmup_s"]
         results["seed_recipe_real_tok_s"] = results["train"]["seed"]["real_tok_s"]
         results["lowmem_peak_gib"] = results["train"]["lowmem"]["peak_gib"]
-        out.write_text(json.dumps(results, indent=2))
-        print("\n".join(table(results)), flush=True)
+        save()
     if args.part in ("cards", "all"):
         results["cards"] = part_cards(args, ckpt, args.shared)
         results["simulated_cards"] = {k: {f: v.get(f) for f in ("usable_gib", "exit", "micro_batch", "grad_accum",
                                                                 "checkpointing", "peak_gib", "real_tok_s", "error")}
                                       for k, v in results["cards"].items() if k.endswith("GB")}
         results["default_run_wall_s"] = results["cards"]["default_run"]["process_wall_s"]
-        out.write_text(json.dumps(results, indent=2))
-        print("\n".join(table(results)), flush=True)
+        save()
     if args.part == "ablate":
         results["ablate"] = part_ablate(args, ckpt, args.shared)
-        out.write_text(json.dumps(results, indent=2))
-        print("\n".join(table(results)), flush=True)
+        save()
     if args.part in ("compare", "export", "all"):
         results["compare"] = part_compare(args, ckpt, args.shared)
         c = results["compare"]
@@ -858,8 +862,7 @@ def main(args):
         results["compare_wall_s"] = c["batched"]["process_wall_s"]
         results["tuned_base_decode_ratio"] = c["default"]["tuned_tok_per_s"] / c["default"]["base_tok_per_s"]
         results["tuned_b1_tok_s"] = c["one_at_a_time"]["tuned_tok_per_s"]
-        out.write_text(json.dumps(results, indent=2))
-        print("\n".join(table(results)), flush=True)
+        save()
     if args.part == "gpus":
         results["gpus"] = part_gpus(args, ckpt, args.shared)
         rows = results["gpus"]["train"]
@@ -867,14 +870,12 @@ def main(args):
                                              if label != "python" and "real_tok_s" in r}
         results["ddp_scaling_efficiency"] = {str(r["processes"]): r["scaling_efficiency"] for r in rows.values()
                                              if "scaling_efficiency" in r}
-        out.write_text(json.dumps(results, indent=2))
-        print("\n".join(table(results)), flush=True)
+        save()
     if args.part in ("knowledge", "all"):
         results["knowledge"] = part_knowledge(args, ckpt, args.shared)
         results["knowledge_check_s"] = results["knowledge"]["default"]["check_s"]
         results["knowledge_questions_per_s"] = results["knowledge"]["default"]["questions_per_s"]
-        out.write_text(json.dumps(results, indent=2))
-        print("\n".join(table(results)), flush=True)
+        save()
     if args.part in ("small-cards", "all"):
         results["small_cards"] = part_small_cards(args, ckpt, args.shared)
         sc = results["small_cards"]
@@ -883,12 +884,10 @@ def main(args):
         results["small_card_peaks_gib"] = {card: {what: sc[card][what].get("process_peak_gib")
                                                   for what in ("compare", "chat")} for card in sc if card.endswith("GB")}
         results["answers_changed_4gb"] = sc["4GB"]["compare"].get("changed_vs_reference_b1")
-        out.write_text(json.dumps(results, indent=2))
-        print("\n".join(table(results)), flush=True)
+        save()
     if args.part in ("export", "all"):  # exports the comparison's run
         results["export"] = part_export(args, ckpt, args.shared)
-        out.write_text(json.dumps(results, indent=2))
-        print("\n".join(table(results)), flush=True)
+        save()
 
 
 if __name__ == "__main__":
