@@ -180,8 +180,7 @@ def start(config, run, base: str, out: TextIO) -> Chat:
     sides = Sides.load(base, config.adapter, plan, keep_unmerged=True)
     decoding = Decoding(config.max_new_tokens, config.do_sample, config.temperature, config.top_p, config.seed)
     shortened = "" if length == context else f"; conversations kept to their last {length} tokens, what fits"
-    moved = f"; {plan.placement.describe()}" if plan.placement.describe() else ""
-    out.write(f"weights: {plan.precision if plan.merged else 'NF4'}{moved}, adapter attached and switched off for the base side ({plan.reason}"
+    out.write(f"weights: {plan.held('adapter attached and switched off for the base side')} ({plan.reason}"
               f"{shortened})\n")
     if run.resolved.prompt_format != "chat":
         out.write(f"note: this adapter was trained on the {run.resolved.prompt_format} layout; the chat uses "

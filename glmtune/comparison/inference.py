@@ -61,16 +61,18 @@ class WeightsPlan:
     perplexity_batch: int
     reason: str
     exam_tokens: int = EXAM_TOKENS  # tokens per knowledge-check forward (questions batched by length)
-    placement: Placement = ON_DEVICE  # the embedding and output matrices, moved or quantized on a small card
+    placement: Placement = ON_DEVICE  # the embedding and output matrices, kept in CPU memory on a small card
     perplexity_chunk: int = PERPLEXITY_CHUNK  # positions whose full-vocabulary logits are computed at once
 
     @property
     def quantization(self) -> str | None:
         return None if self.merged else "nf4"
 
-    def held(self) -> str:
-        """How the weights are held: precision, adapter, and anything moved off the GPU."""
-        held = f"{self.precision}, adapter merged after the base side" if self.merged else "NF4, adapter unmerged"
+    def held(self, adapter: str | None = None) -> str:
+        """How the weights are held: precision, the adapter (`adapter`, else as the comparison holds
+        it), and anything kept off the GPU."""
+        adapter = adapter or ("adapter merged after the base side" if self.merged else "adapter unmerged")
+        held = f"{self.precision if self.merged else 'NF4'}, {adapter}"
         moved = self.placement.describe()
         return f"{held}; {moved}" if moved else held
 
@@ -102,9 +104,9 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
         fixed = shape.weight_bytes(not merged, element, placement) + adapter_params * element + margin
         return free - fixed - (0 if merged else shape.unpack_bytes(element))
 
-    def plan(merged: bool, reason: str, least: int = 1, placement: Placement = ON_DEVICE) -> WeightsPlan:
+    def plan(merged: bool, reason: str, at_least: int = 1, placement: Placement = ON_DEVICE) -> WeightsPlan:
         left = max(room(merged, placement), 0.0)
-        rows = max(least, min(wanted, int(left // row)))
+        rows = max(at_least, min(wanted, int(left // row)))
         chunk = max(1, min(PERPLEXITY_CHUNK, int(left / 2 // logit_bytes)))  # half the room at most
         rest = left - chunk * logit_bytes
         ppl = max(1, min(PERPLEXITY_ROWS, int(rest // ppl_row) if ppl_row else PERPLEXITY_ROWS))
@@ -126,9 +128,10 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
                 f"with the input embedding and output layer in CPU memory, and {gib(free)} is free. Use "
                 "--device cpu (the weights in RAM; slower), free the GPU of other processes, or a GPU with more memory")
         if placement != ON_DEVICE:
-            moved = "the input embedding and output layer leave" if placement.head_on_cpu else "the input embedding leaves"
+            moved = "the input embedding and output layer would leave" if placement.head_on_cpu else \
+                "the input embedding would leave"
             batch = f"a batch of {least} prompts" if least > 1 else "a prompt"
-            reason += f"; {placement.describe()}: 16-bit on the GPU, {moved} no room for {batch} in the {gib(free)} free"
+            reason += f"; kept on the GPU in 16 bits, {moved} no room for {batch} in the {gib(free)} free"
         return plan(False, reason, placement=placement)
 
     sixteen = f"{precision} weights {gib(shape.weight_bytes(False, element))}"
@@ -144,7 +147,7 @@ def plan_weights(choice: str, trained: str, shape: Shape, free: float, prompts: 
     if choice == "none":
         if needed > free and not on_gpu:  # asked for: the OS may page memory out; a GPU would fail outright
             return plan(True, f"{flag}: {sixteen} and a batch need {gib(needed)}, more than the {gib(free)} the "
-                              "OS can give; it may swap, or stop the comparison", least=least)
+                              "OS can give; it may swap, or stop the comparison", at_least=least)
         if needed > free:
             raise ConfigError("quantization", f"{value} holds the weights in 16 bits, which with a batch of "
                                               f"{least} needs about {gib(needed)}, and {gib(free)} is "

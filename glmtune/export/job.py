@@ -411,8 +411,7 @@ def merge_device(choice: str, model_bytes: int) -> str:
         raise ConfigError("device", f"cuda: the merge needs about {size(gpu_needs)} of GPU memory and "
                                     f"{size(gpu_free)} is free; use --device cpu (about {size(model_bytes)} of RAM) "
                                     "or auto")
-    ram = device.ram_available()
-    if choice == "cpu" and ram < 1.1 * model_bytes:
+    if choice == "cpu" and (ram := device.ram_available()) < 1.1 * model_bytes:
         raise ConfigError("device", f"the merge on the CPU needs about {size(1.1 * model_bytes)} of RAM (the 16-bit "
                                     f"model) and {size(ram)} is available; close other programs, use a machine with "
                                     f"more memory, or a GPU with {size(gpu_needs)} free")

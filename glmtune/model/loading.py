@@ -181,9 +181,9 @@ def load_model(
         raise
     if quantization == "nf4" and not device.cuda():
         _keep_cpu_nf4_trainable(model)
-    target = next(model.model.layers.parameters()).device
     if placement.embedding_on_cpu:
-        model.model.embed_tokens = CpuEmbedding(checkpoint_tensor(folder, EMBEDDING_NAMES).to(dtype), target)
+        table = checkpoint_tensor(folder, EMBEDDING_NAMES).to(dtype)
+        model.model.embed_tokens = CpuEmbedding(table, next(model.model.layers.parameters()).device)
     if placement.head_on_cpu:
         model.lm_head = CpuHead(checkpoint_tensor(folder, HEAD_NAMES))
     return model
